@@ -1,0 +1,366 @@
+"""Starlette routes of API.md, the error mapping, long poll and SSE.
+
+Handlers parse the request, call `JobService`, and encode the answer; every
+refusal is an exception mapped to its status code in `EXCEPTION_HANDLERS`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, TypeVar
+
+import msgspec
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import BaseRoute, Route
+
+from .errors import (
+    BackendUnavailable,
+    BadRequest,
+    BodyTooLarge,
+    InvalidInput,
+    JobStateConflict,
+    MethodNotAllowed,
+    NotFound,
+    ServiceError,
+)
+from .interfaces import JobQuery
+from .model import Job, JobState, utcnow
+from .service import EnqueueRequest, JobService
+
+__all__ = ["EXCEPTION_HANDLERS", "api_routes"]
+
+T = TypeVar("T")
+
+JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
+Wait = Annotated[float, msgspec.Meta(ge=0, le=60)]
+
+
+class IdRequest(msgspec.Struct, frozen=True):
+    """Body of stop and result."""
+
+    id: JobId
+
+
+class ProgressRequest(msgspec.Struct, frozen=True):
+    """Body of progress: long poll with `wait` seconds for a version above `since`."""
+
+    id: JobId
+    wait: Wait | None = None
+    since: int | None = None
+
+
+class ReleaseRequest(msgspec.Struct, frozen=True):
+    """Body of release: the `once` key to free."""
+
+    key: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+
+
+class KindInfo(msgspec.Struct, frozen=True, rename="camel"):
+    """One entry of `GET /api/kinds`."""
+
+    kind: str
+    title: str
+    description: str
+    content_schema: dict[str, Any]
+
+
+_encoder = msgspec.json.Encoder()
+JSON = "application/json"
+
+
+def json_response(
+    value: Any, status_code: int = 200, headers: dict[str, str] | None = None
+) -> Response:
+    """A JSON answer encoded by msgspec."""
+    return Response(_encoder.encode(value), status_code, headers, media_type=JSON)
+
+
+def service_of(request: Request) -> JobService:
+    """The app's JobService."""
+    service: JobService = request.app.state.service
+    return service
+
+
+def status_response(request: Request, job: Job, status_code: int = 200) -> Response:
+    """A job's public status."""
+    expose = service_of(request).expose_tech_info
+    return json_response(job.status(expose_tech_info=expose), status_code)
+
+
+async def read_body(request: Request) -> bytes:
+    """The body, refused with 413 past `max_body` before it is all read."""
+    limit: int = request.app.state.settings.max_body
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body is over the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body is over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def decode_body(body: bytes, type_: type[T]) -> T:
+    """Parse a JSON body: 400 when it is not a JSON object with the required fields, else 422."""
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
+    except msgspec.ValidationError as exc:
+        text = str(exc)
+        if (
+            text.startswith(("Expected `object`", "Object missing required field"))
+            and "$." not in text
+        ):
+            raise BadRequest(f"body: {text}") from None
+        raise InvalidInput(f"body: {text}") from None
+
+
+def _query_number(request: Request, name: str, type_: Any) -> Any:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        return msgspec.json.decode(raw.encode(), type=type_)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise InvalidInput(f"query parameter {name}={raw!r} is not valid") from None
+
+
+# -- per-kind calls ------------------------------------------------------------
+
+
+async def enqueue(request: Request) -> Response:
+    """POST /api/{kind}/enqueue"""
+    service = service_of(request)
+    kind = request.path_params["kind"]
+    service.registry.get(kind)
+    body = decode_body(await read_body(request), EnqueueRequest)
+    job, created = await service.enqueue(
+        kind, body, headers=request.headers, incoming_at=request.state.incoming_at
+    )
+    if not created:
+        return status_response(request, job, 200)
+    response = status_response(request, job, 202)
+    response.headers["Location"] = f"/api/jobs/{job.id}"
+    return response
+
+
+async def kind_progress(request: Request) -> Response:
+    """POST /api/{kind}/progress"""
+    service = service_of(request)
+    kind = request.path_params["kind"]
+    service.registry.get(kind)
+    body = decode_body(await read_body(request), ProgressRequest)
+    job = await service.wait_for_change(body.id, kind=kind, wait=body.wait or 0.0, since=body.since)
+    return status_response(request, job)
+
+
+async def kind_stop(request: Request) -> Response:
+    """POST /api/{kind}/stop"""
+    service = service_of(request)
+    kind = request.path_params["kind"]
+    service.registry.get(kind)
+    body = decode_body(await read_body(request), IdRequest)
+    return await _stop(request, body.id, kind)
+
+
+async def kind_result(request: Request) -> Response:
+    """POST /api/{kind}/result"""
+    service = service_of(request)
+    kind = request.path_params["kind"]
+    service.registry.get(kind)
+    body = decode_body(await read_body(request), IdRequest)
+    return await _result(request, body.id, kind, download=False)
+
+
+async def kind_release(request: Request) -> Response:
+    """POST /api/{kind}/release"""
+    service = service_of(request)
+    kind = request.path_params["kind"]
+    service.registry.get(kind)
+    body = decode_body(await read_body(request), ReleaseRequest)
+    released = await service.release(kind, body.key)
+    return json_response({"key": body.key, "released": released})
+
+
+async def _stop(request: Request, job_id: str, kind: str | None) -> Response:
+    job, running = await service_of(request).stop(job_id, kind=kind)
+    return status_response(request, job, 202 if running else 200)
+
+
+async def _result(request: Request, job_id: str, kind: str | None, *, download: bool) -> Response:
+    job, data = await service_of(request).result(job_id, kind=kind)
+    if data is None:
+        return Response(status_code=204)
+    headers = {}
+    if download:
+        headers["Content-Disposition"] = (
+            f'attachment; filename="{job.id}{_suffix(job.result_mime)}"'
+        )
+    return Response(data, 200, headers, media_type=job.result_mime)
+
+
+def _suffix(mime: str | None) -> str:
+    base = (mime or "").split(";")[0].strip()
+    return {
+        "application/json": ".json",
+        "text/csv": ".csv",
+        "text/plain": ".txt",
+        "text/html": ".html",
+        "application/pdf": ".pdf",
+    }.get(base, ".bin")
+
+
+# -- resource aliases ------------------------------------------------------------
+
+
+async def job_status(request: Request) -> Response:
+    """GET /api/jobs/{id}?wait=&since="""
+    wait = _query_number(request, "wait", Wait)
+    since = _query_number(request, "since", int)
+    job = await service_of(request).wait_for_change(
+        request.path_params["id"], wait=wait or 0.0, since=since
+    )
+    return status_response(request, job)
+
+
+async def job_stop(request: Request) -> Response:
+    """POST /api/jobs/{id}/stop"""
+    return await _stop(request, request.path_params["id"], None)
+
+
+async def job_result(request: Request) -> Response:
+    """GET /api/jobs/{id}/result?download=1"""
+    download = request.query_params.get("download", "") not in {"", "0", "false"}
+    return await _result(request, request.path_params["id"], None, download=download)
+
+
+async def job_events(request: Request) -> Response:
+    """GET /api/jobs/{id}/events: the status now and after each change, as SSE."""
+    service = service_of(request)
+    job_id = request.path_params["id"]
+    await service.get(job_id)
+    expose = service.expose_tech_info
+
+    async def stream() -> AsyncIterator[bytes]:
+        try:
+            async for job in service.watch(job_id):
+                if job is None:
+                    yield b": keep-alive\n\n"
+                else:
+                    status = _encoder.encode(job.status(expose_tech_info=expose))
+                    yield b"id: %d\ndata: %s\n\n" % (job.version, status)
+        except NotFound:
+            yield b"event: gone\ndata: {}\n\n"
+
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+    return StreamingResponse(stream(), media_type="text/event-stream", headers=headers)
+
+
+async def list_jobs(request: Request) -> Response:
+    """GET /api/jobs?kind=&state=&key=&limit=&cursor="""
+    params = request.query_params
+    state = params.get("state") or None
+    if state is not None and state not in JobState.__members__.values():
+        raise InvalidInput(f"state={state!r} is not one of {', '.join(JobState)}")
+    limit = _query_number(request, "limit", Annotated[int, msgspec.Meta(ge=1)]) or 50
+    query = JobQuery(
+        kind=params.get("kind") or None,
+        state=JobState(state) if state else None,
+        key=params.get("key") or None,
+        limit=min(limit, 200),
+        cursor=params.get("cursor") or None,
+    )
+    page = await service_of(request).list_jobs(query)
+    expose = service_of(request).expose_tech_info
+    items = [job.status(expose_tech_info=expose) for job in page.items]
+    return json_response({"items": items, "next": page.next})
+
+
+async def list_kinds(request: Request) -> Response:
+    """GET /api/kinds"""
+    kinds = [
+        KindInfo(kind.name, kind.title, kind.description, kind.schema())
+        for kind in service_of(request).registry
+    ]
+    return json_response(kinds)
+
+
+def api_routes() -> list[BaseRoute]:
+    """The job API routes (the aliases first, so `jobs` is never taken for a kind)."""
+    return [
+        Route("/api/jobs", list_jobs, methods=["GET"]),
+        Route("/api/kinds", list_kinds, methods=["GET"]),
+        Route("/api/jobs/{id}", job_status, methods=["GET"]),
+        Route("/api/jobs/{id}/stop", job_stop, methods=["POST"]),
+        Route("/api/jobs/{id}/result", job_result, methods=["GET"]),
+        Route("/api/jobs/{id}/events", job_events, methods=["GET"]),
+        Route("/api/{kind}/enqueue", enqueue, methods=["POST"]),
+        Route("/api/{kind}/progress", kind_progress, methods=["POST"]),
+        Route("/api/{kind}/stop", kind_stop, methods=["POST"]),
+        Route("/api/{kind}/result", kind_result, methods=["POST"]),
+        Route("/api/{kind}/release", kind_release, methods=["POST"]),
+    ]
+
+
+# -- errors ------------------------------------------------------------------------
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    if isinstance(exc, JobStateConflict):
+        return status_response(request, exc.job, 409)
+    headers = {}
+    if "retryAfter" in exc.extra:
+        headers["Retry-After"] = str(exc.extra["retryAfter"])
+    return json_response(exc.body(), exc.status_code, headers)
+
+
+async def _backend_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BackendUnavailable)
+    body = {"error": {"code": "backend_unavailable", "message": str(exc), "backend": exc.backend}}
+    return json_response(body, 503, {"Retry-After": "1"})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    error: ServiceError
+    if exc.status_code == 404:
+        error = NotFound(f"no route {request.url.path}")
+    elif exc.status_code == 405:
+        error = MethodNotAllowed(f"{request.method} is not allowed on {request.url.path}")
+    else:
+        error = ServiceError(str(exc.detail))
+        error.status_code = exc.status_code
+        error.code = "http_error"
+    return json_response(error.body(), error.status_code, dict(exc.headers or {}))
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    body = {"error": {"code": "internal", "message": "internal error; the server log has details"}}
+    return json_response(body, 500)
+
+
+EXCEPTION_HANDLERS: dict[Any, Any] = {
+    ServiceError: _service_error,
+    BackendUnavailable: _backend_error,
+    HTTPException: _http_error,
+    Exception: _server_error,
+}
+
+
+class IncomingAt:
+    """ASGI middleware stamping `request.state.incoming_at` when a request arrives."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            scope.setdefault("state", {})["incoming_at"] = utcnow()
+        await self.app(scope, receive, send)

@@ -1,0 +1,76 @@
+"""Change notifications inside one node.
+
+Every StateStore publishes a `Change` here for every write, on every node (the
+memory store directly, the Redis store from its pub/sub listener). Long poll and
+SSE wait on it; the worker hears stop requests for the jobs it runs through it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import anyio
+import msgspec
+
+from .model import JobState
+
+__all__ = ["Change", "ChangeHub"]
+
+
+class Change(msgspec.Struct, frozen=True, array_like=True):
+    """One write to a job record, as small as it can be to travel between nodes."""
+
+    job_id: str
+    version: int
+    state: JobState
+    stop_requested: bool
+
+
+class ChangeHub:
+    """Wakes the local waiters of a job when it changes, and calls its stop handler."""
+
+    def __init__(self) -> None:
+        self._waiters: dict[str, set[anyio.Event]] = {}
+        self._stop_handlers: dict[str, Callable[[Change], None]] = {}
+
+    def publish(self, change: Change) -> None:
+        """Deliver `change` to this node's waiters and stop handler (event-loop thread)."""
+        waiters = self._waiters.get(change.job_id)
+        if waiters:
+            for event in waiters:
+                event.set()
+        if change.stop_requested or change.state.terminal:
+            handler = self._stop_handlers.get(change.job_id)
+            if handler is not None:
+                handler(change)
+
+    @contextmanager
+    def listen(self, job_id: str) -> Iterator[anyio.Event]:
+        """An event set at the next change of `job_id`.
+
+        Enter it *before* reading the record, so no change can slip in between.
+        """
+        event = anyio.Event()
+        waiters = self._waiters.setdefault(job_id, set())
+        waiters.add(event)
+        try:
+            yield event
+        finally:
+            waiters.discard(event)
+            if not waiters and self._waiters.get(job_id) is waiters:
+                del self._waiters[job_id]
+
+    @contextmanager
+    def on_stop(self, job_id: str, handler: Callable[[Change], None]) -> Iterator[None]:
+        """Call `handler(change)` when `job_id` gets a stop request or is finished elsewhere."""
+        self._stop_handlers[job_id] = handler
+        try:
+            yield
+        finally:
+            if self._stop_handlers.get(job_id) is handler:
+                del self._stop_handlers[job_id]
+
+    def watched(self, job_id: str) -> bool:
+        """True when this node has a waiter or a stop handler for `job_id`."""
+        return job_id in self._waiters or job_id in self._stop_handlers

@@ -1,0 +1,151 @@
+"""What a handler sees: `JobContext` (async handlers), `BlockingJobContext`
+(plain `def` handlers, run in a worker thread), and the `Result` wrapper.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from datetime import datetime
+from typing import Any
+
+import anyio.from_thread
+import msgspec
+
+from .errors import JobStopped
+from .lifecycle import Report
+
+__all__ = ["BlockingJobContext", "JobContext", "Result", "encode_result"]
+
+JSON_MIME = "application/json"
+TEXT_MIME = "text/plain; charset=utf-8"
+BYTES_MIME = "application/octet-stream"
+
+
+class Result(msgspec.Struct, frozen=True):
+    """A result with an explicit MIME type: `return Result(csv_bytes, "text/csv")`."""
+
+    data: bytes | str
+    mime: str = BYTES_MIME
+
+
+_json_encoder = msgspec.json.Encoder()
+
+
+def encode_result(value: Any) -> tuple[bytes | None, str | None]:
+    """The stored bytes and MIME type of what a handler returned.
+
+    `None` -> no result; `Result` -> its data and mime; `bytes` -> octet-stream;
+    `str` -> text/plain; anything msgspec encodes -> application/json.
+    """
+    if value is None:
+        return None, None
+    if isinstance(value, Result):
+        data = value.data.encode() if isinstance(value.data, str) else bytes(value.data)
+        return data, value.mime
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value), BYTES_MIME
+    if isinstance(value, str):
+        return value.encode(), TEXT_MIME
+    return _json_encoder.encode(value), JSON_MIME
+
+
+Reporter = Callable[[Report], Awaitable[None]]
+
+
+class JobContext:
+    """Handed to an async handler: who the job is, progress reports, stop checks."""
+
+    __slots__ = ("_report", "_stop", "attempt", "headers", "id", "incoming_at", "kind")
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        kind: str,
+        attempt: int,
+        incoming_at: datetime | None,
+        headers: Mapping[str, str],
+        report: Reporter,
+    ) -> None:
+        self.id = job_id
+        self.kind = kind
+        self.attempt = attempt
+        self.incoming_at = incoming_at
+        self.headers = dict(headers)
+        self._report = report
+        self._stop = False
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once the job was asked to stop or passed its processing deadline."""
+        return self._stop
+
+    def request_stop(self) -> None:
+        """Flag the job as stopping (called by the worker, never by handlers)."""
+        self._stop = True
+
+    def raise_if_stopped(self) -> None:
+        """Raise `JobStopped` when `stop_requested`; a clean way out of a loop."""
+        if self._stop:
+            raise JobStopped(self.id)
+
+    async def progress(
+        self,
+        percent: float | None = None,
+        biz_step: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Report progress; None leaves a field as it was. Watchers see it at once."""
+        await self._report(Report(percent, biz_step, message))
+
+
+class BlockingJobContext:
+    """Handed to a plain `def` handler running in a worker thread; same names, blocking calls."""
+
+    __slots__ = ("_ctx",)
+
+    def __init__(self, ctx: JobContext) -> None:
+        self._ctx = ctx
+
+    @property
+    def id(self) -> str:
+        """The job id."""
+        return self._ctx.id
+
+    @property
+    def kind(self) -> str:
+        """The job kind."""
+        return self._ctx.kind
+
+    @property
+    def attempt(self) -> int:
+        """1 on the first run, 2 on the first retry, ..."""
+        return self._ctx.attempt
+
+    @property
+    def incoming_at(self) -> datetime | None:
+        """When the enqueue request arrived."""
+        return self._ctx.incoming_at
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The enqueue request's headers (lower-case names), minus Authorization and Cookie."""
+        return self._ctx.headers
+
+    @property
+    def stop_requested(self) -> bool:
+        """True once the job was asked to stop or passed its processing deadline."""
+        return self._ctx.stop_requested
+
+    def raise_if_stopped(self) -> None:
+        """Raise `JobStopped` when `stop_requested`."""
+        self._ctx.raise_if_stopped()
+
+    def progress(
+        self,
+        percent: float | None = None,
+        biz_step: str | None = None,
+        message: str | None = None,
+    ) -> None:
+        """Report progress from the handler's thread; returns once it is stored."""
+        anyio.from_thread.run(self._ctx.progress, percent, biz_step, message)

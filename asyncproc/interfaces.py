@@ -1,0 +1,205 @@
+"""The two backend interfaces, `StateStore` and `Queue`, and what they exchange.
+
+The docstrings of the abstract methods are the contract every implementation
+keeps; `tests/contract/` checks it against each one. Both support `async with`
+and `aclose()`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import datetime
+from types import TracebackType
+from typing import Self
+
+import msgspec
+
+from .changes import ChangeHub
+from .errors import BadRequest
+from .lifecycle import Event
+from .model import Job, JobState, Uniqueness
+
+__all__ = ["Delivery", "JobQuery", "Page", "Queue", "StateStore"]
+
+
+class JobQuery(msgspec.Struct, frozen=True):
+    """Filter and page of the job list: newest first, ties by id (descending)."""
+
+    kind: str | None = None
+    state: JobState | None = None
+    key: str | None = None
+    limit: int = 50
+    cursor: str | None = None
+
+    def after(self) -> tuple[datetime, str] | None:
+        """The (createdAt, id) position the cursor points past, or None for page one."""
+        if self.cursor is None:
+            return None
+        try:
+            created, _, job_id = (
+                base64.urlsafe_b64decode(self.cursor.encode()).decode().partition("|")
+            )
+            return datetime.fromisoformat(created), job_id
+        except (ValueError, binascii.Error, UnicodeDecodeError):
+            raise BadRequest("cursor is not one this service handed out") from None
+
+    def matches(self, job: Job) -> bool:
+        """True when `job` passes the kind, state and key filters."""
+        return (
+            (self.kind is None or job.kind == self.kind)
+            and (self.state is None or job.state == self.state)
+            and (self.key is None or job.key == self.key)
+        )
+
+
+def cursor_of(job: Job) -> str:
+    """The opaque cursor that resumes a listing after `job`."""
+    raw = f"{job.created_at.isoformat()}|{job.id}".encode()
+    return base64.urlsafe_b64encode(raw).decode()
+
+
+class Page(msgspec.Struct, frozen=True):
+    """One page of the job list and the cursor of the next (None on the last)."""
+
+    items: list[Job]
+    next: str | None
+
+
+class _Closable:
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Release connections and background tasks; idempotent."""
+
+
+class StateStore(_Closable, ABC):
+    """Job records, results, change notifications and stop signals.
+
+    Every record change goes through `lifecycle.apply`; a store only makes the
+    read-apply-write atomic and publishes a `Change` to `hub` on every node.
+    """
+
+    name: str
+    hub: ChangeHub
+
+    async def start(self) -> None:
+        """Connect and start background tasks (pub/sub listener); called once."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Return when the server answers; raise `BackendUnavailable` when it does not."""
+
+    @abstractmethod
+    async def create(
+        self, job: Job, *, uniqueness: Uniqueness = Uniqueness.NONE
+    ) -> tuple[Job, bool]:
+        """Store a new queued `job` unless one with its id exists, atomically.
+
+        Returns `(stored record, True)` when created, `(existing record, False)`
+        when the id exists (whatever its kind). With a `key` and a rule other than
+        `none`, raises `KeyConflict` (with `jobId`) when a job of the same kind holds
+        the key: `active` is held by queued or running jobs, `once` also by a
+        succeeded job until `release_key`. Publishes a change when created.
+        """
+
+    @abstractmethod
+    async def get(self, job_id: str) -> Job | None:
+        """The record, or None when unknown or expired (terminal and past retention)."""
+
+    @abstractmethod
+    async def transition(
+        self, job_id: str, event: Event, *, result: bytes | None = None, now: datetime | None = None
+    ) -> Job:
+        """Apply `event` atomically and return the new record.
+
+        Raises `JobNotFound` for an unknown or expired id and `TransitionRefused`
+        (carrying the current record) when the lifecycle refuses. `result` is
+        stored with a `Succeed` event in the same atomic step. A change that
+        changes nothing writes nothing; every write bumps `version` and publishes
+        a `Change`. A terminal record (and its result) expires `retention` after
+        `finishedAt`.
+        """
+
+    @abstractmethod
+    async def get_result(self, job_id: str) -> bytes | None:
+        """The stored result bytes of a succeeded job, or None."""
+
+    @abstractmethod
+    async def list_jobs(self, query: JobQuery) -> Page:
+        """Jobs matching `query`, newest first (ties by id); each job once across pages."""
+
+    @abstractmethod
+    async def release_key(self, kind: str, key: str) -> bool:
+        """Let a `once` key be used again; True when a succeeded job held it."""
+
+    @abstractmethod
+    async def overdue(self, now: datetime, limit: int = 100) -> list[str]:
+        """Ids of unfinished jobs whose processing deadline is before `now`."""
+
+    @abstractmethod
+    async def purge_expired(self, now: datetime) -> int:
+        """Drop terminal records past retention (a no-op where the server expires keys)."""
+
+
+class Delivery(ABC):
+    """One delivery of a job id to this worker; settle it exactly once."""
+
+    job_id: str
+    routing: str
+    redelivered: bool
+
+    @abstractmethod
+    async def ack(self) -> None:
+        """Done with the message: the job's state is stored."""
+
+    @abstractmethod
+    async def requeue(self) -> None:
+        """Give the message back to the queue to be delivered again."""
+
+    @abstractmethod
+    async def reject(self) -> None:
+        """Drop the message to the dead-letter destination (where there is one)."""
+
+
+class Queue(_Closable, ABC):
+    """Delivery of job ids to workers, per routing, at least once."""
+
+    name: str
+
+    async def start(self) -> None:
+        """Connect; called once before use."""
+
+    @abstractmethod
+    async def ping(self) -> None:
+        """Return when the broker answers; raise `BackendUnavailable` when it does not."""
+
+    @abstractmethod
+    async def publish(self, job_id: str, routing: str) -> None:
+        """Queue `job_id` on `routing`; returns once the broker holds it durably."""
+
+    @abstractmethod
+    def consume(
+        self, routings: Sequence[str], prefetch: int
+    ) -> AbstractAsyncContextManager[AsyncIterator[Delivery]]:
+        """Deliveries from the queues of `routings`, at most `prefetch` unsettled at once.
+
+        Unsettled deliveries go back to the queue when the consumer (or its
+        process) goes away, flagged `redelivered`.
+        """
+
+    @abstractmethod
+    async def depth(self, routing: str) -> int:
+        """Messages waiting (not delivered) on `routing`."""

@@ -1,0 +1,276 @@
+"""The OpenAPI 3.1 document of every route, built from the registered kinds."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from .model import JobStatus
+from .registry import Registry
+
+__all__ = ["openapi_document"]
+
+REF = "#/components/schemas/{name}"
+
+
+class ErrorDetail(msgspec.Struct):
+    """What went wrong: a stable code and a readable message."""
+
+    code: str
+    message: str
+
+
+class ErrorBody(msgspec.Struct):
+    """Every non-2xx body (but the 409 of stop and result)."""
+
+    error: ErrorDetail
+
+
+class JobList(msgspec.Struct):
+    """A page of jobs and the cursor of the next page."""
+
+    items: list[JobStatus]
+    next: str | None
+
+
+def _json(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"$ref": REF.format(name=name)}
+
+
+def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    answer: dict[str, Any] = {"description": description}
+    if schema is not None:
+        answer["content"] = _json(schema)
+    return answer
+
+
+STATUS = _ref("JobStatus")
+ERROR = _ref("ErrorBody")
+ERRORS = {
+    "400": _answer("Body is not JSON or misses a field", ERROR),
+    "404": _answer("Unknown kind or job", ERROR),
+    "413": _answer("Body over the size limit", ERROR),
+    "422": _answer("A value breaks its schema", ERROR),
+    "503": _answer("A backend is unreachable or the queue is full", ERROR),
+}
+ID_BODY = {
+    "type": "object",
+    "required": ["id"],
+    "properties": {"id": {"type": "string"}},
+}
+PATH_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+
+
+def _post(summary: str, body: dict[str, Any], answers: dict[str, Any], tag: str) -> dict[str, Any]:
+    return {
+        "post": {
+            "summary": summary,
+            "tags": [tag],
+            "requestBody": {"required": True, "content": _json(body)},
+            "responses": {**answers, **ERRORS},
+        }
+    }
+
+
+def _kind_paths(kind_name: str, content_ref: dict[str, Any]) -> dict[str, Any]:
+    enqueue_body = {
+        "type": "object",
+        "required": ["content"],
+        "properties": {
+            "content": content_ref,
+            "requestId": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
+            "key": {"type": "string", "minLength": 1, "maxLength": 256},
+            "procRouting": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+            "callbackRouting": {"type": "string", "minLength": 1, "maxLength": 255},
+        },
+    }
+    progress_body = {
+        "type": "object",
+        "required": ["id"],
+        "properties": {
+            "id": {"type": "string"},
+            "wait": {"type": "number", "minimum": 0, "maximum": 60},
+            "since": {"type": "integer"},
+        },
+    }
+    release_body = {
+        "type": "object",
+        "required": ["key"],
+        "properties": {"key": {"type": "string"}},
+    }
+    base = f"/api/{kind_name}"
+    return {
+        f"{base}/enqueue": _post(
+            f"Enqueue a {kind_name} job",
+            enqueue_body,
+            {
+                "202": _answer("Queued", STATUS),
+                "200": _answer("requestId exists: its status", STATUS),
+                "409": _answer("requestId of another kind, or key held", ERROR),
+            },
+            kind_name,
+        ),
+        f"{base}/progress": _post(
+            "Status, optionally waiting for the next change",
+            progress_body,
+            {"200": _answer("Status", STATUS)},
+            kind_name,
+        ),
+        f"{base}/stop": _post(
+            "Stop the job",
+            ID_BODY,
+            {
+                "200": _answer("Stopped", STATUS),
+                "202": _answer("Running: stop requested", STATUS),
+                "409": _answer("Already succeeded or failed", STATUS),
+            },
+            kind_name,
+        ),
+        f"{base}/result": _post(
+            "The result bytes, with their MIME type",
+            ID_BODY,
+            {
+                "200": {"description": "The result", "content": {"*/*": {"schema": {}}}},
+                "204": _answer("Succeeded with no result"),
+                "409": _answer("Not succeeded", STATUS),
+            },
+            kind_name,
+        ),
+        f"{base}/release": _post(
+            "Free a `once` key",
+            release_body,
+            {"200": _answer("Released or not", {"type": "object"})},
+            kind_name,
+        ),
+    }
+
+
+def _alias_paths() -> dict[str, Any]:
+    wait_params = [
+        *PATH_ID,
+        {"name": "wait", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 60}},
+        {"name": "since", "in": "query", "schema": {"type": "integer"}},
+    ]
+    list_params = [
+        {"name": name, "in": "query", "schema": {"type": "string"}}
+        for name in ("kind", "state", "key", "cursor")
+    ] + [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}]
+    return {
+        "/api/jobs": {
+            "get": {
+                "summary": "Jobs, newest first, paged by cursor",
+                "tags": ["jobs"],
+                "parameters": list_params,
+                "responses": {"200": _answer("A page", _ref("JobList")), **ERRORS},
+            }
+        },
+        "/api/jobs/{id}": {
+            "get": {
+                "summary": "Status (long poll with wait and since)",
+                "tags": ["jobs"],
+                "parameters": wait_params,
+                "responses": {"200": _answer("Status", STATUS), **ERRORS},
+            }
+        },
+        "/api/jobs/{id}/stop": {
+            "post": {
+                "summary": "Stop the job",
+                "tags": ["jobs"],
+                "parameters": PATH_ID,
+                "responses": {
+                    "200": _answer("Stopped", STATUS),
+                    "202": _answer("Running: stop requested", STATUS),
+                    "409": _answer("Already succeeded or failed", STATUS),
+                    **ERRORS,
+                },
+            }
+        },
+        "/api/jobs/{id}/result": {
+            "get": {
+                "summary": "The result bytes",
+                "tags": ["jobs"],
+                "parameters": [
+                    *PATH_ID,
+                    {"name": "download", "in": "query", "schema": {"type": "string"}},
+                ],
+                "responses": {
+                    "200": {"description": "The result", "content": {"*/*": {"schema": {}}}},
+                    "204": _answer("Succeeded with no result"),
+                    "409": _answer("Not succeeded", STATUS),
+                    **ERRORS,
+                },
+            }
+        },
+        "/api/jobs/{id}/events": {
+            "get": {
+                "summary": "Server-sent events: the status after each change",
+                "tags": ["jobs"],
+                "parameters": PATH_ID,
+                "responses": {
+                    "200": {
+                        "description": "An event stream",
+                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                    },
+                    **ERRORS,
+                },
+            }
+        },
+        "/api/kinds": {
+            "get": {
+                "summary": "The registered kinds and their content schemas",
+                "tags": ["kinds"],
+                "responses": {
+                    "200": _answer("Kinds", {"type": "array", "items": {"type": "object"}})
+                },
+            }
+        },
+        "/health": {
+            "get": {
+                "summary": "Node health",
+                "tags": ["service"],
+                "responses": {
+                    "200": _answer("Healthy", {"type": "object"}),
+                    "503": _answer("A backend is unreachable", {"type": "object"}),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "summary": "This document",
+                "tags": ["service"],
+                "responses": {"200": _answer("OpenAPI 3.1", {"type": "object"})},
+            }
+        },
+        "/": {
+            "get": {
+                "summary": "The progress page",
+                "tags": ["service"],
+                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
+            }
+        },
+    }
+
+
+def openapi_document(registry: Registry) -> dict[str, Any]:
+    """A complete OpenAPI 3.1 document for the kinds of `registry`."""
+    kinds = list(registry)
+    types: list[Any] = [JobStatus, ErrorBody, JobList] + [k.content_type for k in kinds]
+    refs, components = msgspec.json.schema_components(types, ref_template=REF)
+    paths = _alias_paths()
+    for kind, content_ref in zip(kinds, refs[3:], strict=True):
+        paths.update(_kind_paths(kind.name, content_ref))
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "asyncproc",
+            "version": "1",
+            "description": "Long operations behind a REST API, with progress and stop.",
+        },
+        "paths": paths,
+        "components": {"schemas": components},
+    }

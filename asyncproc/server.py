@@ -1,0 +1,193 @@
+"""The ASGI application: backends picked by setting, routes by role, the lifespan
+that starts and stops the worker pool and the sweeper.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from importlib import resources
+from typing import Any
+
+import anyio
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+
+from .api import EXCEPTION_HANDLERS, IncomingAt, api_routes, json_response
+from .config import Settings, load_settings
+from .errors import BackendUnavailable, ConfigError
+from .interfaces import Queue, StateStore
+from .openapi import openapi_document
+from .registry import Registry, load_plugins
+from .service import JobService
+from .worker import WorkerPool
+
+__all__ = ["create_app", "open_queue", "open_store"]
+
+log = logging.getLogger("asyncproc")
+
+# setting value -> (module, class, extra to install)
+STORES = {
+    "memory": ("asyncproc.backends.memory", "MemoryStateStore", None),
+    "redis": ("asyncproc.backends.redis", "RedisStateStore", "redis"),
+}
+QUEUES = {
+    "memory": ("asyncproc.backends.memory", "MemoryQueue", None),
+    "rabbitmq": ("asyncproc.backends.rabbitmq", "RabbitMQQueue", "rabbitmq"),
+}
+
+
+def _backend_class(table: dict[str, tuple[str, str, str | None]], key: str, value: str) -> Any:
+    module_name, class_name, extra = table[value]
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        hint = f"; install it with pip install 'asyncproc[{extra}]'" if extra else ""
+        raise ConfigError(key, f"{value} backend unavailable: {exc}{hint}") from None
+    return getattr(module, class_name)
+
+
+def open_store(settings: Settings) -> StateStore:
+    """The StateStore named by `settings.state` (not yet started)."""
+    cls = _backend_class(STORES, "state", settings.state)
+    store: StateStore = cls() if settings.state == "memory" else cls.from_settings(settings)
+    return store
+
+
+def open_queue(settings: Settings) -> Queue:
+    """The Queue named by `settings.queue` (not yet started)."""
+    cls = _backend_class(QUEUES, "queue", settings.queue)
+    queue: Queue = cls() if settings.queue == "memory" else cls.from_settings(settings)
+    return queue
+
+
+def _web_dir() -> str:
+    return str(resources.files("asyncproc.web"))
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    registry: Registry | None = None,
+    store: StateStore | None = None,
+    queue: Queue | None = None,
+) -> Starlette:
+    """The asyncproc app; settings default to `load_settings()` (file + environment).
+
+    `registry`, `store` and `queue` replace what the settings would pick (tests,
+    embedding).
+    """
+    settings = settings or load_settings()
+    registry = registry if registry is not None else load_plugins(settings.plugins)
+    store = store if store is not None else open_store(settings)
+    queue = queue if queue is not None else open_queue(settings)
+    service = JobService(
+        registry=registry,
+        store=store,
+        queue=queue,
+        processing_timeout=settings.processing_timeout,
+        retention=settings.retention,
+        expose_tech_info=settings.expose_tech_info,
+        max_queue_depth=settings.max_queue_depth,
+    )
+    worker = (
+        WorkerPool(
+            service,
+            routings=settings.routings,
+            concurrency=settings.concurrency,
+            shutdown_grace=settings.shutdown_grace,
+            max_deliveries=settings.max_deliveries,
+        )
+        if settings.role.runs_jobs
+        else None
+    )
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with AsyncExitStack() as stack:
+            await store.start()
+            stack.push_async_callback(store.aclose)
+            await queue.start()
+            stack.push_async_callback(queue.aclose)
+            for hook in app.state.startup_hooks:
+                await stack.enter_async_context(hook(app))
+            async with anyio.create_task_group() as tasks:
+                if settings.role.serves_api or settings.role.runs_jobs:
+                    tasks.start_soon(service.run_sweeper, settings.sweep_interval)
+                if worker is not None:
+                    await tasks.start(worker.run)
+                log.info(
+                    "asyncproc %s node ready (state=%s, queue=%s)",
+                    settings.role,
+                    store.name,
+                    queue.name,
+                )
+                try:
+                    yield
+                finally:
+                    if worker is not None:
+                        worker.shutdown()
+                    tasks.cancel_scope.cancel()
+
+    routes: list[BaseRoute] = [Route("/health", health, methods=["GET"])]
+    if settings.role.serves_api:
+        routes += [
+            Route("/openapi.json", openapi, methods=["GET"]),
+            *api_routes(),
+            Route("/", page, methods=["GET"]),
+            Route("/jobs/{id}", page, methods=["GET"]),
+            Mount("/static", StaticFiles(directory=_web_dir()), name="static"),
+        ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers=EXCEPTION_HANDLERS,
+        middleware=[Middleware(IncomingAt)],
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.state.worker = worker
+    app.state.startup_hooks = []
+    return app
+
+
+async def health(request: Request) -> Response:
+    """GET /health: 200 when every backend answers, 503 naming the ones that do not."""
+    settings: Settings = request.app.state.settings
+    service: JobService = request.app.state.service
+    backends: dict[str, dict[str, Any]] = {}
+    healthy = True
+    for part, backend in (("state", service.store), ("queue", service.queue)):
+        try:
+            with anyio.fail_after(2):
+                await backend.ping()
+            backends[part] = {"name": backend.name, "ok": True}
+        except (BackendUnavailable, TimeoutError, OSError) as exc:
+            healthy = False
+            backends[part] = {"name": backend.name, "ok": False, "error": str(exc)}
+    body = {
+        "status": "ok" if healthy else "unavailable",
+        "role": settings.role,
+        "backends": backends,
+    }
+    return json_response(body, 200 if healthy else 503)
+
+
+async def openapi(request: Request) -> Response:
+    """GET /openapi.json"""
+    document = request.app.state.__dict__.get("_openapi")
+    if document is None:
+        document = openapi_document(request.app.state.service.registry)
+        request.app.state._openapi = document
+    return json_response(document)
+
+
+async def page(request: Request) -> Response:
+    """The web page (`/` and `/jobs/{id}`: the page routes itself)."""
+    return FileResponse(f"{_web_dir()}/index.html", media_type="text/html")

@@ -1,0 +1,231 @@
+"""Enqueue, progress, stop, result and list: the logic the API and the worker share.
+
+`JobService` is the one door to the StateStore for changes: every transition goes
+through `JobService.transition`, which also tells the change listeners (the
+callback exchange) about it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from datetime import datetime, timedelta
+from typing import Annotated
+
+import anyio
+import msgspec
+
+from .errors import (
+    BackendUnavailable,
+    JobNotFound,
+    JobStateConflict,
+    Overloaded,
+    RequestIdConflict,
+    TransitionRefused,
+)
+from .interfaces import JobQuery, Page, Queue, StateStore
+from .lifecycle import Event, Fail, RequestStop, TimeOut
+from .model import ErrorInfo, Job, JobState, utcnow
+from .registry import Registry
+
+__all__ = ["ChangeListener", "EnqueueRequest", "JobService"]
+
+RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
+BusinessKey = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+RoutingName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+CallbackRouting = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
+
+HIDDEN_HEADERS = frozenset({"authorization", "cookie"})
+
+
+class EnqueueRequest(msgspec.Struct, frozen=True, rename="camel"):
+    """The body of `POST /api/{kind}/enqueue`."""
+
+    content: msgspec.Raw
+    request_id: RequestId | None = None
+    key: BusinessKey | None = None
+    proc_routing: RoutingName | None = None
+    callback_routing: CallbackRouting | None = None
+
+
+ChangeListener = Callable[[Job, Job], Awaitable[None]]
+
+
+class JobService:
+    """The operations of API.md on top of a StateStore, a Queue and a Registry."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        store: StateStore,
+        queue: Queue,
+        processing_timeout: float,
+        retention: float,
+        expose_tech_info: bool = False,
+        max_queue_depth: int = 0,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.queue = queue
+        self.processing_timeout = processing_timeout
+        self.retention = retention
+        self.expose_tech_info = expose_tech_info
+        self.max_queue_depth = max_queue_depth
+        self.listeners: list[ChangeListener] = []
+
+    # -- changes --------------------------------------------------------------
+
+    async def transition(self, job_id: str, event: Event, *, result: bytes | None = None) -> Job:
+        """Apply `event` through the store and tell the change listeners."""
+        if not self.listeners:
+            return await self.store.transition(job_id, event, result=result)
+        before = await self.store.get(job_id)
+        after = await self.store.transition(job_id, event, result=result)
+        if before is not None and after is not before and after.version != before.version:
+            for listener in self.listeners:
+                await listener(before, after)
+        return after
+
+    # -- the four calls -------------------------------------------------------
+
+    async def enqueue(
+        self,
+        kind_name: str,
+        request: EnqueueRequest,
+        *,
+        headers: Mapping[str, str] | None = None,
+        incoming_at: datetime | None = None,
+    ) -> tuple[Job, bool]:
+        """Validate, store and queue a job; `(job, False)` when `requestId` already exists."""
+        kind = self.registry.get(kind_name)
+        kind.decode_content(request.content)
+        routing = request.proc_routing or "default"
+        if self.max_queue_depth and await self.queue.depth(routing) >= self.max_queue_depth:
+            raise Overloaded(f"queue {routing!r} is full, try again later", retryAfter=1)
+        now = utcnow()
+        job = Job(
+            id=request.request_id or uuid.uuid4().hex,
+            kind=kind.name,
+            state=JobState.QUEUED,
+            created_at=now,
+            deadline=now + timedelta(seconds=kind.processing_timeout or self.processing_timeout),
+            retention=kind.retention if kind.retention is not None else self.retention,
+            key=request.key,
+            proc_routing=routing,
+            callback_routing=request.callback_routing,
+            content=request.content,
+            headers={
+                k.lower(): v for k, v in (headers or {}).items() if k.lower() not in HIDDEN_HEADERS
+            },
+            incoming_at=incoming_at or now,
+        )
+        stored, created = await self.store.create(job, uniqueness=kind.uniqueness)
+        if not created:
+            if stored.kind != kind.name:
+                raise RequestIdConflict(
+                    f"requestId {job.id!r} names a job of kind {stored.kind}", jobId=stored.id
+                )
+            return stored, False
+        try:
+            await self.queue.publish(job.id, routing)
+        except BackendUnavailable:
+            # Do not leave a queued record that no message will ever run.
+            error = ErrorInfo(error_id="enqueue_failed", tech_msg="the queue was unreachable")
+            with contextlib.suppress(TransitionRefused, BackendUnavailable):
+                await self.transition(job.id, Fail(error))
+            raise
+        for listener in self.listeners:
+            await listener(stored, stored)
+        return stored, True
+
+    async def get(self, job_id: str, kind: str | None = None) -> Job:
+        """The job; `JobNotFound` when unknown, purged, or of another kind than `kind`."""
+        job = await self.store.get(job_id)
+        if job is None or (kind is not None and job.kind != kind):
+            raise JobNotFound(f"no job {job_id}" + (f" of kind {kind}" if kind else ""))
+        return job
+
+    async def wait_for_change(
+        self, job_id: str, *, kind: str | None = None, wait: float = 0.0, since: int | None = None
+    ) -> Job:
+        """The job once its version is above `since` (default: now), or after `wait` seconds."""
+        job = await self.get(job_id, kind)
+        if since is None:
+            since = job.version
+        if job.version > since or wait <= 0:
+            return job
+        with anyio.move_on_after(wait):
+            while True:
+                with self.store.hub.listen(job_id) as changed:
+                    job = await self.get(job_id, kind)
+                    if job.version > since:
+                        return job
+                    await changed.wait()
+        return await self.get(job_id, kind)
+
+    async def watch(
+        self, job_id: str, *, kind: str | None = None, heartbeat: float = 15.0
+    ) -> AsyncIterator[Job | None]:
+        """The job now and after every change, until terminal; None every `heartbeat` s idle."""
+        seen = -1
+        while True:
+            with self.store.hub.listen(job_id) as changed:
+                job = await self.get(job_id, kind)
+                if job.version > seen:
+                    seen = job.version
+                    yield job
+                if job.state.terminal:
+                    return
+                with anyio.move_on_after(heartbeat) as idle:
+                    await changed.wait()
+            if idle.cancelled_caught:
+                yield None
+
+    async def stop(self, job_id: str, *, kind: str | None = None) -> tuple[Job, bool]:
+        """Ask the job to stop; `(job, True)` when it is running and will stop shortly."""
+        await self.get(job_id, kind)
+        try:
+            job = await self.transition(job_id, RequestStop())
+        except TransitionRefused as refused:
+            raise JobStateConflict(refused.job) from None
+        return job, job.state is JobState.RUNNING
+
+    async def result(self, job_id: str, *, kind: str | None = None) -> tuple[Job, bytes | None]:
+        """The succeeded job and its result bytes (None: no result); else `JobStateConflict`."""
+        job = await self.get(job_id, kind)
+        if job.state is not JobState.SUCCEEDED:
+            raise JobStateConflict(job)
+        data = await self.store.get_result(job_id) if job.result_size is not None else None
+        return job, data
+
+    async def list_jobs(self, query: JobQuery) -> Page:
+        """A page of jobs, newest first."""
+        return await self.store.list_jobs(query)
+
+    async def release(self, kind_name: str, key: str) -> bool:
+        """Free a `once` key of `kind_name`."""
+        self.registry.get(kind_name)
+        return await self.store.release_key(kind_name, key)
+
+    # -- housekeeping ---------------------------------------------------------
+
+    async def sweep(self, now: datetime | None = None, *, grace: float = 1.0) -> int:
+        """Fail unfinished jobs past their deadline (plus `grace`) and purge expired ones."""
+        now = now or utcnow()
+        await self.store.purge_expired(now)
+        late = await self.store.overdue(now - timedelta(seconds=grace))
+        for job_id in late:
+            with contextlib.suppress(TransitionRefused, JobNotFound):
+                await self.transition(job_id, TimeOut())
+        return len(late)
+
+    async def run_sweeper(self, interval: float) -> None:
+        """Sweep every `interval` seconds until cancelled; a failing sweep is retried."""
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self.sweep(grace=1.0 + interval)
+            except BackendUnavailable:
+                continue

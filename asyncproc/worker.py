@@ -1,0 +1,293 @@
+"""The in-process worker pool: takes deliveries, runs handlers, stores the outcome.
+
+At most `concurrency` jobs run at once (the queue's prefetch). Each job runs in
+its own cancel scope, registered with the change hub so that a stop request or a
+terminal state written elsewhere cancels it. A delivery is acked only after the
+job's terminal (or re-queued) state is stored.
+"""
+
+from __future__ import annotations
+
+import math
+import traceback
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import anyio.to_thread
+
+from .changes import Change
+from .context import BlockingJobContext, JobContext, encode_result
+from .errors import (
+    BackendUnavailable,
+    JobError,
+    JobNotFound,
+    JobStopped,
+    RetryableJobError,
+    TransitionRefused,
+    UnknownKind,
+)
+from .interfaces import Delivery
+from .lifecycle import Event, Fail, Report, Retry, Start, Stopped, Succeed, TimeOut
+from .model import ErrorInfo, Job, JobState, utcnow
+from .registry import JobKind
+from .service import JobService
+
+__all__ = ["WorkerPool"]
+
+LOST_ERROR = ErrorInfo(error_id="lost", tech_msg="the worker running this job was lost")
+SHUTDOWN_ERROR = ErrorInfo(error_id="lost", tech_msg="the worker shut down while running this job")
+
+
+class _Run:
+    """One running job: why it is ending early, if it is."""
+
+    __slots__ = ("ctx", "reason", "scope")
+
+    def __init__(self, ctx: JobContext, scope: anyio.CancelScope) -> None:
+        self.ctx = ctx
+        self.scope = scope
+        self.reason: str | None = None  # "stop", "timeout" or "gone"
+
+    def end(self, reason: str, *, cancel: bool) -> None:
+        if self.reason is None:
+            self.reason = reason
+        self.ctx.request_stop()
+        if cancel:
+            self.scope.cancel()
+
+
+class WorkerPool:
+    """Runs up to `concurrency` jobs from the queues of `routings`."""
+
+    def __init__(
+        self,
+        service: JobService,
+        *,
+        routings: Sequence[str] = ("default",),
+        concurrency: int = 16,
+        shutdown_grace: float = 10.0,
+        max_deliveries: int = 5,
+    ) -> None:
+        self.service = service
+        self.routings = tuple(routings)
+        self.concurrency = concurrency
+        self.shutdown_grace = shutdown_grace
+        self.max_deliveries = max_deliveries
+        self.running: dict[str, _Run] = {}
+        self._threads: anyio.CapacityLimiter | None = None
+        self._intake: anyio.CancelScope | None = None
+        self._idle: anyio.Event | None = None
+        self._stopping = False
+
+    async def run(
+        self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Consume and run jobs until cancelled or `shutdown()`; then drain gracefully."""
+        queue = self.service.queue
+        self._threads = anyio.CapacityLimiter(self.concurrency)
+        self._intake = anyio.CancelScope()
+        if self._stopping:
+            self._intake.cancel()
+        async with queue.consume(self.routings, self.concurrency) as deliveries:
+            async with anyio.create_task_group() as jobs:
+                try:
+                    with self._intake:
+                        task_status.started()
+                        async for delivery in deliveries:
+                            jobs.start_soon(self._handle, delivery)
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await self._drain(jobs)
+
+    def shutdown(self) -> None:
+        """Stop taking deliveries; running jobs get `shutdown_grace` seconds to finish."""
+        self._stopping = True
+        if self._intake is not None:
+            self._intake.cancel()
+
+    async def _drain(self, jobs: anyio.abc.TaskGroup) -> None:
+        with anyio.move_on_after(self.shutdown_grace):
+            while self.running:
+                self._idle = anyio.Event()
+                await self._idle.wait()
+        jobs.cancel_scope.cancel()
+
+    async def _handle(self, delivery: Delivery) -> None:
+        try:
+            await self._process(delivery)
+        except BackendUnavailable:
+            # The outcome is not stored: let the queue deliver the job again.
+            with anyio.CancelScope(shield=True):
+                await delivery.requeue()
+        else:
+            await delivery.ack()
+
+    async def _start(self, delivery: Delivery) -> Job | None:
+        """The job moved to running, or None when this delivery has nothing to run."""
+        service = self.service
+        try:
+            return await service.transition(delivery.job_id, Start())
+        except JobNotFound:
+            return None  # a message whose record expired or never was: drop it
+        except TransitionRefused as refused:
+            job = refused.job
+        if not (job.state is JobState.RUNNING and delivery.redelivered):
+            return None  # finished, stopped, or a duplicate delivery of a running job
+        if job.id in self.running:
+            return None
+        # Redelivered while marked running: the node that ran it is gone.
+        if job.attempt >= self.max_deliveries:
+            await service.transition(job.id, Fail(_dead_letter(job)))
+            return None
+        await service.transition(job.id, Retry(LOST_ERROR))
+        try:
+            return await service.transition(job.id, Start())
+        except TransitionRefused:
+            return None
+
+    async def _process(self, delivery: Delivery) -> None:
+        job = await self._start(delivery)
+        if job is None:
+            return
+        service = self.service
+        remaining = (job.deadline - utcnow()).total_seconds()
+        if remaining <= 0:
+            await self._finish(job, TimeOut())
+            return
+        try:
+            kind = service.registry.get(job.kind)
+            content = kind.decoder.decode(job.content)
+        except (UnknownKind, ValueError) as exc:
+            error = ErrorInfo(error_id="bad_job", tech_msg=str(exc))
+            await self._finish(job, Fail(error))
+            return
+
+        async def report(event: Report) -> None:
+            try:
+                await service.transition(job.id, event)
+            except TransitionRefused:
+                pass  # the job ended meanwhile; its cancellation is on its way
+
+        ctx = JobContext(
+            job_id=job.id,
+            kind=job.kind,
+            attempt=job.attempt,
+            incoming_at=job.incoming_at,
+            headers=job.headers,
+            report=report,
+        )
+        scope = anyio.CancelScope(
+            deadline=anyio.current_time() + remaining if kind.is_async else math.inf
+        )
+        run = _Run(ctx, scope)
+        self.running[job.id] = run
+
+        def on_change(change: Change) -> None:
+            reason = "gone" if change.state.terminal else "stop"
+            run.end(reason, cancel=kind.is_async)
+
+        try:
+            with service.store.hub.on_stop(job.id, on_change):
+                event, value = await self._call(kind, ctx, content, run, remaining)
+            await self._finish_run(job, kind, event, value)
+        except anyio.get_cancelled_exc_class():
+            # Shutdown cancelled the job: give it back to the queue for another node.
+            with anyio.CancelScope(shield=True):
+                try:
+                    await service.transition(job.id, Retry(SHUTDOWN_ERROR))
+                    await service.queue.publish(job.id, job.proc_routing)
+                except (TransitionRefused, JobNotFound, BackendUnavailable):
+                    pass
+            raise
+        finally:
+            del self.running[job.id]
+            if not self.running and self._idle is not None:
+                self._idle.set()
+
+    async def _call(
+        self, kind: JobKind, ctx: JobContext, content: Any, run: _Run, remaining: float
+    ) -> tuple[Event, Any]:
+        """Run the handler: the event that ends the job, and the handler's return value."""
+        try:
+            if kind.is_async:
+                with run.scope:
+                    value = await kind.handler(ctx, content)
+                if run.scope.cancelled_caught and run.reason is None:
+                    run.reason = "timeout"
+            else:
+                async with anyio.create_task_group() as watchdog:
+
+                    async def time_out() -> None:
+                        await anyio.sleep(remaining)
+                        run.end("timeout", cancel=False)
+
+                    watchdog.start_soon(time_out)
+                    value = await anyio.to_thread.run_sync(
+                        kind.handler, BlockingJobContext(ctx), content, limiter=self._threads
+                    )
+                    watchdog.cancel_scope.cancel()
+        except JobStopped:
+            value = None
+        except RetryableJobError as exc:
+            return Retry(_job_error(exc)), None
+        except JobError as exc:
+            return Fail(_job_error(exc)), None
+        except Exception as exc:
+            return Fail(
+                ErrorInfo(
+                    error_id="unhandled",
+                    tech_msg=str(exc) or type(exc).__name__,
+                    tech_info=traceback.format_exc(),
+                )
+            ), None
+        if run.reason == "stop":
+            return Stopped(), None
+        if run.reason is not None:  # timeout, or finished elsewhere (then refused below)
+            return TimeOut(), None
+        return Succeed(), value
+
+    async def _finish_run(self, job: Job, kind: JobKind, event: Event, value: Any) -> None:
+        if isinstance(event, Succeed):
+            try:
+                data, mime = encode_result(value)
+            except (TypeError, ValueError) as exc:  # msgspec.EncodeError is a ValueError
+                error = ErrorInfo(error_id="bad_result", tech_msg=f"cannot encode result: {exc}")
+                await self._finish(job, Fail(error))
+                return
+            await self._finish(job, Succeed(len(data) if data is not None else None, mime), data)
+            return
+        if isinstance(event, Retry):
+            if job.attempt <= kind.retries:
+                try:
+                    await self.service.transition(job.id, event)
+                except TransitionRefused:
+                    return
+                await self.service.queue.publish(job.id, job.proc_routing)
+                return
+            event = Fail(event.error or ErrorInfo(error_id="failed"))
+        await self._finish(job, event)
+
+    async def _finish(self, job: Job, event: Event, result: bytes | None = None) -> None:
+        with anyio.CancelScope(shield=True):
+            try:
+                await self.service.transition(job.id, event, result=result)
+            except (TransitionRefused, JobNotFound):
+                pass  # stopped, timed out or purged meanwhile: that outcome stands
+
+
+def _job_error(exc: JobError) -> ErrorInfo:
+    return ErrorInfo(
+        error_id=exc.error_id,
+        biz_msg=exc.biz_msg,
+        tech_msg=exc.tech_msg,
+        tech_info=traceback.format_exc(),
+    )
+
+
+def _dead_letter(job: Job) -> ErrorInfo:
+    return ErrorInfo(
+        error_id="dead_letter",
+        biz_msg="The job could not be run.",
+        tech_msg=f"delivered {job.attempt} times without finishing",
+    )

@@ -1,0 +1,1 @@
+"""Backends: `memory` (StateStore + Queue), `redis` (StateStore), `rabbitmq` (Queue)."""

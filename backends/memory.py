@@ -1,0 +1,282 @@
+"""In-memory StateStore and Queue: the single-node default and the test double.
+
+Both live in one process and one event loop; atomicity comes from never awaiting
+between a read and its write.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+
+import anyio
+
+from asyncproc.changes import Change, ChangeHub
+from asyncproc.errors import JobNotFound, KeyConflict
+from asyncproc.interfaces import Delivery, JobQuery, Page, Queue, StateStore, cursor_of
+from asyncproc.lifecycle import Event, Succeed, apply
+from asyncproc.model import Job, JobState, Uniqueness, utcnow
+
+__all__ = ["MemoryQueue", "MemoryStateStore"]
+
+_ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+
+
+class MemoryStateStore(StateStore):
+    """Job records and results in dicts; expiry by a heap the sweeper drains."""
+
+    name = "memory"
+
+    def __init__(self, hub: ChangeHub | None = None) -> None:
+        self.hub = hub or ChangeHub()
+        self._jobs: dict[str, Job] = {}
+        self._results: dict[str, bytes] = {}
+        self._unfinished: dict[str, datetime] = {}
+        self._expiry: list[tuple[datetime, str]] = []
+        # (kind, key) -> (holder job id, its rule); see `create`.
+        self._holders: dict[tuple[str, str], tuple[str, Uniqueness]] = {}
+
+    async def ping(self) -> None:
+        """Always answers: the store is this process."""
+
+    def _live(self, job_id: str, now: datetime | None = None) -> Job | None:
+        job = self._jobs.get(job_id)
+        if job is not None and job.finished_at is not None and job.expires_at <= (now or utcnow()):
+            self._drop(job_id)
+            return None
+        return job
+
+    def _drop(self, job_id: str) -> None:
+        self._jobs.pop(job_id, None)
+        self._results.pop(job_id, None)
+        self._unfinished.pop(job_id, None)
+
+    def _release_on_finish(self, job: Job) -> None:
+        """A finished job frees its key, except a succeeded `once` job."""
+        if job.key is None:
+            return
+        entry = self._holders.get((job.kind, job.key))
+        if entry is None or entry[0] != job.id:
+            return
+        if not (entry[1] is Uniqueness.ONCE and job.state is JobState.SUCCEEDED):
+            del self._holders[(job.kind, job.key)]
+
+    async def create(
+        self, job: Job, *, uniqueness: Uniqueness = Uniqueness.NONE
+    ) -> tuple[Job, bool]:
+        """See `StateStore.create`."""
+        existing = self._live(job.id)
+        if existing is not None:
+            return existing, False
+        if job.key is not None and uniqueness is not Uniqueness.NONE:
+            entry = self._holders.get((job.kind, job.key))
+            if entry is not None:
+                holder = entry[0]
+                raise KeyConflict(f"key {job.key!r} is held by job {holder}", jobId=holder)
+            self._holders[(job.kind, job.key)] = (job.id, uniqueness)
+        self._jobs[job.id] = job
+        self._unfinished[job.id] = job.deadline
+        self._publish(job)
+        return job, True
+
+    async def get(self, job_id: str) -> Job | None:
+        """See `StateStore.get`."""
+        return self._live(job_id)
+
+    async def transition(
+        self, job_id: str, event: Event, *, result: bytes | None = None, now: datetime | None = None
+    ) -> Job:
+        """See `StateStore.transition`."""
+        now = now or utcnow()
+        job = self._live(job_id, now)
+        if job is None:
+            raise JobNotFound(f"no job {job_id}")
+        new = apply(job, event, now)
+        if new is job:
+            return job
+        self._jobs[job_id] = new
+        if isinstance(event, Succeed) and result is not None:
+            self._results[job_id] = result
+        if new.finished_at is not None:
+            self._unfinished.pop(job_id, None)
+            heapq.heappush(self._expiry, (new.expires_at, job_id))
+            self._release_on_finish(new)
+        self._publish(new)
+        return new
+
+    def _publish(self, job: Job) -> None:
+        self.hub.publish(Change(job.id, job.version, job.state, job.stop_requested))
+
+    async def get_result(self, job_id: str) -> bytes | None:
+        """See `StateStore.get_result`."""
+        return self._results.get(job_id) if self._live(job_id) is not None else None
+
+    async def list_jobs(self, query: JobQuery) -> Page:
+        """See `StateStore.list_jobs`."""
+        after = query.after()
+        now = utcnow()
+        found = (
+            job
+            for job in self._jobs.values()
+            if query.matches(job)
+            and (after is None or (job.created_at, job.id) < after)
+            and not (job.finished_at is not None and job.expires_at <= now)
+        )
+        items = heapq.nlargest(query.limit + 1, found, key=lambda j: (j.created_at, j.id))
+        more = len(items) > query.limit
+        items = items[: query.limit]
+        return Page(items=items, next=cursor_of(items[-1]) if more else None)
+
+    async def release_key(self, kind: str, key: str) -> bool:
+        """See `StateStore.release_key`."""
+        entry = self._holders.get((kind, key))
+        if entry is None:
+            return False
+        holder = self._jobs.get(entry[0])
+        if holder is not None and holder.state in _ACTIVE:
+            return False
+        del self._holders[(kind, key)]
+        return True
+
+    async def overdue(self, now: datetime, limit: int = 100) -> list[str]:
+        """See `StateStore.overdue`."""
+        late = [job_id for job_id, deadline in self._unfinished.items() if deadline < now]
+        return late[:limit]
+
+    async def purge_expired(self, now: datetime) -> int:
+        """See `StateStore.purge_expired`."""
+        purged = 0
+        while self._expiry and self._expiry[0][0] <= now:
+            _, job_id = heapq.heappop(self._expiry)
+            job = self._jobs.get(job_id)
+            if job is not None and job.finished_at is not None and job.expires_at <= now:
+                self._drop(job_id)
+                purged += 1
+        return purged
+
+
+class _MemoryDelivery(Delivery):
+    __slots__ = ("_consumer", "_settled", "job_id", "redelivered", "routing")
+
+    def __init__(self, consumer: _Consumer, job_id: str, routing: str, redelivered: bool) -> None:
+        self._consumer = consumer
+        self._settled = False
+        self.job_id = job_id
+        self.routing = routing
+        self.redelivered = redelivered
+
+    def _settle(self) -> bool:
+        if self._settled:
+            return False
+        self._settled = True
+        self._consumer.settled(self)
+        return True
+
+    async def ack(self) -> None:
+        """See `Delivery.ack`."""
+        self._settle()
+
+    async def requeue(self) -> None:
+        """See `Delivery.requeue`."""
+        if self._settle():
+            self._consumer.queue.put_back(self.job_id, self.routing)
+
+    async def reject(self) -> None:
+        """See `Delivery.reject`."""
+        if self._settle():
+            self._consumer.queue.dead_letters.append((self.routing, self.job_id))
+
+
+class _Consumer:
+    def __init__(self, queue: MemoryQueue, routings: Sequence[str], prefetch: int) -> None:
+        self.queue = queue
+        self.routings = list(routings)
+        self.prefetch = max(1, prefetch)
+        self.unsettled: set[_MemoryDelivery] = set()
+        self.wakeup = anyio.Event()
+
+    def wake(self) -> None:
+        self.wakeup.set()
+
+    def settled(self, delivery: _MemoryDelivery) -> None:
+        self.unsettled.discard(delivery)
+        self.wakeup.set()
+
+    def take(self) -> _MemoryDelivery | None:
+        if len(self.unsettled) >= self.prefetch:
+            return None
+        for routing in self.routings:
+            waiting = self.queue.waiting(routing)
+            if waiting:
+                job_id, redelivered = waiting.popleft()
+                delivery = _MemoryDelivery(self, job_id, routing, redelivered)
+                self.unsettled.add(delivery)
+                return delivery
+        return None
+
+    async def deliveries(self) -> AsyncIterator[Delivery]:
+        while True:
+            delivery = self.take()
+            if delivery is not None:
+                yield delivery
+                continue
+            await self.wakeup.wait()
+            self.wakeup = anyio.Event()
+
+
+class MemoryQueue(Queue):
+    """One deque per routing; unsettled deliveries return when their consumer closes."""
+
+    name = "memory"
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, deque[tuple[str, bool]]] = {}
+        self._consumers: dict[str, set[_Consumer]] = {}
+        self.dead_letters: list[tuple[str, str]] = []
+
+    def waiting(self, routing: str) -> deque[tuple[str, bool]]:
+        """The messages waiting on `routing`: (job id, redelivered)."""
+        waiting = self._waiting.get(routing)
+        if waiting is None:
+            waiting = self._waiting[routing] = deque()
+        return waiting
+
+    async def ping(self) -> None:
+        """Always answers: the queue is this process."""
+
+    async def publish(self, job_id: str, routing: str) -> None:
+        """See `Queue.publish`."""
+        self.waiting(routing).append((job_id, False))
+        self._wake(routing)
+
+    def put_back(self, job_id: str, routing: str) -> None:
+        """Return a message to the head of its queue, flagged redelivered."""
+        self.waiting(routing).appendleft((job_id, True))
+        self._wake(routing)
+
+    def _wake(self, routing: str) -> None:
+        for consumer in self._consumers.get(routing, ()):
+            consumer.wake()
+
+    @asynccontextmanager
+    async def consume(
+        self, routings: Sequence[str], prefetch: int
+    ) -> AsyncIterator[AsyncIterator[Delivery]]:
+        """See `Queue.consume`."""
+        consumer = _Consumer(self, routings, prefetch)
+        for routing in consumer.routings:
+            self._consumers.setdefault(routing, set()).add(consumer)
+        try:
+            yield consumer.deliveries()
+        finally:
+            for routing in consumer.routings:
+                self._consumers[routing].discard(consumer)
+            for delivery in list(consumer.unsettled):
+                await delivery.requeue()
+
+    async def depth(self, routing: str) -> int:
+        """See `Queue.depth`."""
+        return len(self._waiting.get(routing, ()))

@@ -1,0 +1,1 @@
+"""Plugins shipped with asyncproc: `demo` (the demo kinds) and optional integrations."""

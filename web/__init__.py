@@ -1,0 +1,1 @@
+"""The progress page (static files served by the app)."""
