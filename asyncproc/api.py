@@ -109,16 +109,14 @@ def decode_body(body: bytes, type_: type[T]) -> T:
     """Parse a JSON body: 400 when it is not a JSON object with the required fields, else 422."""
     try:
         return msgspec.json.decode(body, type=type_)
-    except msgspec.DecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
-    except msgspec.ValidationError as exc:
+    except msgspec.ValidationError as exc:  # before DecodeError: it is a subclass
         text = str(exc)
-        if (
-            text.startswith(("Expected `object`", "Object missing required field"))
-            and "$." not in text
-        ):
+        top_level = "$." not in text
+        if top_level and text.startswith(("Expected `object`", "Object missing required field")):
             raise BadRequest(f"body: {text}") from None
         raise InvalidInput(f"body: {text}") from None
+    except msgspec.DecodeError as exc:
+        raise BadRequest(f"body is not valid JSON: {exc}") from None
 
 
 def _query_number(request: Request, name: str, type_: Any) -> Any:

@@ -37,7 +37,10 @@ OK, KO, ST = JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED
 
 
 class Start(msgspec.Struct, frozen=True, tag=True):
-    """A worker takes a queued job: queued -> running, attempt + 1."""
+    """A worker takes a queued job: queued -> running, attempt + 1.
+
+    Past the job's deadline it becomes a `TimeOut` instead: queued -> failed.
+    """
 
 
 class Report(msgspec.Struct, frozen=True, tag=True):
@@ -116,6 +119,9 @@ def apply(job: Job, event: Event, now: datetime) -> Job:
     version = job.version + 1
     match event:
         case Start():
+            if now >= job.deadline:
+                # Taken from the queue too late: it times out there and never starts.
+                return apply(job, TimeOut(), now)
             return replace(
                 job, state=target, attempt=job.attempt + 1, started_at=now, version=version
             )

@@ -127,7 +127,8 @@ class WorkerPool:
         """The job moved to running, or None when this delivery has nothing to run."""
         service = self.service
         try:
-            return await service.transition(delivery.job_id, Start())
+            started = await service.transition(delivery.job_id, Start())
+            return started if started.state is JobState.RUNNING else None
         except JobNotFound:
             return None  # a message whose record expired or never was: drop it
         except TransitionRefused as refused:
@@ -142,9 +143,10 @@ class WorkerPool:
             return None
         await service.transition(job.id, Retry(LOST_ERROR))
         try:
-            return await service.transition(job.id, Start())
+            started = await service.transition(job.id, Start())
         except TransitionRefused:
             return None
+        return started if started.state is JobState.RUNNING else None
 
     async def _process(self, delivery: Delivery) -> None:
         job = await self._start(delivery)
@@ -216,17 +218,7 @@ class WorkerPool:
                 if run.scope.cancelled_caught and run.reason is None:
                     run.reason = "timeout"
             else:
-                async with anyio.create_task_group() as watchdog:
-
-                    async def time_out() -> None:
-                        await anyio.sleep(remaining)
-                        run.end("timeout", cancel=False)
-
-                    watchdog.start_soon(time_out)
-                    value = await anyio.to_thread.run_sync(
-                        kind.handler, BlockingJobContext(ctx), content, limiter=self._threads
-                    )
-                    watchdog.cancel_scope.cancel()
+                value = await self._call_blocking(kind, ctx, content, run, remaining)
         except JobStopped:
             value = None
         except RetryableJobError as exc:
@@ -246,6 +238,34 @@ class WorkerPool:
         if run.reason is not None:  # timeout, or finished elsewhere (then refused below)
             return TimeOut(), None
         return Succeed(), value
+
+    async def _call_blocking(
+        self, kind: JobKind, ctx: JobContext, content: Any, run: _Run, remaining: float
+    ) -> Any:
+        """Run a plain `def` handler in a thread; flag it stopping at the deadline."""
+        outcome: list[Any] = []
+        failure: list[BaseException] = []
+
+        async with anyio.create_task_group() as watchdog:
+
+            async def call() -> None:
+                try:
+                    outcome.append(
+                        await anyio.to_thread.run_sync(
+                            kind.handler, BlockingJobContext(ctx), content, limiter=self._threads
+                        )
+                    )
+                except Exception as exc:
+                    failure.append(exc)
+                finally:
+                    watchdog.cancel_scope.cancel()
+
+            watchdog.start_soon(call)
+            await anyio.sleep(remaining)
+            run.end("timeout", cancel=False)
+        if failure:
+            raise failure[0]
+        return outcome[0] if outcome else None
 
     async def _finish_run(self, job: Job, kind: JobKind, event: Event, value: Any) -> None:
         if isinstance(event, Succeed):
