@@ -18,7 +18,7 @@ import msgspec
 
 from .errors import ConfigError
 
-__all__ = ["Role", "Settings", "load_settings", "parse_duration"]
+__all__ = ["Role", "Settings", "client_defaults", "load_settings", "parse_duration"]
 
 ENV_PREFIX = "ASYNCPROC_"
 
@@ -70,7 +70,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 
 
 DURATION_KEYS = frozenset({"processing_timeout", "retention", "shutdown_grace", "sweep_interval"})
-_FIELDS = {f.name: f.type for f in msgspec.structs.fields(Settings)}
+_FIELDS = frozenset(f.name for f in msgspec.structs.fields(Settings))
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -89,23 +89,7 @@ def parse_duration(value: object) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-def _from_env(name: str, raw: str) -> Any:
-    kind = _FIELDS[name]
-    if kind == "bool":
-        lowered = raw.strip().lower()
-        if lowered in {"1", "true", "yes", "on"}:
-            return True
-        if lowered in {"0", "false", "no", "off", ""}:
-            return False
-        raise ValueError(f"{raw!r} is not a boolean (true/false)")
-    if kind == "tuple[str, ...]":
-        return [part.strip() for part in raw.split(",") if part.strip()]
-    if kind == "int":
-        try:
-            return int(raw)
-        except ValueError:
-            raise ValueError(f"{raw!r} is not a whole number") from None
-    return raw
+LIST_KEYS = frozenset({"routings", "plugins"})
 
 
 def load_settings(
@@ -131,25 +115,32 @@ def load_settings(
     for name in _FIELDS:
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is not None:
-            try:
-                values[name] = _from_env(name, raw)
-            except ValueError as exc:
-                raise ConfigError(name, str(exc)) from None
+            values[name] = raw
     values.update(overrides)
     for name in DURATION_KEYS & values.keys():
         try:
             values[name] = parse_duration(values[name])
         except ValueError as exc:
             raise ConfigError(name, str(exc)) from None
-    for name in ("plugins", "routings"):
+    for name in LIST_KEYS:
         if isinstance(values.get(name), str):
             values[name] = [p.strip() for p in values[name].split(",") if p.strip()]
     try:
-        settings = msgspec.convert(values, Settings)
+        # Not strict: environment values are strings ("8", "true").
+        settings = msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
         raise ConfigError(_key_of(str(exc)), str(exc)) from None
     _check(settings)
     return settings
+
+
+def client_defaults(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
+    """The client's server URL and token: `ASYNCPROC_URL` (default
+    `http://127.0.0.1:8000`) and `ASYNCPROC_TOKEN` (default none)."""
+    env = os.environ if environ is None else environ
+    url = env.get(ENV_PREFIX + "URL") or "http://127.0.0.1:8000"
+    token = env.get(ENV_PREFIX + "TOKEN") or None
+    return url, token
 
 
 def _key_of(message: str) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -139,7 +139,9 @@ async def client() -> AsyncIterator[httpx.AsyncClient]:
         yield client
 
 
-async def enqueue(client: httpx.AsyncClient, kind: str, content: Any, **extra: Any) -> dict[str, Any]:
+async def enqueue(
+    client: httpx.AsyncClient, kind: str, content: Any, **extra: Any
+) -> dict[str, Any]:
     response = await client.post(f"/api/{kind}/enqueue", json={"content": content, **extra})
     assert response.status_code == 202, response.text
     body: dict[str, Any] = response.json()
@@ -163,7 +165,8 @@ def assert_error(response: httpx.Response, status_code: int, code: str | None = 
     assert response.status_code == status_code, response.text
     assert response.headers["content-type"].startswith("application/json")
     error = response.json()["error"]
-    assert isinstance(error["message"], str) and error["message"]
+    assert isinstance(error["message"], str)
+    assert error["message"]
     if code is not None:
         assert error["code"] == code
 
@@ -441,7 +444,8 @@ async def test_results_carry_their_mime_types(client: httpx.AsyncClient) -> None
     response = await client.post("/api/demo.sleep/result", json={"id": sleep["id"]})
     assert response.status_code == 204
     done = await status(client, sleep["id"])
-    assert done["resultSize"] is None and done["resultMime"] is None
+    assert done["resultSize"] is None
+    assert done["resultMime"] is None
 
 
 async def test_result_before_finish_is_409_with_status(client: httpx.AsyncClient) -> None:
@@ -600,9 +604,14 @@ async def test_job_list_filters_and_bad_parameters(client: httpx.AsyncClient) ->
 
 async def test_kinds_list_schemas(client: httpx.AsyncClient) -> None:
     kinds = {k["kind"]: k for k in (await client.get("/api/kinds")).json()}
-    assert {"demo.count", "demo.report", "demo.fail", "demo.sleep", "demo.echo", "demo.bytes"} <= set(
-        kinds
-    )
+    assert {
+        "demo.count",
+        "demo.report",
+        "demo.fail",
+        "demo.sleep",
+        "demo.echo",
+        "demo.bytes",
+    } <= set(kinds)
     count = kinds["demo.count"]
     assert count["title"]
     schema = count["contentSchema"]
@@ -640,7 +649,8 @@ async def test_health(client: httpx.AsyncClient) -> None:
     body = response.json()
     assert body["status"] == "ok"
     assert body["role"] == "all"
-    assert body["backends"]["state"]["ok"] and body["backends"]["queue"]["ok"]
+    assert body["backends"]["state"]["ok"]
+    assert body["backends"]["queue"]["ok"]
 
 
 async def test_page_is_served(client: httpx.AsyncClient) -> None:
