@@ -1,0 +1,693 @@
+"""The RabbitMQ Queue (aiormq) and the callback exchange publisher (API.md section 7).
+
+Topology, every name under the key prefix `P`:
+
+    P + "jobs"         durable direct exchange; routing key = procRouting
+    P + "jobs." + r    durable queue of routing r, bound with key r; dead-letters to P + "dead"
+    P + "dead"         durable fanout exchange and its durable queue: rejected messages
+
+A message is the job id (UTF-8), persistent; `publish` returns once the broker
+confirmed it. The queue keeps two connections, one to publish and one to
+consume: RabbitMQ's flow control blocks a publishing connection, and acks must
+not wait behind it. Each reconnects with backoff on its own; consumers re-declare
+and re-consume on the new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator, Awaitable, Sequence
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Self, cast
+
+import aiormq
+import anyio
+import msgspec
+from aiormq import Channel
+from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
+from aiormq.exceptions import AMQPError, ChannelNotFoundEntity, PublishError
+from pamqp import commands as spec
+
+from asyncproc.config import Settings
+from asyncproc.errors import BackendUnavailable
+from asyncproc.interfaces import Delivery, Queue
+from asyncproc.model import Job
+
+if TYPE_CHECKING:
+    from asyncproc.service import JobService
+
+__all__ = ["CallbackPublisher", "RabbitMQQueue"]
+
+log = logging.getLogger("asyncproc.rabbitmq")
+
+# What a dropped connection or channel raises out of aiormq (ChannelInvalidStateError
+# and "connection closed" are RuntimeErrors there).
+_LOST = (AMQPError, ConnectionError, OSError, RuntimeError, TimeoutError)
+_BACKOFF_MIN = 0.05
+_BACKOFF_MAX = 5.0
+_CONNECT_TIMEOUT = 10.0
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _cancelled_for_real() -> bool:
+    """True when the current task was asked to stop (not a CancelledError aiormq
+    uses to tell that a channel went away)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+def _backoff(delay: float) -> float:
+    """The next delay: doubled, capped, with jitter so nodes do not reconnect in step."""
+    return min(delay * 2, _BACKOFF_MAX) * random.uniform(0.8, 1.2)
+
+
+async def _open_channel(connection: AbstractConnection, *, confirms: bool) -> Channel:
+    """A new channel; typed as aiormq's `Channel`, whose publish takes `wait=False`."""
+    return cast(Channel, await connection.channel(publisher_confirms=confirms))
+
+
+class _Link:
+    """One AMQP connection that is reopened with backoff whenever it drops."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url
+        self.name = name
+        self.connection: AbstractConnection | None = None
+        self.generation = 0  # counts connections made, so users notice a new one
+        self.last_error = "not connected yet"
+        self._up = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    def start(self) -> None:
+        """Start the connect-and-watch task (idempotent)."""
+        if self._task is None and not self._closed:
+            self._task = asyncio.create_task(self._keep_open(), name=f"amqp link {self.name}")
+
+    def current(self) -> AbstractConnection | None:
+        """The connection if it is open right now."""
+        connection = self.connection
+        return connection if connection is not None and not connection.is_closed else None
+
+    async def get(self, within: float | None) -> AbstractConnection:
+        """The open connection, waiting up to `within` s for one; else `BackendUnavailable`."""
+        self.start()
+        loop = asyncio.get_running_loop()
+        deadline = None if within is None else loop.time() + within
+        while True:
+            connection = self.current()
+            if connection is not None:
+                return connection
+            if self._closed:
+                raise BackendUnavailable("rabbitmq", "the connection is closed")
+            try:
+                async with asyncio.timeout_at(deadline):
+                    if self._up.is_set():
+                        # Closed, but the watcher has not noticed yet: give it a moment.
+                        await asyncio.sleep(0.01)
+                    else:
+                        await self._up.wait()
+            except TimeoutError:
+                raise BackendUnavailable("rabbitmq", self.last_error) from None
+
+    async def _keep_open(self) -> None:
+        delay = _BACKOFF_MIN
+        while True:
+            try:
+                async with asyncio.timeout(_CONNECT_TIMEOUT):
+                    connection = await aiormq.connect(
+                        self.url, client_properties={"connection_name": self.name}
+                    )
+            except (*_LOST, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and _cancelled_for_real():
+                    raise
+                self.last_error = _describe(exc)
+                await asyncio.sleep(delay)
+                delay = _backoff(delay)
+                continue
+            delay = _BACKOFF_MIN
+            self.connection = connection
+            self.generation += 1
+            self._up.set()
+            if self.generation > 1:
+                log.info("rabbitmq connection %r is back", self.name)
+            try:
+                await connection.closing
+                self.last_error = "the connection was closed"
+            except Exception as exc:  # the reason the connection closed
+                self.last_error = _describe(exc)
+            self._up.clear()
+            self.connection = None
+            log.warning(
+                "rabbitmq connection %r lost (%s); reconnecting", self.name, self.last_error
+            )
+
+    async def aclose(self) -> None:
+        """Stop reconnecting and close the connection."""
+        self._closed = True
+        self._up.set()  # wake waiters: they see `_closed`
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        connection, self.connection = self.connection, None
+        if connection is not None:
+            with contextlib.suppress(*_LOST):
+                await connection.close()
+
+
+class _RabbitDelivery(Delivery):
+    __slots__ = ("_consumer", "_settled", "_tag", "channel", "job_id", "redelivered", "routing")
+
+    def __init__(
+        self,
+        consumer: _Consumer,
+        channel: AbstractChannel,
+        tag: int,
+        job_id: str,
+        routing: str,
+        redelivered: bool,
+    ) -> None:
+        self._consumer = consumer
+        self._settled = False
+        self._tag = tag
+        self.channel = channel
+        self.job_id = job_id
+        self.routing = routing
+        self.redelivered = redelivered
+
+    def _settle(self) -> bool:
+        """Mark settled; False when it already was or its channel is gone.
+
+        A delivery of a closed channel is back in the queue already: there is
+        nothing to send, and the broker delivers it again.
+        """
+        if self._settled:
+            return False
+        self._settled = True
+        self._consumer.settled(self)
+        return not self.channel.is_closed
+
+    async def ack(self) -> None:
+        """See `Delivery.ack`."""
+        if self._settle():
+            # wait=False: do not wait for the socket; a lost ack means a redelivery.
+            await _quietly(self.channel.basic_ack(self._tag, wait=False))
+
+    async def requeue(self) -> None:
+        """See `Delivery.requeue`."""
+        if self._settle():
+            await _quietly(self.channel.basic_nack(self._tag, requeue=True, wait=False))
+
+    async def reject(self) -> None:
+        """See `Delivery.reject`: the queue dead-letters it to the `dead` exchange."""
+        if self._settle():
+            await _quietly(self.channel.basic_reject(self._tag, requeue=False, wait=False))
+
+
+async def _quietly(settle: Awaitable[None]) -> None:
+    """Await a settle call; a channel that died meanwhile is not an error."""
+    try:
+        await settle
+    except _LOST:
+        pass
+    except asyncio.CancelledError:
+        if _cancelled_for_real():
+            raise
+
+
+class _Consumer:
+    """One channel consuming the queues of some routings; follows reconnections."""
+
+    def __init__(self, queue: RabbitMQQueue, routings: Sequence[str], prefetch: int) -> None:
+        self.queue = queue
+        self.routings = list(dict.fromkeys(routings))
+        self.prefetch = max(1, prefetch)
+        self.unsettled: set[_RabbitDelivery] = set()
+        self.ready = asyncio.Event()
+        self._buffer: asyncio.Queue[_RabbitDelivery] = asyncio.Queue()
+        self._room = asyncio.Event()
+        self._channel: AbstractChannel | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the consume-and-follow task."""
+        self._task = asyncio.create_task(self._run(), name="amqp consumer")
+
+    def settled(self, delivery: _RabbitDelivery) -> None:
+        """A yielded delivery was settled: room for the next one."""
+        self.unsettled.discard(delivery)
+        self._room.set()
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> Delivery:
+        while True:
+            # The broker holds back past `prefetch` per channel; this also counts
+            # deliveries of channels lost in a reconnection that are still running.
+            while len(self.unsettled) >= self.prefetch:
+                self._room.clear()
+                await self._room.wait()
+            delivery = await self._buffer.get()
+            if delivery.channel.is_closed:
+                continue  # back in the queue already: the broker sends it again
+            self.unsettled.add(delivery)
+            return delivery
+
+    async def _on_message(self, message: DeliveredMessage) -> None:
+        deliver = message.delivery
+        assert isinstance(deliver, spec.Basic.Deliver)
+        self._buffer.put_nowait(
+            _RabbitDelivery(
+                self,
+                message.channel,
+                deliver.delivery_tag or 0,
+                message.body.decode(),
+                deliver.routing_key or "",
+                bool(deliver.redelivered),
+            )
+        )
+
+    async def _run(self) -> None:
+        delay = _BACKOFF_MIN
+        while True:
+            channel: AbstractChannel | None = None
+            try:
+                connection = await self.queue.consumer_link.get(None)
+                channel = self._channel = await _open_channel(connection, confirms=False)
+                gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+                def broker_cancelled(_: object, gone: asyncio.Future[None] = gone) -> None:
+                    # The broker cancels a consumer whose queue was deleted.
+                    if not gone.done():
+                        gone.set_result(None)
+
+                channel.on_consumer_cancel_callbacks.add(broker_cancelled)
+                # global_ makes the limit per channel, shared by the routings' consumers.
+                await channel.basic_qos(
+                    prefetch_count=self.prefetch, global_=len(self.routings) > 1
+                )
+                for routing in self.routings:
+                    await self.queue.declare_routing(channel, routing)
+                for routing in self.routings:
+                    await channel.basic_consume(self.queue.queue_name(routing), self._on_message)
+                self.ready.set()
+                delay = _BACKOFF_MIN
+                closing = channel.closing
+                await asyncio.wait([closing, gone], return_when=asyncio.FIRST_COMPLETED)
+                if closing.done() and not closing.cancelled():
+                    closing.exception()  # retrieved: the reason is logged by the link
+                closing.cancel()
+                reason = "the consumer was cancelled by the broker" if gone.done() else "closed"
+                log.warning("rabbitmq consumer channel lost (%s); consuming again", reason)
+            except (*_LOST, asyncio.CancelledError) as exc:
+                if isinstance(exc, asyncio.CancelledError) and _cancelled_for_real():
+                    raise
+                log.warning("rabbitmq consumer: %s; retrying", _describe(exc))
+                await asyncio.sleep(delay)
+                delay = _backoff(delay)
+            finally:
+                if channel is not None and not channel.is_closed and not _cancelled_for_real():
+                    await _close_channel(channel)
+
+    async def aclose(self) -> None:
+        """Stop consuming; the broker puts unsettled messages back, flagged redelivered."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.wait([task])
+        channel, self._channel = self._channel, None
+        if channel is not None and not channel.is_closed:
+            await _close_channel(channel)
+
+
+async def _close_channel(channel: AbstractChannel) -> None:
+    try:
+        async with asyncio.timeout(5):
+            await channel.close()
+    except (*_LOST, asyncio.CancelledError) as exc:
+        if isinstance(exc, asyncio.CancelledError) and _cancelled_for_real():
+            raise
+
+
+class RabbitMQQueue(Queue):
+    """Job ids on durable RabbitMQ queues, one per routing, with a dead-letter queue.
+
+    `outage_timeout` bounds how long `publish` and `depth` wait for a lost
+    connection to come back before raising `BackendUnavailable`.
+    """
+
+    name = "rabbitmq"
+
+    def __init__(
+        self,
+        url: str = "amqp://guest:guest@127.0.0.1:5672/",
+        *,
+        prefix: str = "asyncproc:",
+        outage_timeout: float = 5.0,
+    ) -> None:
+        self.url = url
+        self.prefix = prefix
+        self.outage_timeout = outage_timeout
+        self.exchange = f"{prefix}jobs"
+        self.dead_letter = f"{prefix}dead"  # both the exchange and its queue
+        self.publisher_link = _Link(url, f"asyncproc {prefix} publish")
+        self.consumer_link = _Link(url, f"asyncproc {prefix} consume")
+        self._generation = 0
+        self._publishing: Channel | None = None
+        self._admin: Channel | None = None
+        self._declared: set[str] = set()
+        self._channel_lock = asyncio.Lock()
+        self._consumers: set[_Consumer] = set()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """The queue at `settings.amqp_url`, names under `settings.key_prefix`."""
+        return cls(settings.amqp_url, prefix=settings.key_prefix)
+
+    def queue_name(self, routing: str) -> str:
+        """The RabbitMQ queue holding the messages of `routing`."""
+        return f"{self.exchange}.{routing}"
+
+    async def start(self) -> None:
+        """Connect and declare the exchanges; `BackendUnavailable` if the broker is away."""
+        await self.ping_within(self.outage_timeout)
+
+    async def aclose(self) -> None:
+        """Close every consumer and both connections."""
+        for consumer in list(self._consumers):
+            await consumer.aclose()
+        await self.publisher_link.aclose()
+        await self.consumer_link.aclose()
+
+    # -- channels of the publishing connection --------------------------------
+
+    async def _channels(self, deadline: float) -> tuple[Channel, Channel]:
+        """The (publishing, admin) channels, reopened after a reconnection.
+
+        Admin RPCs (declares, passive declares) get their own channel: a refused
+        one closes its channel and must not fail publishes in flight.
+        """
+        publishing, admin = self._publishing, self._admin
+        if (
+            publishing is not None
+            and admin is not None
+            and not publishing.is_closed
+            and not admin.is_closed
+            and self._generation == self.publisher_link.generation
+        ):
+            return publishing, admin
+        remaining = deadline - asyncio.get_running_loop().time()
+        connection = await self.publisher_link.get(max(0.0, remaining))
+        async with self._channel_lock:
+            if self._generation != self.publisher_link.generation:
+                self._generation = self.publisher_link.generation
+                self._publishing = self._admin = None
+                self._declared = set()
+            if self._publishing is None or self._publishing.is_closed:
+                self._publishing = await _open_channel(connection, confirms=True)
+            if self._admin is None or self._admin.is_closed:
+                self._admin = await _open_channel(connection, confirms=False)
+            return self._publishing, self._admin
+
+    async def declare_routing(self, channel: AbstractChannel, routing: str) -> None:
+        """Declare the exchanges, the dead-letter queue and the queue of `routing`."""
+        await channel.exchange_declare(self.exchange, exchange_type="direct", durable=True)
+        await channel.exchange_declare(self.dead_letter, exchange_type="fanout", durable=True)
+        await channel.queue_declare(self.dead_letter, durable=True)
+        await channel.queue_bind(self.dead_letter, self.dead_letter)
+        name = self.queue_name(routing)
+        await channel.queue_declare(
+            name, durable=True, arguments={"x-dead-letter-exchange": self.dead_letter}
+        )
+        await channel.queue_bind(name, self.exchange, routing_key=routing)
+
+    async def _ensure_routing(self, routing: str, deadline: float) -> Channel:
+        """The publishing channel, once `routing`'s queue is declared on this connection."""
+        publishing, admin = await self._channels(deadline)
+        if routing not in self._declared:
+            generation = self._generation
+            await self.declare_routing(admin, routing)
+            if generation == self._generation:
+                self._declared.add(routing)
+        return publishing
+
+    async def _retrying(self, deadline: float, error: BaseException) -> None:
+        """Wait before the next try, or raise `BackendUnavailable` past `deadline`."""
+        if isinstance(error, asyncio.CancelledError) and _cancelled_for_real():
+            raise error
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise BackendUnavailable("rabbitmq", _describe(error)) from None
+        await asyncio.sleep(min(0.05, remaining))
+
+    # -- the Queue contract -------------------------------------------------
+
+    async def ping(self) -> None:
+        """See `Queue.ping`: answers at once (no waiting for a reconnection)."""
+        if self.publisher_link.current() is None:
+            self.publisher_link.start()
+            raise BackendUnavailable("rabbitmq", self.publisher_link.last_error)
+        await self.ping_within(2.0)
+
+    async def ping_within(self, within: float) -> None:
+        """Return once the broker answers a declare, waiting up to `within` s."""
+        deadline = asyncio.get_running_loop().time() + within
+        while True:
+            try:
+                _, admin = await self._channels(deadline)
+                async with asyncio.timeout_at(deadline):
+                    await admin.exchange_declare(
+                        self.exchange, exchange_type="direct", durable=True
+                    )
+                return
+            except (*_LOST, asyncio.CancelledError) as exc:
+                await self._retrying(deadline, exc)
+
+    async def publish(self, job_id: str, routing: str) -> None:
+        """See `Queue.publish`: persistent, confirmed by the broker.
+
+        While the connection is down it waits up to `outage_timeout` for it to come
+        back, then raises `BackendUnavailable`. A publish cut off before its confirm
+        is sent again: a job may be delivered twice, never lost.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.outage_timeout
+        body = job_id.encode()
+        while True:
+            try:
+                channel = await self._ensure_routing(routing, deadline)
+                await channel.basic_publish(
+                    body,
+                    exchange=self.exchange,
+                    routing_key=routing,
+                    properties=spec.Basic.Properties(delivery_mode=2),
+                    mandatory=True,  # an unroutable message comes back instead of vanishing
+                    wait=False,  # the confirm is what we wait for
+                )
+                return
+            except PublishError as exc:
+                self._declared.discard(routing)  # its queue was deleted: declare it again
+                await self._retrying(deadline, exc)
+            except (*_LOST, asyncio.CancelledError) as exc:
+                await self._retrying(deadline, exc)
+
+    @asynccontextmanager
+    async def consume(
+        self, routings: Sequence[str], prefetch: int
+    ) -> AsyncIterator[AsyncIterator[Delivery]]:
+        """See `Queue.consume`: one channel, prefetch by basic.qos, manual acks.
+
+        The iterator keeps yielding across reconnections. Entering waits up to
+        `outage_timeout` for the consumer to be registered with the broker.
+        """
+        consumer = _Consumer(self, routings, prefetch)
+        self._consumers.add(consumer)
+        consumer.start()
+        try:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.outage_timeout):
+                    await consumer.ready.wait()
+            yield consumer
+        finally:
+            self._consumers.discard(consumer)
+            with anyio.CancelScope(shield=True):
+                await consumer.aclose()
+
+    async def depth(self, routing: str) -> int:
+        """See `Queue.depth`: messages ready on `routing` (a passive queue declare)."""
+        deadline = asyncio.get_running_loop().time() + self.outage_timeout
+        while True:
+            try:
+                await self._ensure_routing(routing, deadline)
+                _, admin = await self._channels(deadline)
+                ok = await admin.queue_declare(self.queue_name(routing), passive=True)
+                return ok.message_count or 0
+            except ChannelNotFoundEntity as exc:
+                self._declared.discard(routing)
+                await self._retrying(deadline, exc)
+            except (*_LOST, asyncio.CancelledError) as exc:
+                await self._retrying(deadline, exc)
+
+    async def delete(self, routings: Sequence[str]) -> None:
+        """Delete the queues of `routings`, the dead-letter queue and both exchanges."""
+        deadline = asyncio.get_running_loop().time() + self.outage_timeout
+        _, admin = await self._channels(deadline)
+        for routing in routings:
+            await admin.queue_delete(self.queue_name(routing))
+        await admin.queue_delete(self.dead_letter)
+        await admin.exchange_delete(self.exchange)
+        await admin.exchange_delete(self.dead_letter)
+        self._declared = set()
+
+
+_STATUS_ENCODER = msgspec.json.Encoder()
+_BATCH = 256
+
+
+class CallbackPublisher:
+    """Publishes a job's status to the callback exchange (API.md section 7).
+
+    A `JobService` listener: on enqueue, on every state change and every bizStep
+    change of a job with a `callbackRouting`, the status JSON goes to `exchange`
+    with that routing key, in the order the changes were made on this node. The
+    listener only queues the message (transitions never wait for the broker); a
+    background task publishes with confirms, resending after a reconnection, so a
+    consumer may see a message twice: the status `version` tells the newest.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        exchange: str,
+        *,
+        expose_tech_info: bool = False,
+        buffer: int = 10_000,
+        name: str = "asyncproc callbacks",
+    ) -> None:
+        self.exchange = exchange
+        self.expose_tech_info = expose_tech_info
+        self._link = _Link(url, name)
+        self._pending: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=buffer)
+        self._channel: Channel | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """The publisher of `settings.callback_exchange` at `settings.amqp_url`."""
+        return cls(
+            settings.amqp_url,
+            settings.callback_exchange,
+            expose_tech_info=settings.expose_tech_info,
+            name=f"asyncproc {settings.key_prefix} callbacks",
+        )
+
+    async def start(self, within: float = 5.0) -> None:
+        """Connect, make sure the exchange exists, start publishing."""
+        connection = await self._link.get(within)
+        probe = await _open_channel(connection, confirms=False)
+        try:
+            await probe.exchange_declare(self.exchange, passive=True)
+        except ChannelNotFoundEntity:
+            # The probe channel is closed by the refusal; declare on a fresh one.
+            declarer = await _open_channel(connection, confirms=False)
+            await declarer.exchange_declare(self.exchange, exchange_type="topic", durable=True)
+            await _close_channel(declarer)
+        else:
+            await _close_channel(probe)
+        self._task = asyncio.create_task(self._drain(), name="amqp callbacks")
+
+    @asynccontextmanager
+    async def attached(self, service: JobService) -> AsyncIterator[Self]:
+        """Started and listening to `service` for the duration of the block."""
+        await self.start()
+        service.listeners.append(self)
+        try:
+            yield self
+        finally:
+            service.listeners.remove(self)
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+
+    async def __call__(self, before: Job, after: Job) -> None:
+        """The `JobService` listener: queue the status if the change is one to tell."""
+        routing = after.callback_routing
+        if routing is None:
+            return
+        if (
+            before.version != after.version
+            and before.state == after.state
+            and before.progress.biz_step == after.progress.biz_step
+        ):
+            return  # percent, message or stop flag only
+        body = _STATUS_ENCODER.encode(after.status(expose_tech_info=self.expose_tech_info))
+        await self._pending.put((routing, body))
+
+    async def _publishing_channel(self) -> Channel:
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            connection = await self._link.get(None)
+            channel = self._channel = await _open_channel(connection, confirms=True)
+        return channel
+
+    async def _publish(self, channel: Channel, routing: str, body: bytes) -> None:
+        await channel.basic_publish(
+            body,
+            exchange=self.exchange,
+            routing_key=routing,
+            properties=spec.Basic.Properties(content_type="application/json", delivery_mode=2),
+            wait=False,
+        )
+
+    async def _drain(self) -> None:
+        batch: list[tuple[str, bytes]] = []
+        delay = _BACKOFF_MIN
+        while True:
+            if not batch:
+                batch.append(await self._pending.get())
+                while len(batch) < _BATCH and not self._pending.empty():
+                    batch.append(self._pending.get_nowait())
+            try:
+                channel = await self._publishing_channel()
+            except _LOST as exc:
+                log.warning("callback exchange: %s; retrying", _describe(exc))
+                await asyncio.sleep(delay)
+                delay = _backoff(delay)
+                continue
+            # The tasks reach the channel's (FIFO) lock in creation order, so the
+            # messages go out in order while their confirms are awaited together.
+            outcomes = await asyncio.gather(
+                *(self._publish(channel, routing, body) for routing, body in batch),
+                return_exceptions=True,
+            )
+            errors = [(i, out) for i, out in enumerate(outcomes) if isinstance(out, BaseException)]
+            done = errors[0][0] if errors else len(batch)
+            for _ in range(done):
+                self._pending.task_done()
+            batch = batch[done:]
+            if errors:
+                if _cancelled_for_real():
+                    raise asyncio.CancelledError
+                log.warning("callback exchange: %s; resending", _describe(errors[0][1]))
+                await asyncio.sleep(delay)
+                delay = _backoff(delay)
+            else:
+                delay = _BACKOFF_MIN
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Publish what is queued (up to `grace` seconds), then disconnect."""
+        task, self._task = self._task, None
+        if task is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._pending.join()
+            task.cancel()
+            await asyncio.wait([task])
+        await self._link.aclose()

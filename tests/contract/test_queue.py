@@ -1,0 +1,276 @@
+"""The Queue contract (asyncproc/interfaces.py), run against every implementation.
+
+Only the interface is used, except where the contract names a place outside it:
+the dead-letter destination of `reject`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import aiormq
+import anyio
+import pytest
+
+from asyncproc.backends.memory import MemoryQueue
+from asyncproc.backends.rabbitmq import RabbitMQQueue
+from asyncproc.interfaces import Delivery, Queue
+from tests.support import wait_until
+
+ROUTINGS = ("alpha", "beta")
+# Long enough for a wrong delivery to show up on loopback; only used to assert
+# that something does NOT happen.
+QUIET = 0.3
+
+
+@pytest.fixture(params=["memory", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+async def queue(
+    request: pytest.FixtureRequest, anyio_backend: str, unique_prefix: str
+) -> AsyncIterator[Queue]:
+    """A started queue; RabbitMQ names are unique to the test and deleted after."""
+    if request.param == "memory":
+        async with MemoryQueue() as memory:
+            await memory.start()
+            yield memory
+        return
+    url = request.getfixturevalue("amqp_url")
+    rabbit = RabbitMQQueue(url, prefix=unique_prefix)
+    await rabbit.start()
+    try:
+        yield rabbit
+    finally:
+        await rabbit.delete(ROUTINGS)
+        await rabbit.aclose()
+
+
+class Taken:
+    """What a consumer has received so far, pulled by a background task."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+
+    @property
+    def ids(self) -> list[str]:
+        """The job ids received, in order."""
+        return [d.job_id for d in self.deliveries]
+
+    async def count(self, n: int) -> list[Delivery]:
+        """Wait until `n` deliveries came (fail after 10 s); the first `n`."""
+
+        async def probe() -> int:
+            return len(self.deliveries)
+
+        await wait_until(probe, lambda got: got >= n)
+        return self.deliveries[:n]
+
+    async def stays(self, n: int) -> bool:
+        """True when, after a quiet moment, exactly `n` deliveries came."""
+        await anyio.sleep(QUIET)
+        return len(self.deliveries) == n
+
+
+@asynccontextmanager
+async def taking(queue: Queue, routings: list[str], prefetch: int) -> AsyncIterator[Taken]:
+    """Consume `routings` in the background for the duration of the block."""
+    taken = Taken()
+    async with queue.consume(routings, prefetch) as deliveries:
+        async with anyio.create_task_group() as tasks:
+
+            async def pull() -> None:
+                async for delivery in deliveries:
+                    taken.deliveries.append(delivery)
+
+            tasks.start_soon(pull)
+            yield taken
+            tasks.cancel_scope.cancel()
+
+
+async def dead_letters(queue: Queue) -> list[str]:
+    """The job ids in the dead-letter destination (RabbitMQ: taken off its queue)."""
+    if isinstance(queue, MemoryQueue):
+        return [job_id for _, job_id in queue.dead_letters]
+    assert isinstance(queue, RabbitMQQueue)
+    found: list[str] = []
+    async with aiormq.connect(queue.url) as connection:
+        channel = await connection.channel()
+        while True:
+            message = await channel.basic_get(queue.dead_letter, no_ack=True)
+            if not message.body:
+                return found
+            found.append(message.body.decode())
+
+
+@pytest.mark.anyio
+async def test_ping_answers(queue: Queue) -> None:
+    await queue.ping()
+
+
+@pytest.mark.anyio
+async def test_published_id_is_delivered_with_its_routing(queue: Queue) -> None:
+    await queue.publish("job-1", "alpha")
+    async with taking(queue, ["alpha"], 4) as taken:
+        (delivery,) = await taken.count(1)
+        assert (delivery.job_id, delivery.routing, delivery.redelivered) == (
+            "job-1",
+            "alpha",
+            False,
+        )
+        await delivery.ack()
+
+
+@pytest.mark.anyio
+async def test_consumer_of_several_routings_gets_each_with_its_routing(queue: Queue) -> None:
+    await queue.publish("a1", "alpha")
+    await queue.publish("b1", "beta")
+    async with taking(queue, list(ROUTINGS), 4) as taken:
+        for delivery in await taken.count(2):
+            await delivery.ack()
+        assert {d.job_id: d.routing for d in taken.deliveries} == {"a1": "alpha", "b1": "beta"}
+
+
+@pytest.mark.anyio
+async def test_routings_are_isolated(queue: Queue) -> None:
+    await queue.publish("b1", "beta")
+    await queue.publish("b2", "beta")
+    await queue.publish("a1", "alpha")
+    async with taking(queue, ["alpha"], 10) as alpha:
+        (delivery,) = await alpha.count(1)
+        assert (delivery.job_id, delivery.routing) == ("a1", "alpha")
+        await delivery.ack()
+        assert await alpha.stays(1)
+        assert await queue.depth("beta") == 2
+    async with taking(queue, ["beta"], 10) as beta:
+        for delivery in await beta.count(2):
+            assert delivery.routing == "beta"
+            await delivery.ack()
+        assert sorted(beta.ids) == ["b1", "b2"]
+
+
+@pytest.mark.anyio
+async def test_at_most_prefetch_unsettled_deliveries(queue: Queue) -> None:
+    ids = [f"job-{i}" for i in range(5)]
+    for job_id in ids:
+        await queue.publish(job_id, "alpha")
+    async with taking(queue, ["alpha"], 2) as taken:
+        first, second = await taken.count(2)
+        assert await taken.stays(2)
+        assert await queue.depth("alpha") == 3
+        await first.ack()
+        third = (await taken.count(3))[2]
+        assert await taken.stays(3)
+        await second.ack()
+        await third.ack()
+        for delivery in (await taken.count(5))[3:]:
+            await delivery.ack()
+        assert sorted(taken.ids) == ids
+
+
+@pytest.mark.anyio
+async def test_prefetch_is_shared_by_the_routings_of_one_consumer(queue: Queue) -> None:
+    for i in range(3):
+        await queue.publish(f"a{i}", "alpha")
+        await queue.publish(f"b{i}", "beta")
+    async with taking(queue, list(ROUTINGS), 2) as taken:
+        held = await taken.count(2)
+        assert await taken.stays(2)
+        for delivery in held:
+            await delivery.ack()
+        await taken.count(3)
+
+
+@pytest.mark.anyio
+async def test_ack_removes_the_message(queue: Queue) -> None:
+    await queue.publish("done", "alpha")
+    async with taking(queue, ["alpha"], 4) as taken:
+        (delivery,) = await taken.count(1)
+        await delivery.ack()
+    await queue.publish("next", "alpha")
+    async with taking(queue, ["alpha"], 4) as taken:
+        (delivery,) = await taken.count(1)
+        assert (delivery.job_id, delivery.redelivered) == ("next", False)
+        await delivery.ack()
+        assert await taken.stays(1)
+    assert await queue.depth("alpha") == 0
+
+
+@pytest.mark.anyio
+async def test_requeue_redelivers_flagged_redelivered(queue: Queue) -> None:
+    await queue.publish("again", "alpha")
+    async with taking(queue, ["alpha"], 4) as taken:
+        (first,) = await taken.count(1)
+        assert not first.redelivered
+        await first.requeue()
+        second = (await taken.count(2))[1]
+        assert (second.job_id, second.redelivered) == ("again", True)
+        await second.ack()
+
+
+@pytest.mark.anyio
+async def test_reject_never_redelivers_and_dead_letters(queue: Queue) -> None:
+    await queue.publish("bad", "alpha")
+    await queue.publish("good", "alpha")
+    async with taking(queue, ["alpha"], 1) as taken:
+        (bad,) = await taken.count(1)
+        assert bad.job_id == "bad"
+        await bad.reject()
+        good = (await taken.count(2))[1]
+        assert good.job_id == "good"
+        await good.ack()
+        assert await taken.stays(2)
+    async with taking(queue, ["alpha"], 4) as taken:
+        assert await taken.stays(0)
+    assert await queue.depth("alpha") == 0
+    seen: list[str] = []
+
+    async def probe() -> list[str]:
+        seen.extend(await dead_letters(queue))
+        return seen
+
+    assert await wait_until(probe, lambda ids: "bad" in ids) == ["bad"]
+
+
+@pytest.mark.anyio
+async def test_closing_the_consumer_returns_unsettled_deliveries(queue: Queue) -> None:
+    await queue.publish("held", "alpha")
+    await queue.publish("finished", "alpha")
+    async with taking(queue, ["alpha"], 4) as taken:
+        by_id = {d.job_id: d for d in await taken.count(2)}
+        await by_id["finished"].ack()
+    async with taking(queue, ["alpha"], 4) as taken:
+        (again,) = await taken.count(1)
+        assert (again.job_id, again.redelivered) == ("held", True)
+        await again.ack()
+        assert await taken.stays(1)
+    # Settling a delivery of a closed consumer is harmless and changes nothing.
+    await by_id["held"].ack()
+    assert await queue.depth("alpha") == 0
+
+
+@pytest.mark.anyio
+async def test_depth_counts_waiting_messages(queue: Queue) -> None:
+    assert await queue.depth("alpha") == 0
+    for i in range(3):
+        await queue.publish(f"job-{i}", "alpha")
+    await wait_until(lambda: queue.depth("alpha"), lambda n: n == 3)
+    assert await queue.depth("beta") == 0
+    async with taking(queue, ["alpha"], 1) as taken:
+        (delivery,) = await taken.count(1)
+        await wait_until(lambda: queue.depth("alpha"), lambda n: n == 2)
+        await delivery.ack()
+
+
+@pytest.mark.anyio
+async def test_concurrent_publishes_are_all_delivered(queue: Queue) -> None:
+    ids = [f"job-{i}" for i in range(200)]
+    async with anyio.create_task_group() as tasks:
+        for job_id in ids:
+            tasks.start_soon(queue.publish, job_id, "alpha")
+    async with taking(queue, ["alpha"], 50) as taken:
+        acked = 0
+        while acked < len(ids):
+            await taken.count(acked + 1)
+            for delivery in taken.deliveries[acked:]:
+                await delivery.ack()
+                acked += 1
+        assert sorted(taken.ids) == sorted(ids)
