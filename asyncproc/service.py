@@ -128,6 +128,10 @@ class JobService:
                     f"requestId {job.id!r} names a job of kind {stored.kind}", jobId=stored.id
                 )
             return stored, False
+        # Before publishing: once published, a worker may start the job, and the
+        # listeners must hear `queued` before `running`.
+        for listener in self.listeners:
+            await listener(stored, stored)
         try:
             await self.queue.publish(job.id, routing)
         except BackendUnavailable:
@@ -136,8 +140,6 @@ class JobService:
             with contextlib.suppress(TransitionRefused, BackendUnavailable):
                 await self.transition(job.id, Fail(error))
             raise
-        for listener in self.listeners:
-            await listener(stored, stored)
         return stored, True
 
     async def get(self, job_id: str, kind: str | None = None) -> Job:
