@@ -20,7 +20,8 @@
     │   └── Overloaded         503  the queue is over its depth limit
     ├── JobError               raised by a handler: fails the job with these fields
     │   └── RetryableJobError  raised by a handler: run the job again if retries are left
-    └── JobStopped             raised inside a handler by `ctx.raise_if_stopped()`
+    ├── JobStopped             raised inside a handler by `ctx.raise_if_stopped()`
+    └── ApiError               raised by `asyncproc.client` when the server answers non-2xx
 
 The API maps `ServiceError` and `BackendUnavailable` to answers in one place
 (`api.py`, Starlette exception handlers).
@@ -31,7 +32,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .model import Job
+    from .model import Job, JobStatus
 
 
 class AsyncProcError(Exception):
@@ -191,3 +192,31 @@ class RetryableJobError(JobError):
 
 class JobStopped(AsyncProcError):
     """Raised by `ctx.raise_if_stopped()` when the job was asked to stop or ran out of time."""
+
+
+class ApiError(AsyncProcError):
+    """Raised by `asyncproc.client` when the server answers with an error (non-2xx).
+
+    `code` is the literal of API.md section 5 (`state_conflict` for the 409 answers
+    of stop and result, which carry the job's `status` instead of an error body),
+    `detail` the rest of the error body (such as `jobId`), `retry_after` the
+    seconds a 503 asks to wait.
+    """
+
+    def __init__(
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        *,
+        status: JobStatus | None = None,
+        detail: dict[str, Any] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{status_code} {code}: {message}")
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+        self.status = status
+        self.detail = detail or {}
+        self.retry_after = retry_after
