@@ -1,0 +1,580 @@
+"""Redis StateStore: records in hashes, compare-and-set writes, changes over pub/sub.
+
+The lifecycle rules stay in Python (`lifecycle.apply`): a transition reads the
+record, applies the event, and writes the new record with a Lua script that
+refuses when anyone wrote since the read (a per-write token). The same script
+keeps the indexes, the key holder and the expiry, and publishes the `Change`,
+so a write and its notification are one atomic step.
+
+Keys, all under the prefix P:
+
+    P job:<id>           hash    r: record (msgspec JSON), w: write token,
+                                 m: index member, x: result bytes
+    P idx                zset    every job; members "<createdAt µs, 20 digits>|<id>",
+                                 all scores 0, so lexical order is (createdAt, id)
+    P idx:kind:<kind>    zset    the same members, one kind
+    P idx:key:<key>      zset    the same members, one business key
+    P due                zset    ids of unfinished jobs, scored by deadline
+    P exp                zset    [id, member, kind, key] of finished jobs, scored by purge time
+    P hold:<kind>:<key>  string  "<rule>|<id>" while a job holds the key,
+                                 "done|<id>" for a succeeded `once` job
+    P changes            pub/sub channel of msgpack-encoded `Change`s
+
+Records expire with Redis TTLs (API.md section 4); `purge_expired` only trims
+the indexes of records Redis has dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, cast
+
+import msgspec
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff, NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from asyncproc.changes import Change, ChangeHub
+from asyncproc.errors import (
+    BackendUnavailable,
+    BadRequest,
+    JobNotFound,
+    KeyConflict,
+    TransitionRefused,
+)
+from asyncproc.interfaces import JobQuery, Page, StateStore, cursor_of
+from asyncproc.lifecycle import Event, Succeed, apply
+from asyncproc.model import Job, JobState, Uniqueness, decode_job, encode_job, utcnow
+
+if TYPE_CHECKING:
+    from asyncproc.config import Settings
+
+__all__ = ["RedisStateStore"]
+
+log = logging.getLogger("asyncproc.redis")
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+# An unfinished record outlives its deadline by at least this much, so the sweeper
+# can always still mark it timed out (even with a tiny retention).
+_UNFINISHED_MARGIN = 3600.0
+# Records we wrote or read last, as the guess for the next compare-and-set (one
+# round trip instead of two); the write token makes a wrong guess harmless.
+_CACHE_SIZE = 1024
+_CACHE_MAX_CONTENT = 64 * 1024
+_LIST_BATCH = 100
+_Arg = bytes | str | int | float
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+
+# KEYS: job, idx, idx:kind, due, [idx:key, [hold]]
+# ARGV: record, token, member, id, deadline score, expire ms, rule, change, channel
+_CREATE = """
+local cur = redis.call('HMGET', KEYS[1], 'r', 'w')
+if cur[1] then
+  if cur[2] == ARGV[2] then return {1, cur[1]} end
+  return {0, cur[1]}
+end
+if KEYS[6] then
+  local held = redis.call('GET', KEYS[6])
+  if held then return {-1, string.sub(held, string.find(held, '|', 1, true) + 1)} end
+  redis.call('SET', KEYS[6], ARGV[7] .. '|' .. ARGV[4], 'PXAT', ARGV[6])
+end
+redis.call('HSET', KEYS[1], 'r', ARGV[1], 'w', ARGV[2], 'm', ARGV[3])
+redis.call('PEXPIREAT', KEYS[1], ARGV[6])
+redis.call('ZADD', KEYS[2], 0, ARGV[3])
+redis.call('ZADD', KEYS[3], 0, ARGV[3])
+if KEYS[5] then redis.call('ZADD', KEYS[5], 0, ARGV[3]) end
+redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
+redis.call('PUBLISH', ARGV[9], ARGV[8])
+return {1}
+"""
+
+# KEYS: job, [due, exp, [hold]]  (the rest only for a finishing write)
+# ARGV: expected token, new token, record, change, channel, has result, result,
+#       id, expire ms, purge score, exp member, succeeded
+# Answers {0} missing, {1, record, token} someone else wrote, {2} this very write was
+# already applied (a retried command), {3} written.
+_TRANSITION = """
+local w = redis.call('HGET', KEYS[1], 'w')
+if not w then return {0} end
+if w ~= ARGV[1] then
+  if w == ARGV[2] then return {2} end
+  return {1, redis.call('HGET', KEYS[1], 'r'), w}
+end
+if ARGV[6] == '1' then
+  redis.call('HSET', KEYS[1], 'r', ARGV[3], 'w', ARGV[2], 'x', ARGV[7])
+else
+  redis.call('HSET', KEYS[1], 'r', ARGV[3], 'w', ARGV[2])
+end
+if KEYS[2] then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[9])
+  redis.call('ZREM', KEYS[2], ARGV[8])
+  redis.call('ZADD', KEYS[3], ARGV[10], ARGV[11])
+  if KEYS[4] then
+    local held = redis.call('GET', KEYS[4])
+    if held then
+      local bar = string.find(held, '|', 1, true)
+      if string.sub(held, bar + 1) == ARGV[8] then
+        if ARGV[12] == '1' and string.sub(held, 1, bar - 1) == 'once' then
+          redis.call('SET', KEYS[4], 'done|' .. ARGV[8])
+        else
+          redis.call('DEL', KEYS[4])
+        end
+      end
+    end
+  end
+end
+redis.call('PUBLISH', ARGV[5], ARGV[4])
+return {3}
+"""
+
+# KEYS: hold.  Frees a key held by a succeeded `once` job.
+_RELEASE = """
+local held = redis.call('GET', KEYS[1])
+if held and string.sub(held, 1, 5) == 'done|' then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+
+def _micros(moment: datetime) -> int:
+    if moment.tzinfo is None:
+        raise BadRequest("cursor is not one this service handed out")
+    return (moment - _EPOCH) // _MICROSECOND
+
+
+def _member(created_at: datetime, job_id: str) -> str:
+    """The index member: sorts like (createdAt, id)."""
+    return f"{_micros(created_at):020d}|{job_id}"
+
+
+def _ms(moment: datetime) -> int:
+    """Epoch milliseconds, rounded down so a key never outlives its moment."""
+    return math.floor(_micros(moment) / 1000)
+
+
+def _expired(job: Job, now: datetime) -> bool:
+    return job.finished_at is not None and job.expires_at <= now
+
+
+@contextmanager
+def _guard() -> Iterator[None]:
+    """Turn every way of not reaching Redis into `BackendUnavailable`."""
+    try:
+        yield
+    except _UNAVAILABLE as exc:
+        raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
+
+
+class RedisStateStore(StateStore):
+    """The cluster StateStore: every node sees the same records and changes."""
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "asyncproc:",
+        hub: ChangeHub | None = None,
+        timeout: float = 5.0,
+    ) -> None:
+        self.hub = hub or ChangeHub()
+        self.url = url
+        self.prefix = prefix
+        self._channel = f"{prefix}changes"
+        # A few quick retries reconnect a broken pooled connection; more would only
+        # delay the 503 while Redis is really down.
+        self._redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=min(timeout, 2.0),
+            retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 2),
+        )
+        # The listener's own client: no hidden retries, so every reconnect is seen
+        # (and followed by a resync of what this node watches).
+        self._sub_redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=None,
+            socket_connect_timeout=min(timeout, 2.0),
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=15,
+        )
+        self._create = self._redis.register_script(_CREATE)
+        self._transition = self._redis.register_script(_TRANSITION)
+        self._release = self._redis.register_script(_RELEASE)
+        self._cache: OrderedDict[str, tuple[Job, bytes]] = OrderedDict()
+        self._node = os.urandom(6).hex()
+        self._writes = itertools.count()
+        self._listener: asyncio.Task[None] | None = None
+        self._tried: asyncio.Event | None = None
+        self.listening = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisStateStore:
+        """The store of `settings.redis_url` with `settings.key_prefix`."""
+        return cls(settings.redis_url, prefix=settings.key_prefix)
+
+    # -- keys -------------------------------------------------------------------
+
+    def _job_key(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def _hold_key(self, kind: str, key: str) -> str:
+        return f"{self.prefix}hold:{kind}:{key}"
+
+    def _index_key(self, query: JobQuery) -> str:
+        if query.key is not None:
+            return f"{self.prefix}idx:key:{query.key}"
+        if query.kind is not None:
+            return f"{self.prefix}idx:kind:{query.kind}"
+        return f"{self.prefix}idx"
+
+    def _token(self) -> bytes:
+        return f"{self._node}.{next(self._writes)}".encode()
+
+    def _remember(self, job: Job, token: bytes) -> None:
+        if job.state.terminal or len(job.content) > _CACHE_MAX_CONTENT:
+            self._cache.pop(job.id, None)
+            return
+        self._cache[job.id] = (job, token)
+        self._cache.move_to_end(job.id)
+        if len(self._cache) > _CACHE_SIZE:
+            self._cache.popitem(last=False)
+
+    def _change(self, job: Job) -> bytes:
+        return msgspec.msgpack.encode(Change(job.id, job.version, job.state, job.stop_requested))
+
+    # -- lifecycle of the store ---------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the change listener; wait (briefly) for its first subscription.
+
+        An unreachable server does not fail start-up: the listener keeps trying and
+        `ping` reports the outage.
+        """
+        if self._listener is not None:
+            return
+        self._tried = asyncio.Event()
+        self._listener = asyncio.create_task(self._listen(), name="asyncproc-redis-listener")
+        try:
+            await asyncio.wait_for(self._tried.wait(), 5.0)
+        except TimeoutError:
+            pass
+
+    async def aclose(self) -> None:
+        """Stop the listener and close the connection pools; idempotent."""
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.cancel()
+            try:
+                await listener
+            except asyncio.CancelledError:
+                pass
+        await self._sub_redis.aclose()
+        await self._redis.aclose()
+
+    async def _listen(self) -> None:
+        """Deliver every published change to this node's hub; reconnect with backoff."""
+        delay = 0.05
+        while True:
+            pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                self.listening = True
+                delay = 0.05
+                if self._tried is not None:
+                    self._tried.set()
+                # Changes published while we were away are lost: re-read what we watch.
+                await self._resync()
+                while True:
+                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
+                    if message is not None and message.get("type") == "message":
+                        self._deliver(message["data"])
+            except (RedisError, OSError, BackendUnavailable) as exc:
+                log.warning("redis change listener lost its connection: %s", exc)
+            finally:
+                self.listening = False
+                await pubsub.aclose()  # type: ignore[no-untyped-call]
+            if self._tried is not None:
+                self._tried.set()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+    def _deliver(self, data: bytes) -> None:
+        try:
+            change = msgspec.msgpack.decode(data, type=Change)
+        except msgspec.DecodeError:
+            log.warning("ignoring a malformed change message on %s", self._channel)
+            return
+        self.hub.publish(change)
+
+    async def _resync(self) -> None:
+        for job_id in self.hub.watched_ids():
+            job = await self.get(job_id)
+            if job is not None:
+                self.hub.publish(Change(job.id, job.version, job.state, job.stop_requested))
+
+    async def ping(self) -> None:
+        """See `StateStore.ping`."""
+        with _guard():
+            await self._redis.ping()
+
+    # -- records ------------------------------------------------------------------
+
+    async def create(
+        self, job: Job, *, uniqueness: Uniqueness = Uniqueness.NONE
+    ) -> tuple[Job, bool]:
+        """See `StateStore.create`."""
+        member = _member(job.created_at, job.id)
+        keys = [
+            self._job_key(job.id),
+            f"{self.prefix}idx",
+            f"{self.prefix}idx:kind:{job.kind}",
+            f"{self.prefix}due",
+        ]
+        if job.key is not None:
+            keys.append(f"{self.prefix}idx:key:{job.key}")
+            if uniqueness is not Uniqueness.NONE:
+                keys.append(self._hold_key(job.kind, job.key))
+        token = self._token()
+        keep_until = job.deadline + timedelta(seconds=max(job.retention, _UNFINISHED_MARGIN))
+        args: list[_Arg] = [
+            encode_job(job),
+            token,
+            member,
+            job.id,
+            repr(job.deadline.timestamp()),
+            _ms(keep_until),
+            str(uniqueness),
+            self._change(job),
+            self._channel,
+        ]
+        with _guard():
+            answer = await self._create(keys=keys, args=args)
+        if answer[0] == -1:
+            holder = answer[1].decode()
+            raise KeyConflict(f"key {job.key!r} is held by job {holder}", jobId=holder)
+        if len(answer) == 1:
+            self._remember(job, token)
+            return job, True
+        stored = decode_job(answer[1])
+        return stored, answer[0] == 1
+
+    async def _read(self, job_id: str) -> tuple[Job, bytes] | None:
+        with _guard():
+            record, token = cast(
+                "list[bytes | None]", await self._redis.hmget(self._job_key(job_id), ["r", "w"])
+            )
+        if record is None:
+            return None
+        job = decode_job(record)
+        self._remember(job, token or b"")
+        return job, token or b""
+
+    async def get(self, job_id: str) -> Job | None:
+        """See `StateStore.get`."""
+        found = await self._read(job_id)
+        if found is None or _expired(found[0], utcnow()):
+            return None
+        return found[0]
+
+    async def transition(
+        self, job_id: str, event: Event, *, result: bytes | None = None, now: datetime | None = None
+    ) -> Job:
+        """See `StateStore.transition`."""
+        now = now or utcnow()
+        current = self._cache.get(job_id)
+        verified = current is None
+        while True:
+            if current is None:
+                current = await self._read(job_id)
+                verified = True
+                if current is None or _expired(current[0], now):
+                    raise JobNotFound(f"no job {job_id}")
+            job, token = current
+            try:
+                new = apply(job, event, now)
+            except TransitionRefused:
+                if verified:
+                    raise
+                current = None  # refused by a stale guess: ask Redis
+                continue
+            if new is job:
+                if verified:
+                    return job
+                current = None
+                continue
+            written = self._token()
+            answer = await self._write(new, token, written, event, result)
+            if answer[0] in (2, 3):
+                self._remember(new, written)
+                return new
+            if answer[0] == 0:
+                self._cache.pop(job_id, None)
+                raise JobNotFound(f"no job {job_id}")
+            current = (decode_job(answer[1]), answer[2])
+            verified = True
+
+    async def _write(
+        self, new: Job, expected: bytes, token: bytes, event: Event, result: bytes | None
+    ) -> list[Any]:
+        """Compare-and-set `new` over the record written with `expected`."""
+        keys = [self._job_key(new.id)]
+        # Only a Succeed stores a result (as the memory store does).
+        data = result if isinstance(event, Succeed) else None
+        args: list[_Arg] = [
+            expected,
+            token,
+            encode_job(new),
+            self._change(new),
+            self._channel,
+            "0" if data is None else "1",
+            b"" if data is None else data,
+            new.id,
+        ]
+        if new.finished_at is not None:
+            purge_at = new.expires_at
+            keys += [f"{self.prefix}due", f"{self.prefix}exp"]
+            if new.key is not None:
+                keys.append(self._hold_key(new.kind, new.key))
+            args += [
+                _ms(purge_at),
+                repr(purge_at.timestamp()),
+                msgspec.json.encode([new.id, _member(new.created_at, new.id), new.kind, new.key]),
+                "1" if new.state is JobState.SUCCEEDED else "0",
+            ]
+        with _guard():
+            answer: list[Any] = await self._transition(keys=keys, args=args)
+        return answer
+
+    async def get_result(self, job_id: str) -> bytes | None:
+        """See `StateStore.get_result`."""
+        with _guard():
+            record, data = cast(
+                "list[bytes | None]", await self._redis.hmget(self._job_key(job_id), ["r", "x"])
+            )
+        if record is None or data is None or _expired(decode_job(record), utcnow()):
+            return None
+        return data
+
+    # -- queries --------------------------------------------------------------------
+
+    async def list_jobs(self, query: JobQuery) -> Page:
+        """See `StateStore.list_jobs`."""
+        after = query.after()
+        index = self._index_key(query)
+        start = "(" + _member(*after) if after is not None else "+"
+        now = utcnow()
+        items: list[Job] = []
+        with _guard():
+            while len(items) <= query.limit:
+                members = cast(
+                    "list[bytes]",
+                    await self._redis.zrange(
+                        index, start, "-", desc=True, bylex=True, offset=0, num=_LIST_BATCH
+                    ),
+                )
+                if not members:
+                    break
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for member in members:
+                        job_id = member.split(b"|", 1)[1].decode()
+                        pipe.hmget(self._job_key(job_id), ["r", "m"])
+                    rows: list[list[bytes | None]] = await pipe.execute()
+                stale = []
+                for member, (record, stored_member) in zip(members, rows, strict=True):
+                    if record is None or stored_member != member:
+                        stale.append(member)
+                        continue
+                    job = decode_job(record)
+                    if not _expired(job, now) and query.matches(job):
+                        items.append(job)
+                        if len(items) > query.limit:
+                            break
+                if stale:
+                    # Records Redis expired (or an id reused later): drop their entries.
+                    await self._redis.zrem(index, *stale)
+                if len(members) < _LIST_BATCH:
+                    break
+                start = "(" + members[-1].decode()
+        more = len(items) > query.limit
+        items = items[: query.limit]
+        return Page(items=items, next=cursor_of(items[-1]) if more and items else None)
+
+    async def release_key(self, kind: str, key: str) -> bool:
+        """See `StateStore.release_key`."""
+        with _guard():
+            released = await self._release(keys=[self._hold_key(kind, key)])
+        return bool(released)
+
+    async def overdue(self, now: datetime, limit: int = 100) -> list[str]:
+        """See `StateStore.overdue`."""
+        due = f"{self.prefix}due"
+        with _guard():
+            ids = cast(
+                "list[bytes]",
+                await self._redis.zrange(
+                    due, "-inf", f"({now.timestamp()!r}", byscore=True, offset=0, num=limit
+                ),
+            )
+            if not ids:
+                return []
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.exists(self._job_key(job_id.decode()))
+                alive: list[int] = await pipe.execute()
+            gone = [job_id for job_id, live in zip(ids, alive, strict=True) if not live]
+            if gone:
+                await self._redis.zrem(due, *gone)
+        return [job_id.decode() for job_id, live in zip(ids, alive, strict=True) if live]
+
+    async def purge_expired(self, now: datetime) -> int:
+        """See `StateStore.purge_expired`: Redis drops the records; this trims the indexes."""
+        exp = f"{self.prefix}exp"
+        with _guard():
+            entries = cast(
+                "list[bytes]",
+                await self._redis.zrange(
+                    exp, "-inf", repr(now.timestamp()), byscore=True, offset=0, num=500
+                ),
+            )
+            if not entries:
+                return 0
+            decoded = [
+                msgspec.json.decode(entry, type=tuple[str, str, str, str | None])
+                for entry in entries
+            ]
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for job_id, _, _, _ in decoded:
+                    pipe.hget(self._job_key(job_id), "m")
+                members: list[bytes | None] = await pipe.execute()
+            purged = 0
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for entry, (_, member, kind, key), stored in zip(
+                    entries, decoded, members, strict=True
+                ):
+                    if stored is not None and stored.decode() == member:
+                        continue  # Redis has not dropped it yet
+                    purged += 1
+                    pipe.zrem(f"{self.prefix}idx", member)
+                    pipe.zrem(f"{self.prefix}idx:kind:{kind}", member)
+                    if key is not None:
+                        pipe.zrem(f"{self.prefix}idx:key:{key}", member)
+                    pipe.zrem(exp, entry)
+                if purged:
+                    await pipe.execute()
+        return purged

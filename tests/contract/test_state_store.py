@@ -1,0 +1,525 @@
+"""The StateStore contract: every promise of the `StateStore` docstrings, per backend.
+
+A new backend is one more entry in `BACKENDS` (and a branch in `_open`).
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+import redis.asyncio as aioredis
+
+from asyncproc.backends.memory import MemoryStateStore
+from asyncproc.backends.redis import RedisStateStore
+from asyncproc.errors import BadRequest, JobNotFound, KeyConflict, TransitionRefused
+from asyncproc.interfaces import JobQuery, StateStore
+from asyncproc.lifecycle import (
+    Fail,
+    Report,
+    RequestStop,
+    Retry,
+    Start,
+    Stopped,
+    Succeed,
+    TimeOut,
+)
+from asyncproc.model import ErrorInfo, JobState, Uniqueness, utcnow
+from tests.contract import RecordingHub, delete_prefix, new_job
+from tests.support import wait_until
+
+pytestmark = pytest.mark.anyio
+
+BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
+BOOM = ErrorInfo(error_id="boom", biz_msg="it broke")
+
+
+class Nodes:
+    """The store under test and its peer: another node sharing the same data.
+
+    For the in-process memory store the peer is the store itself.
+    """
+
+    def __init__(self, store: StateStore, peer: StateStore) -> None:
+        self.store = store
+        self.peer = peer
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> tuple[str, str, str]:
+    """(name, server url, key prefix) of the backend under test."""
+    if request.param == "redis":
+        url = request.getfixturevalue("redis_url")
+        return "redis", url, request.getfixturevalue("unique_prefix")
+    return request.param, "", ""
+
+
+@pytest.fixture
+async def nodes(backend: tuple[str, str, str]) -> AsyncIterator[Nodes]:
+    """Two started nodes of the backend; everything they stored is deleted afterwards."""
+    name, url, prefix = backend
+    async with AsyncExitStack() as stack:
+        if name == "memory":
+            store: StateStore = MemoryStateStore(RecordingHub())
+            await stack.enter_async_context(store)
+            yield Nodes(store, store)
+            return
+        stack.push_async_callback(delete_prefix, url, prefix)
+        started = []
+        for _ in range(2):
+            node = RedisStateStore(url, prefix=prefix, hub=RecordingHub())
+            await stack.enter_async_context(node)
+            await node.start()
+            started.append(node)
+        yield Nodes(started[0], started[1])
+
+
+@pytest.fixture
+def store(nodes: Nodes) -> StateStore:
+    """The store under test."""
+    return nodes.store
+
+
+async def tick() -> None:
+    """A probe for `wait_until` when the condition is checked on local state."""
+    await anyio.lowlevel.checkpoint()
+
+
+def changes_of(store: StateStore) -> RecordingHub:
+    """The recording hub the fixture gave `store`."""
+    assert isinstance(store.hub, RecordingHub)
+    return store.hub
+
+
+async def test_ping_answers(store: StateStore) -> None:
+    await store.ping()
+
+
+async def test_create_then_get_round_trips_the_record(store: StateStore) -> None:
+    job = new_job(key="k1", content=b'{"n": 3, "text": "h\\u00e9"}')
+    stored, created = await store.create(job)
+    assert created
+    assert stored == job
+    fetched = await store.get(job.id)
+    assert fetched == job
+    assert fetched is not None
+    assert bytes(fetched.content) == bytes(job.content)
+    assert fetched.headers == {"x-test": "yes"}
+
+
+async def test_create_is_idempotent_by_id_whatever_the_kind(store: StateStore) -> None:
+    job = new_job()
+    await store.create(job)
+    await store.transition(job.id, Start())
+    again, created = await store.create(new_job(job.id, kind="demo.echo"))
+    assert not created
+    assert again.kind == "demo.count"
+    assert again.state is JobState.RUNNING
+    assert (await store.get(job.id)) == again
+
+
+async def test_unknown_ids(store: StateStore) -> None:
+    assert await store.get("nope") is None
+    assert await store.get_result("nope") is None
+    with pytest.raises(JobNotFound):
+        await store.transition("nope", Start())
+
+
+async def test_active_key_is_held_by_queued_and_running_jobs(store: StateStore) -> None:
+    first, _ = await store.create(new_job(key="k"), uniqueness=Uniqueness.ACTIVE)
+    with pytest.raises(KeyConflict) as conflict:
+        await store.create(new_job(key="k"), uniqueness=Uniqueness.ACTIVE)
+    assert conflict.value.extra["jobId"] == first.id
+    await store.transition(first.id, Start())
+    with pytest.raises(KeyConflict):
+        await store.create(new_job(key="k"), uniqueness=Uniqueness.ACTIVE)
+    # Another kind, or a kind without a rule, is not bound by it.
+    await store.create(new_job(key="k", kind="demo.echo"), uniqueness=Uniqueness.ACTIVE)
+    await store.create(new_job(key="k"))
+    await store.transition(first.id, Succeed())
+    second, created = await store.create(new_job(key="k"), uniqueness=Uniqueness.ACTIVE)
+    assert created
+    with pytest.raises(KeyConflict) as conflict:
+        await store.create(new_job(key="k"), uniqueness=Uniqueness.ACTIVE)
+    assert conflict.value.extra["jobId"] == second.id
+    # An active key is never "released": it frees itself when the job ends.
+    assert not await store.release_key("demo.count", "k")
+
+
+async def test_a_refused_create_stores_nothing(store: StateStore) -> None:
+    await store.create(new_job(key="k"), uniqueness=Uniqueness.ACTIVE)
+    loser = new_job(key="k")
+    with pytest.raises(KeyConflict):
+        await store.create(loser, uniqueness=Uniqueness.ACTIVE)
+    assert await store.get(loser.id) is None
+    page = await store.list_jobs(JobQuery(key="k"))
+    assert loser.id not in [job.id for job in page.items]
+
+
+async def test_once_key_is_held_by_a_succeeded_job_until_released(store: StateStore) -> None:
+    once = Uniqueness.ONCE
+    failed, _ = await store.create(new_job(key="k"), uniqueness=once)
+    await store.transition(failed.id, Fail(BOOM))  # failed jobs do not hold it
+    stopped, _ = await store.create(new_job(key="k"), uniqueness=once)
+    await store.transition(stopped.id, RequestStop())  # nor stopped ones
+    job, created = await store.create(new_job(key="k"), uniqueness=once)
+    assert created
+    assert not await store.release_key("demo.count", "k")  # still running: not released
+    await store.transition(job.id, Start())
+    await store.transition(job.id, Succeed())
+    with pytest.raises(KeyConflict) as conflict:
+        await store.create(new_job(key="k"), uniqueness=once)
+    assert conflict.value.extra["jobId"] == job.id
+    assert await store.release_key("demo.count", "k")
+    assert not await store.release_key("demo.count", "k")
+    _, created = await store.create(new_job(key="k"), uniqueness=once)
+    assert created
+    assert not await store.release_key("demo.count", "never-used")
+
+
+async def test_refused_transitions_change_nothing(nodes: Nodes) -> None:
+    store = nodes.store
+    job, _ = await store.create(new_job())
+    for event in (Succeed(), Stopped(), Report(percent=5), Retry()):
+        with pytest.raises(TransitionRefused) as refused:
+            await store.transition(job.id, event)
+        assert refused.value.job == job
+    await store.transition(job.id, Start())
+    done = await store.transition(job.id, Succeed(2, "application/json"), result=b"{}")
+    for event in (Start(), Fail(BOOM), RequestStop(), TimeOut(), Report(percent=1)):
+        with pytest.raises(TransitionRefused) as refused:
+            await nodes.peer.transition(job.id, event)
+        assert refused.value.job == done
+    assert await store.get(job.id) == done
+    assert await store.get_result(job.id) == b"{}"
+
+
+async def test_version_strictly_increases_and_every_write_is_published(store: StateStore) -> None:
+    job, _ = await store.create(new_job())
+    versions = [job.version]
+    for event in (
+        Start(),
+        Report(percent=10, biz_step="load"),
+        Report(message="row 1"),
+        Retry(BOOM),
+        Start(),
+        RequestStop(),
+        Stopped(),
+    ):
+        job = await store.transition(job.id, event)
+        assert job.version > versions[-1]
+        versions.append(job.version)
+    assert job.state is JobState.STOPPED
+    hub = changes_of(store)
+    await wait_until(tick, lambda _: hub.versions(job.id)[-1:] == [versions[-1]])
+    assert hub.versions(job.id) == versions
+
+
+async def test_a_change_that_changes_nothing_writes_nothing(store: StateStore) -> None:
+    job, _ = await store.create(new_job())
+    job = await store.transition(job.id, Start())
+    job = await store.transition(job.id, Report(percent=50, biz_step="x"))
+    same = await store.transition(job.id, Report(percent=50, biz_step="x"))
+    assert same.version == job.version
+    flagged = await store.transition(job.id, RequestStop())
+    assert (await store.transition(job.id, RequestStop())).version == flagged.version
+    stopped = await store.transition(job.id, Stopped())
+    assert (await store.transition(job.id, RequestStop())) == stopped
+    assert await store.get(job.id) == stopped
+    hub = changes_of(store)
+    await wait_until(tick, lambda _: stopped.version in hub.versions(job.id))
+    assert hub.versions(job.id) == [1, 2, 3, 4, 5]
+
+
+@pytest.mark.parametrize("data", [b"", b"a,b\n1,2\n", bytes(range(256)) * 3])
+async def test_results_round_trip(store: StateStore, data: bytes) -> None:
+    job, _ = await store.create(new_job())
+    await store.transition(job.id, Start())
+    assert await store.get_result(job.id) is None
+    done = await store.transition(job.id, Succeed(len(data), "text/csv"), result=data)
+    assert (done.result_size, done.result_mime) == (len(data), "text/csv")
+    assert await store.get_result(job.id) == data
+
+
+async def test_a_64_mib_result_round_trips_byte_for_byte(store: StateStore) -> None:
+    data = os.urandom(64 * 1024 * 1024)
+    job, _ = await store.create(new_job())
+    await store.transition(job.id, Start())
+    await store.transition(job.id, Succeed(len(data), "application/octet-stream"), result=data)
+    assert await store.get_result(job.id) == data
+
+
+async def test_results_exist_only_for_succeeded_jobs(store: StateStore) -> None:
+    empty, _ = await store.create(new_job())
+    await store.transition(empty.id, Start())
+    done = await store.transition(empty.id, Succeed())
+    assert (done.result_size, done.result_mime) == (None, None)
+    assert await store.get_result(empty.id) is None
+    failed, _ = await store.create(new_job())
+    await store.transition(failed.id, Start())
+    # A result handed with any other event is not stored.
+    with pytest.raises(TransitionRefused):
+        await store.transition(failed.id, Stopped(), result=b"no")
+    await store.transition(failed.id, Fail(BOOM), result=b"no")
+    assert await store.get_result(failed.id) is None
+
+
+async def test_finished_at_and_expires_at(store: StateStore) -> None:
+    job, _ = await store.create(new_job(retention=60))
+    assert job.finished_at is None
+    assert job.expires_at == job.deadline
+    running = await store.transition(job.id, Start())
+    assert running.finished_at is None
+    done = await store.transition(job.id, Fail(BOOM))
+    assert done.finished_at is not None
+    assert done.expires_at == done.finished_at + timedelta(seconds=60)
+
+
+async def test_terminal_jobs_expire_after_retention(store: StateStore) -> None:
+    keep, _ = await store.create(new_job(retention=3600))
+    gone, _ = await store.create(new_job(retention=1))
+    await store.transition(keep.id, Start())
+    await store.transition(keep.id, Succeed(1, "text/plain"), result=b"k")
+    await store.transition(gone.id, Start())
+    # Finished two seconds ago with one second of retention: already purged.
+    await store.transition(
+        gone.id, Succeed(1, "text/plain"), result=b"g", now=utcnow() - timedelta(seconds=2)
+    )
+    assert await store.get(gone.id) is None
+    assert await store.get_result(gone.id) is None
+    with pytest.raises(JobNotFound):
+        await store.transition(gone.id, RequestStop())
+    await store.purge_expired(utcnow())
+    assert [job.id for job in (await store.list_jobs(JobQuery())).items] == [keep.id]
+    assert await store.get_result(keep.id) == b"k"
+    # The id is free again once its record expired.
+    _, created = await store.create(new_job(gone.id))
+    assert created
+
+
+async def test_expiry_happens_with_time(store: StateStore) -> None:
+    job, _ = await store.create(new_job(retention=0.3))
+    await store.transition(job.id, Start())
+    await store.transition(job.id, Succeed(1, "text/plain"), result=b"x")
+    await wait_until(lambda: store.get(job.id), lambda found: found is None)
+    assert await store.get_result(job.id) is None
+    assert (await store.list_jobs(JobQuery())).items == []
+
+
+async def test_unfinished_jobs_outlive_their_deadline(store: StateStore) -> None:
+    late, _ = await store.create(new_job(deadline_in=-5, retention=0))
+    assert await store.get(late.id) == late
+    assert await store.overdue(utcnow()) == [late.id]
+    failed = await store.transition(late.id, TimeOut())
+    assert failed.error is not None
+    assert failed.error.error_id == "timeout"
+
+
+async def test_list_is_newest_first_each_job_once(store: StateStore) -> None:
+    base = utcnow()
+    jobs = []
+    # Three share a createdAt: ties go by id, descending.
+    for n, (offset, job_id) in enumerate(
+        [(0, "j-a"), (1, "j-c"), (1, "j-b"), (1, "j-d"), (2, "j-e"), (3, "j-f"), (4, "j-g")]
+    ):
+        job = new_job(
+            job_id,
+            kind="demo.count" if n % 2 else "demo.echo",
+            key="even" if n % 2 == 0 else None,
+            created_at=base + timedelta(seconds=offset),
+        )
+        jobs.append((await store.create(job))[0])
+    expected = [j.id for j in sorted(jobs, key=lambda j: (j.created_at, j.id), reverse=True)]
+    assert expected[:5] == ["j-g", "j-f", "j-e", "j-d", "j-c"]
+    for limit in (1, 2, 3, 7, 50):
+        seen: list[str] = []
+        cursor = None
+        for _ in range(10):
+            page = await store.list_jobs(JobQuery(limit=limit, cursor=cursor))
+            assert len(page.items) <= limit
+            seen += [job.id for job in page.items]
+            cursor = page.next
+            if cursor is None:
+                break
+        assert seen == expected, limit
+
+
+async def test_list_filters(store: StateStore) -> None:
+    base = utcnow()
+    a, _ = await store.create(new_job("f-a", kind="demo.echo", key="k1", created_at=base))
+    b, _ = await store.create(new_job("f-b", key="k1", created_at=base + timedelta(seconds=1)))
+    c, _ = await store.create(new_job("f-c", key="k2", created_at=base + timedelta(seconds=2)))
+    await store.transition(b.id, Start())
+
+    async def ids(**filters: Any) -> list[str]:
+        page = await store.list_jobs(JobQuery(limit=1, **filters))
+        found = [job.id for job in page.items]
+        while page.next is not None:
+            page = await store.list_jobs(JobQuery(limit=1, cursor=page.next, **filters))
+            found += [job.id for job in page.items]
+        return found
+
+    assert await ids() == ["f-c", "f-b", "f-a"]
+    assert await ids(kind="demo.count") == ["f-c", "f-b"]
+    assert await ids(kind="demo.echo") == ["f-a"]
+    assert await ids(state=JobState.RUNNING) == ["f-b"]
+    assert await ids(state=JobState.QUEUED) == ["f-c", "f-a"]
+    assert await ids(key="k1") == ["f-b", "f-a"]
+    assert await ids(key="k1", kind="demo.count", state=JobState.RUNNING) == ["f-b"]
+    assert await ids(key="k1", state=JobState.SUCCEEDED) == []
+    assert await ids(kind="demo.nothing") == []
+    assert c.id == "f-c"
+    assert a.id == "f-a"
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        "not base64!",
+        base64.urlsafe_b64encode(b"yesterday|x").decode(),
+        # A time without a zone cannot be compared with the stored ones.
+        base64.urlsafe_b64encode(b"2026-01-01T00:00:00|x").decode(),
+    ],
+)
+async def test_a_bad_cursor_is_a_bad_request(store: StateStore, cursor: str) -> None:
+    await store.create(new_job())
+    with pytest.raises(BadRequest):
+        await store.list_jobs(JobQuery(cursor=cursor))
+
+
+async def test_overdue_lists_unfinished_jobs_past_their_deadline(store: StateStore) -> None:
+    now = utcnow()
+    queued, _ = await store.create(new_job(deadline_in=-10))
+    running, _ = await store.create(new_job(deadline_in=-5))
+    # It started in time, and is still running past its deadline.
+    await store.transition(running.id, Start(), now=running.deadline - timedelta(seconds=1))
+    finished, _ = await store.create(new_job(deadline_in=-5))
+    await store.transition(finished.id, Fail(BOOM))
+    await store.create(new_job(deadline_in=600))
+    assert sorted(await store.overdue(now)) == sorted([queued.id, running.id])
+    assert await store.overdue(now - timedelta(seconds=7)) == [queued.id]
+    assert len(await store.overdue(now, limit=1)) == 1
+    await store.transition(queued.id, TimeOut())
+    assert await store.overdue(now) == [running.id]
+
+
+async def test_changes_reach_the_hub(store: StateStore) -> None:
+    job, _ = await store.create(new_job())
+    with store.hub.listen(job.id) as changed:
+        await store.transition(job.id, Start())
+        with anyio.fail_after(10):
+            await changed.wait()
+    stops: list[JobState] = []
+    with store.hub.on_stop(job.id, lambda change: stops.append(change.state)):
+        await store.transition(job.id, RequestStop())
+        await wait_until(tick, lambda _: stops == [JobState.RUNNING])
+
+
+async def test_changes_reach_every_node(nodes: Nodes) -> None:
+    job, _ = await nodes.store.create(new_job())
+    with nodes.peer.hub.listen(job.id) as changed:
+        running = await nodes.store.transition(job.id, Start())
+        with anyio.fail_after(10):
+            await changed.wait()
+    assert await nodes.peer.get(job.id) == running
+    stops: list[bool] = []
+    with nodes.peer.hub.on_stop(job.id, lambda change: stops.append(change.stop_requested)):
+        await nodes.store.transition(job.id, RequestStop())
+        await wait_until(tick, lambda _: stops == [True])
+
+
+async def test_racing_starts_have_one_winner(nodes: Nodes) -> None:
+    outcomes: list[str] = []
+
+    async def start(node: StateStore, job_id: str) -> None:
+        try:
+            await node.transition(job_id, Start())
+            outcomes.append("won")
+        except TransitionRefused as refused:
+            outcomes.append(f"refused {refused.job.state}")
+
+    for _ in range(5):
+        job, _ = await nodes.store.create(new_job())
+        outcomes.clear()
+        async with anyio.create_task_group() as tg:
+            for node in (nodes.store, nodes.peer, nodes.store, nodes.peer):
+                tg.start_soon(start, node, job.id)
+        assert sorted(outcomes) == ["refused running"] * 3 + ["won"]
+        stored = await nodes.store.get(job.id)
+        assert stored is not None
+        assert (stored.attempt, stored.version) == (1, 2)
+
+
+async def test_concurrent_writes_are_never_lost(nodes: Nodes) -> None:
+    job, _ = await nodes.store.create(new_job())
+    await nodes.store.transition(job.id, Start())
+    async with anyio.create_task_group() as tg:
+        for n in range(20):
+            node = nodes.store if n % 2 else nodes.peer
+            tg.start_soon(node.transition, job.id, Report(message=f"step {n}"))
+    stored = await nodes.peer.get(job.id)
+    assert stored is not None
+    assert stored.version == 2 + 20
+
+
+# -- Redis only ------------------------------------------------------------------
+
+
+@pytest.fixture
+async def redis_store(redis_url: str, unique_prefix: str) -> AsyncIterator[RedisStateStore]:
+    """One started Redis node under its own prefix, deleted afterwards."""
+    async with RedisStateStore(redis_url, prefix=unique_prefix) as store:
+        await store.start()
+        try:
+            yield store
+        finally:
+            await delete_prefix(redis_url, unique_prefix)
+
+
+@pytest.mark.redis
+async def test_redis_keys_live_under_the_prefix_and_expire_by_ttl(
+    redis_store: RedisStateStore,
+) -> None:
+    store = redis_store
+    client = aioredis.Redis.from_url(store.url)
+    try:
+        job, _ = await store.create(new_job(key="k", retention=0.5), uniqueness=Uniqueness.ONCE)
+        await store.transition(job.id, Start())
+        await store.transition(job.id, Succeed(1, "text/plain"), result=b"x")
+        keys = {key.decode() async for key in client.scan_iter(match="*" + job.id + "*")}
+        assert keys
+        assert all(key.startswith(store.prefix) for key in keys)
+        ttl = await client.pttl(f"{store.prefix}job:{job.id}")
+        assert 0 < ttl <= 500
+        # Redis drops the record by itself: no node has to stay alive for it.
+        await wait_until(lambda: client.exists(f"{store.prefix}job:{job.id}"), lambda n: n == 0)
+        assert await store.purge_expired(utcnow()) == 1
+        all_keys = {key.decode() async for key in client.scan_iter(match=store.prefix + "*")}
+        # What is left: the succeeded `once` job's hold on its key, until released.
+        assert all_keys == {f"{store.prefix}hold:demo.count:k"}
+        assert await store.release_key("demo.count", "k")
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.redis
+async def test_redis_unfinished_records_keep_a_ttl(
+    redis_store: RedisStateStore,
+) -> None:
+    store = redis_store
+    client = aioredis.Redis.from_url(store.url)
+    try:
+        job, _ = await store.create(new_job(deadline_in=60, retention=10))
+        await store.transition(job.id, Start())
+        ttl = await client.pttl(f"{store.prefix}job:{job.id}")
+        # At least deadline + retention, so the sweeper can still time it out.
+        assert ttl > 70_000
+    finally:
+        await client.aclose()
