@@ -120,6 +120,10 @@ class WorkerPool:
             # The outcome is not stored: let the queue deliver the job again.
             with anyio.CancelScope(shield=True):
                 await delivery.requeue()
+        except anyio.get_cancelled_exc_class():
+            with anyio.CancelScope(shield=True):
+                await delivery.requeue()
+            raise
         else:
             await delivery.ack()
 
@@ -196,9 +200,8 @@ class WorkerPool:
         except anyio.get_cancelled_exc_class():
             # Shutdown cancelled the job: give it back to the queue for another node.
             with anyio.CancelScope(shield=True):
-                try:
+                try:  # the delivery goes back to the queue in `_handle`
                     await service.transition(job.id, Retry(SHUTDOWN_ERROR))
-                    await service.queue.publish(job.id, job.proc_routing)
                 except (TransitionRefused, JobNotFound, BackendUnavailable):
                     pass
             raise
