@@ -74,3 +74,7 @@ class ChangeHub:
     def watched(self, job_id: str) -> bool:
         """True when this node has a waiter or a stop handler for `job_id`."""
         return job_id in self._waiters or job_id in self._stop_handlers
+
+    def watched_ids(self) -> list[str]:
+        """Every job id this node waits on or runs (a store re-reads them after an outage)."""
+        return list(self._waiters.keys() | self._stop_handlers.keys())

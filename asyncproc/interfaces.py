@@ -43,7 +43,10 @@ class JobQuery(msgspec.Struct, frozen=True):
             created, _, job_id = (
                 base64.urlsafe_b64decode(self.cursor.encode()).decode().partition("|")
             )
-            return datetime.fromisoformat(created), job_id
+            moment = datetime.fromisoformat(created)
+            if moment.tzinfo is None:  # stored times are aware: comparing would raise
+                raise ValueError(created)
+            return moment, job_id
         except (ValueError, binascii.Error, UnicodeDecodeError):
             raise BadRequest("cursor is not one this service handed out") from None
 
