@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import importlib
 import logging
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from importlib import resources
 from typing import Any
 
@@ -154,7 +154,27 @@ def create_app(
     app.state.service = service
     app.state.worker = worker
     app.state.startup_hooks = []
+    if settings.callback_exchange:
+        app.state.startup_hooks.append(_callback_hook(settings, service))
     return app
+
+
+def _callback_hook(
+    settings: Settings, service: JobService
+) -> Callable[[Starlette], AbstractAsyncContextManager[Any]]:
+    """The lifespan hook that publishes status changes to the callback exchange (API.md 7)."""
+    cls = _backend_class(
+        {"rabbitmq": ("asyncproc.backends.rabbitmq", "CallbackPublisher", "rabbitmq")},
+        "callback_exchange",
+        "rabbitmq",
+    )
+
+    def hook(app: Starlette) -> AbstractAsyncContextManager[Any]:
+        publisher = cls.from_settings(settings)
+        context: AbstractAsyncContextManager[Any] = publisher.attached(service)
+        return context
+
+    return hook
 
 
 async def health(request: Request) -> Response:
