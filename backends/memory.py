@@ -136,6 +136,8 @@ class MemoryStateStore(StateStore):
         if entry is None:
             return False
         holder = self._jobs.get(entry[0])
+        if holder is not None and (holder.kind, holder.key) != (kind, key):
+            holder = None  # the id names another job now (a reused requestId)
         if holder is not None and holder.state in _ACTIVE:
             return False
         del self._holders[(kind, key)]

@@ -184,6 +184,20 @@ async def test_once_key_is_held_by_a_succeeded_job_until_released(store: StateSt
     assert not await store.release_key("demo.count", "never-used")
 
 
+async def test_a_once_key_outlives_its_job_and_a_reused_id(store: StateStore) -> None:
+    job, _ = await store.create(new_job("reused", key="k", retention=0), uniqueness=Uniqueness.ONCE)
+    await store.transition(job.id, Start())
+    await store.transition(job.id, Succeed())  # zero retention: gone at once
+    assert await store.get(job.id) is None
+    with pytest.raises(KeyConflict):
+        await store.create(new_job(key="k"), uniqueness=Uniqueness.ONCE)
+    # The id is used again, by another kind; the key still belongs to the old job.
+    await store.create(new_job("reused", kind="demo.echo"))
+    assert await store.release_key("demo.count", "k")
+    _, created = await store.create(new_job(key="k"), uniqueness=Uniqueness.ONCE)
+    assert created
+
+
 async def test_refused_transitions_change_nothing(nodes: Nodes) -> None:
     store = nodes.store
     job, _ = await store.create(new_job())

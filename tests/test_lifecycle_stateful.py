@@ -1,0 +1,354 @@
+"""Random operation sequences against the pure lifecycle and against every StateStore.
+
+A hypothesis `RuleBasedStateMachine` keeps a model built only from
+`lifecycle.apply` (plus the key rules of API.md section 6) and drives the same
+operations into a store, checking after every step that the store agrees with the
+model and that the lifecycle invariants hold. The "pure" run checks the
+invariants on the model alone.
+
+Expiry: a job gets a retention of either an hour or zero; a zero-retention job is
+gone the moment it finishes (record, result, listing), exactly like a long one an
+hour later. Timeouts: a job's deadline is either an hour away or already past,
+so `overdue`, `TimeOut` and a too-late `Start` all happen.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import Any, ClassVar, TypeVar
+
+import msgspec
+import pytest
+from anyio.from_thread import BlockingPortal, start_blocking_portal
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+
+from asyncproc.backends.memory import MemoryStateStore
+from asyncproc.backends.redis import RedisStateStore
+from asyncproc.errors import JobNotFound, KeyConflict, TransitionRefused
+from asyncproc.interfaces import JobQuery, StateStore
+from asyncproc.lifecycle import (
+    Event,
+    Fail,
+    Report,
+    RequestStop,
+    Retry,
+    Start,
+    Stopped,
+    Succeed,
+    TimeOut,
+    apply,
+)
+from asyncproc.model import ErrorInfo, Job, JobState, Uniqueness, utcnow
+from tests.contract import delete_prefix
+
+T = TypeVar("T")
+
+IDS = ["j0", "j1", "j2", "j3"]
+KINDS = {"k.active": Uniqueness.ACTIVE, "k.once": Uniqueness.ONCE, "k.free": Uniqueness.NONE}
+KEYS = [None, "x", "y"]
+ERROR = ErrorInfo(error_id="e", biz_msg="failed")
+ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+
+SETTINGS = settings(
+    max_examples=40,
+    stateful_step_count=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+
+reports = st.builds(
+    Report,
+    percent=st.none() | st.floats(min_value=-10, max_value=110, allow_nan=False),
+    biz_step=st.sampled_from([None, "load", "render"]),
+    message=st.sampled_from([None, "a", "b"]),
+)
+events: st.SearchStrategy[Event] = st.one_of(
+    st.just(Start()),
+    reports,
+    st.just(Fail(ERROR)),
+    st.builds(Retry, error=st.none() | st.just(ERROR)),
+    st.just(RequestStop()),
+    st.just(Stopped()),
+    st.just(TimeOut()),
+)
+results = st.none() | st.binary(max_size=16)
+
+
+def expired(job: Job, now: datetime) -> bool:
+    """True when a terminal record is past its retention (the stores' rule)."""
+    return job.finished_at is not None and job.expires_at <= now
+
+
+class LifecycleMachine(RuleBasedStateMachine):
+    """The model is a dict of records made by `apply`; `store` (if any) must agree."""
+
+    portal: ClassVar[BlockingPortal]
+    open_store: ClassVar[Callable[[], Awaitable[StateStore]] | None]
+    close_store: ClassVar[Callable[[StateStore], Awaitable[None]]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.base = utcnow() - timedelta(seconds=10)
+        self.jobs: dict[str, Job] = {}
+        self.results: dict[str, bytes] = {}
+        # (kind, key) -> (holder id, rule): the uniqueness rules of API.md section 6.
+        self.holders: dict[tuple[str, str], tuple[str, Uniqueness]] = {}
+        self.stopped_while_queued: set[str] = set()
+        self.finals: dict[str, Job] = {}
+        self.store = self.call(self.open_store) if self.open_store is not None else None
+
+    def call(self, func: Callable[..., Awaitable[T]], *args: Any, **kwargs: Any) -> T:
+        """Run an async store call on the portal's event loop."""
+        return self.portal.call(lambda: func(*args, **kwargs))
+
+    def teardown(self) -> None:
+        if self.store is not None:
+            self.call(self.close_store, self.store)
+
+    def live(self, job_id: str, now: datetime) -> Job | None:
+        job = self.jobs.get(job_id)
+        return None if job is None or expired(job, now) else job
+
+    # -- rules ---------------------------------------------------------------------
+
+    @rule(
+        job_id=st.sampled_from(IDS),
+        kind=st.sampled_from(sorted(KINDS)),
+        key=st.sampled_from(KEYS),
+        offset=st.sampled_from([0, 1]),
+        late=st.booleans(),
+        keep=st.booleans(),
+    )
+    def create(
+        self, job_id: str, kind: str, key: str | None, offset: int, late: bool, keep: bool
+    ) -> None:
+        created = self.base + timedelta(seconds=offset)
+        job = Job(
+            id=job_id,
+            kind=kind,
+            state=JobState.QUEUED,
+            created_at=created,
+            # A late deadline is already past: base is ten seconds ago.
+            deadline=created + timedelta(seconds=5 if late else 3600),
+            retention=3600.0 if keep else 0.0,
+            key=key,
+            content=msgspec.Raw(b'{"n": 1}'),
+        )
+        rule_ = KINDS[kind]
+        existing = self.live(job_id, utcnow())
+        holder = self.holders.get((kind, key)) if key is not None else None
+        if existing is not None:
+            expected: Job | str = existing
+        elif holder is not None and rule_ is not Uniqueness.NONE:
+            expected = f"conflict {holder[0]}"
+        else:
+            expected = job
+        if self.store is not None:
+            try:
+                got: tuple[Job, bool] | str = self.call(self.store.create, job, uniqueness=rule_)
+            except KeyConflict as conflict:
+                got = f"conflict {conflict.extra['jobId']}"
+            assert got == (expected if isinstance(expected, str) else (expected, expected is job))
+        if expected is job:
+            self.jobs[job_id] = job
+            self.results.pop(job_id, None)
+            self.finals.pop(job_id, None)
+            self.stopped_while_queued.discard(job_id)
+            if key is not None and rule_ is not Uniqueness.NONE:
+                self.holders[(kind, key)] = (job_id, rule_)
+
+    @rule(job_id=st.sampled_from(IDS), event=events)
+    def transition(self, job_id: str, event: Event) -> None:
+        self.apply(job_id, event, None)
+
+    @rule(job_id=st.sampled_from(IDS), result=results, mime=st.sampled_from(["text/csv", None]))
+    def succeed(self, job_id: str, result: bytes | None, mime: str | None) -> None:
+        size = None if result is None else len(result)
+        self.apply(job_id, Succeed(size, mime if size is not None else None), result)
+
+    def apply(self, job_id: str, event: Event, result: bytes | None) -> None:
+        now = utcnow()
+        old = self.live(job_id, now)
+        outcome: Job | str
+        if old is None:
+            outcome = "not found"
+        else:
+            try:
+                outcome = apply(old, event, now)
+            except TransitionRefused:
+                outcome = "refused"
+        if self.store is not None:
+            carried: Job | None = None
+            try:
+                got: Job | str = self.call(
+                    self.store.transition, job_id, event, result=result, now=now
+                )
+            except JobNotFound:
+                got = "not found"
+            except TransitionRefused as refused:
+                got, carried = "refused", refused.job
+            assert got == outcome
+            if got == "refused":
+                assert carried == old, "a refusal carries the unchanged record"
+        if old is None or not isinstance(outcome, Job):
+            return
+        new = outcome
+        if new is not old:
+            assert new.version > old.version
+            assert not old.state.terminal, "terminal states never change"
+        if isinstance(event, Start):
+            assert job_id not in self.stopped_while_queued
+        if old.state is JobState.QUEUED and new.state is JobState.STOPPED:
+            self.stopped_while_queued.add(job_id)
+        self.jobs[job_id] = new
+        if new.state.terminal:
+            self.finals.setdefault(job_id, new)
+        if isinstance(event, Succeed) and result is not None:
+            self.results[job_id] = result
+        if new.finished_at is not None and new.key is not None:
+            held = self.holders.get((new.kind, new.key))
+            keeps = new.state is JobState.SUCCEEDED and held == (job_id, Uniqueness.ONCE)
+            if held is not None and held[0] == job_id and not keeps:
+                del self.holders[(new.kind, new.key)]
+
+    @rule(kind=st.sampled_from(sorted(KINDS)), key=st.sampled_from(KEYS[1:]))
+    def release(self, kind: str, key: str) -> None:
+        held = self.holders.get((kind, key))
+        holder = self.jobs.get(held[0]) if held is not None else None
+        # The holder may be a later job under the same id (and another kind): then the
+        # key's own job is long gone and the key is free to release.
+        active = (
+            holder is not None
+            and holder.state in ACTIVE
+            and (holder.kind, holder.key) == (kind, key)
+        )
+        expected = held is not None and not active
+        if expected:
+            del self.holders[(kind, key)]
+        if self.store is not None:
+            assert self.call(self.store.release_key, kind, key) == expected
+
+    @rule(ahead=st.sampled_from([0, 7200]))
+    def overdue(self, ahead: int) -> None:
+        if self.store is None:
+            return
+        now = utcnow() + timedelta(seconds=ahead)
+        expected = {
+            job.id for job in self.jobs.values() if job.finished_at is None and job.deadline < now
+        }
+        assert set(self.call(self.store.overdue, now, 100)) == expected
+
+    @rule()
+    def purge(self) -> None:
+        if self.store is not None:
+            self.call(self.store.purge_expired, utcnow())
+
+    @rule(
+        limit=st.integers(min_value=1, max_value=3),
+        kind=st.none() | st.sampled_from(sorted(KINDS)),
+        state=st.none() | st.sampled_from(list(JobState)),
+        key=st.none() | st.sampled_from(KEYS[1:]),
+    )
+    def list_jobs(
+        self, limit: int, kind: str | None, state: JobState | None, key: str | None
+    ) -> None:
+        if self.store is None:
+            return
+        now = utcnow()
+        query = JobQuery(kind=kind, state=state, key=key, limit=limit)
+        expected = sorted(
+            (j for j in self.jobs.values() if not expired(j, now) and query.matches(j)),
+            key=lambda j: (j.created_at, j.id),
+            reverse=True,
+        )
+        seen: list[Job] = []
+        cursor = None
+        for _ in range(50):
+            page = self.call(self.store.list_jobs, msgspec.structs.replace(query, cursor=cursor))
+            assert len(page.items) <= limit
+            seen += page.items
+            cursor = page.next
+            if cursor is None:
+                break
+        assert seen == expected
+
+    # -- invariants ------------------------------------------------------------------
+
+    @invariant()
+    def records_obey_the_lifecycle(self) -> None:
+        for job_id, job in self.jobs.items():
+            assert (job.finished_at is not None) == job.state.terminal
+            assert (job.result_size is not None) <= (job.state is JobState.SUCCEEDED)
+            if job.state.terminal:
+                assert self.finals[job_id] == job, "terminal states never change"
+            if job_id in self.stopped_while_queued:
+                assert job.state is JobState.STOPPED
+                assert job.started_at is None
+
+    @invariant()
+    def store_agrees_with_the_model(self) -> None:
+        if self.store is None:
+            return
+        now = utcnow()
+        for job_id in IDS:
+            model = self.live(job_id, now)
+            assert self.call(self.store.get, job_id) == model
+            stored = self.call(self.store.get_result, job_id)
+            if model is not None and model.state is JobState.SUCCEEDED:
+                assert stored == self.results.get(job_id)
+            else:
+                assert stored is None, "a result exists only for succeeded jobs"
+
+
+@pytest.mark.parametrize(
+    "backend", ["pure", "memory", pytest.param("redis", marks=pytest.mark.redis)]
+)
+def test_lifecycle_state_machine(backend: str, request: pytest.FixtureRequest) -> None:
+    open_store: Callable[[], Awaitable[StateStore]] | None = None
+    if backend == "memory":
+
+        async def open_memory() -> StateStore:
+            return MemoryStateStore()
+
+        open_store = open_memory
+    elif backend == "redis":
+        url = request.getfixturevalue("redis_url")
+        prefix = request.getfixturevalue("unique_prefix")
+        counter = itertools.count()
+
+        async def open_redis() -> StateStore:
+            # A fresh namespace per example: every run starts from an empty store.
+            store = RedisStateStore(url, prefix=f"{prefix}{next(counter)}:")
+            await store.start()
+            return store
+
+        open_store = open_redis
+
+    async def close_store(store: StateStore) -> None:
+        await store.aclose()
+        if isinstance(store, RedisStateStore):
+            await delete_prefix(store.url, store.prefix)
+
+    with start_blocking_portal("asyncio") as portal:
+        machine = type(
+            "Machine",
+            (LifecycleMachine,),
+            {
+                "portal": portal,
+                "open_store": staticmethod(open_store) if open_store else None,
+                "close_store": staticmethod(close_store),
+            },
+        )
+        try:
+            run_state_machine_as_test(machine, settings=SETTINGS)
+        finally:
+            if backend == "redis":
+                portal.call(
+                    delete_prefix,
+                    request.getfixturevalue("redis_url"),
+                    request.getfixturevalue("unique_prefix"),
+                )
