@@ -46,6 +46,8 @@ log = logging.getLogger("asyncproc.rabbitmq")
 # What a dropped connection or channel raises out of aiormq (ChannelInvalidStateError
 # and "connection closed" are RuntimeErrors there).
 _LOST = (AMQPError, ConnectionError, OSError, RuntimeError, TimeoutError)
+# aiormq also rejects the futures of a closed channel with CancelledError.
+_FAILED = (*_LOST, asyncio.CancelledError)
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 5.0
 _CONNECT_TIMEOUT = 10.0
@@ -60,6 +62,11 @@ def _cancelled_for_real() -> bool:
     uses to tell that a channel went away)."""
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
+
+
+def _aborted(exc: BaseException) -> bool:
+    """True when `exc` is this task's own cancellation, which must propagate."""
+    return isinstance(exc, asyncio.CancelledError) and _cancelled_for_real()
 
 
 def _backoff(delay: float) -> float:
@@ -124,8 +131,8 @@ class _Link:
                     connection = await aiormq.connect(
                         self.url, client_properties={"connection_name": self.name}
                     )
-            except (*_LOST, asyncio.CancelledError) as exc:
-                if isinstance(exc, asyncio.CancelledError) and _cancelled_for_real():
+            except _FAILED as exc:
+                if _aborted(exc):
                     raise
                 self.last_error = _describe(exc)
                 await asyncio.sleep(delay)
@@ -215,10 +222,8 @@ async def _quietly(settle: Awaitable[None]) -> None:
     """Await a settle call; a channel that died meanwhile is not an error."""
     try:
         await settle
-    except _LOST:
-        pass
-    except asyncio.CancelledError:
-        if _cancelled_for_real():
+    except _FAILED as exc:
+        if _aborted(exc):
             raise
 
 
@@ -307,8 +312,8 @@ class _Consumer:
                 closing.cancel()
                 reason = "the consumer was cancelled by the broker" if gone.done() else "closed"
                 log.warning("rabbitmq consumer channel lost (%s); consuming again", reason)
-            except (*_LOST, asyncio.CancelledError) as exc:
-                if isinstance(exc, asyncio.CancelledError) and _cancelled_for_real():
+            except _FAILED as exc:
+                if _aborted(exc):
                     raise
                 log.warning("rabbitmq consumer: %s; retrying", _describe(exc))
                 await asyncio.sleep(delay)
@@ -332,8 +337,8 @@ async def _close_channel(channel: AbstractChannel) -> None:
     try:
         async with asyncio.timeout(5):
             await channel.close()
-    except (*_LOST, asyncio.CancelledError) as exc:
-        if isinstance(exc, asyncio.CancelledError) and _cancelled_for_real():
+    except _FAILED as exc:
+        if _aborted(exc):
             raise
 
 
@@ -377,7 +382,7 @@ class RabbitMQQueue(Queue):
         return f"{self.exchange}.{routing}"
 
     async def start(self) -> None:
-        """Connect and declare the exchanges; `BackendUnavailable` if the broker is away."""
+        """Connect and declare the jobs exchange; `BackendUnavailable` if the broker is away."""
         await self.ping_within(self.outage_timeout)
 
     async def aclose(self) -> None:
@@ -441,7 +446,7 @@ class RabbitMQQueue(Queue):
 
     async def _retrying(self, deadline: float, error: BaseException) -> None:
         """Wait before the next try, or raise `BackendUnavailable` past `deadline`."""
-        if isinstance(error, asyncio.CancelledError) and _cancelled_for_real():
+        if _aborted(error):
             raise error
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
@@ -468,7 +473,7 @@ class RabbitMQQueue(Queue):
                         self.exchange, exchange_type="direct", durable=True
                     )
                 return
-            except (*_LOST, asyncio.CancelledError) as exc:
+            except _FAILED as exc:
                 await self._retrying(deadline, exc)
 
     async def publish(self, job_id: str, routing: str) -> None:
@@ -496,7 +501,7 @@ class RabbitMQQueue(Queue):
             except PublishError as exc:
                 self._declared.discard(routing)  # its queue was deleted: declare it again
                 await self._retrying(deadline, exc)
-            except (*_LOST, asyncio.CancelledError) as exc:
+            except _FAILED as exc:
                 await self._retrying(deadline, exc)
 
     @asynccontextmanager
@@ -533,7 +538,7 @@ class RabbitMQQueue(Queue):
             except ChannelNotFoundEntity as exc:
                 self._declared.discard(routing)
                 await self._retrying(deadline, exc)
-            except (*_LOST, asyncio.CancelledError) as exc:
+            except _FAILED as exc:
                 await self._retrying(deadline, exc)
 
     async def delete(self, routings: Sequence[str]) -> None:
@@ -590,24 +595,39 @@ class CallbackPublisher:
         )
 
     async def start(self, within: float = 5.0) -> None:
-        """Connect, make sure the exchange exists, start publishing."""
+        """Connect, declare the exchange (durable topic) unless it exists, start publishing.
+
+        Raises `BackendUnavailable` when the broker does not answer within `within` s.
+        """
         connection = await self._link.get(within)
-        probe = await _open_channel(connection, confirms=False)
         try:
-            await probe.exchange_declare(self.exchange, passive=True)
-        except ChannelNotFoundEntity:
-            # The probe channel is closed by the refusal; declare on a fresh one.
-            declarer = await _open_channel(connection, confirms=False)
-            await declarer.exchange_declare(self.exchange, exchange_type="topic", durable=True)
-            await _close_channel(declarer)
-        else:
-            await _close_channel(probe)
+            async with asyncio.timeout(within):
+                probe = await _open_channel(connection, confirms=False)
+                try:
+                    await probe.exchange_declare(self.exchange, passive=True)
+                except ChannelNotFoundEntity:
+                    # The refusal closed the probe channel; declare on a fresh one.
+                    declarer = await _open_channel(connection, confirms=False)
+                    await declarer.exchange_declare(
+                        self.exchange, exchange_type="topic", durable=True
+                    )
+                    await _close_channel(declarer)
+                else:
+                    await _close_channel(probe)
+        except _FAILED as exc:
+            if _aborted(exc):
+                raise
+            raise BackendUnavailable("rabbitmq", _describe(exc)) from None
         self._task = asyncio.create_task(self._drain(), name="amqp callbacks")
 
     @asynccontextmanager
     async def attached(self, service: JobService) -> AsyncIterator[Self]:
         """Started and listening to `service` for the duration of the block."""
-        await self.start()
+        try:
+            await self.start()
+        except BaseException:
+            await self._link.aclose()
+            raise
         service.listeners.append(self)
         try:
             yield self
@@ -656,7 +676,9 @@ class CallbackPublisher:
                     batch.append(self._pending.get_nowait())
             try:
                 channel = await self._publishing_channel()
-            except _LOST as exc:
+            except _FAILED as exc:
+                if _aborted(exc):
+                    raise
                 log.warning("callback exchange: %s; retrying", _describe(exc))
                 await asyncio.sleep(delay)
                 delay = _backoff(delay)
