@@ -24,7 +24,13 @@ import pytest
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 
 from asyncproc.backends.memory import MemoryStateStore
 from asyncproc.backends.redis import RedisStateStore
@@ -78,6 +84,28 @@ events: st.SearchStrategy[Event] = st.one_of(
 results = st.none() | st.binary(max_size=16)
 
 
+class Spec(msgspec.Struct, frozen=True):
+    """A job to create: its id, kind (and so its key rule), key, and timing."""
+
+    job_id: str
+    kind: str
+    key: str | None
+    offset: int  # seconds after the machine's base time: a few jobs share a createdAt
+    late: bool  # deadline already past
+    keep: bool  # an hour of retention, else none
+
+
+specs = st.builds(
+    Spec,
+    job_id=st.sampled_from(IDS),
+    kind=st.sampled_from(sorted(KINDS)),
+    key=st.sampled_from(KEYS),
+    offset=st.sampled_from([0, 1]),
+    late=st.booleans(),
+    keep=st.booleans(),
+)
+
+
 def expired(job: Job, now: datetime) -> bool:
     """True when a terminal record is past its retention (the stores' rule)."""
     return job.finished_at is not None and job.expires_at <= now
@@ -115,26 +143,23 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     # -- rules ---------------------------------------------------------------------
 
-    @rule(
-        job_id=st.sampled_from(IDS),
-        kind=st.sampled_from(sorted(KINDS)),
-        key=st.sampled_from(KEYS),
-        offset=st.sampled_from([0, 1]),
-        late=st.booleans(),
-        keep=st.booleans(),
-    )
-    def create(
-        self, job_id: str, kind: str, key: str | None, offset: int, late: bool, keep: bool
-    ) -> None:
-        created = self.base + timedelta(seconds=offset)
+    @initialize(specs=st.lists(specs, min_size=1, max_size=3))
+    def seed(self, specs: list[Spec]) -> None:
+        for spec in specs:
+            self.create(spec)
+
+    @rule(spec=specs)
+    def create(self, spec: Spec) -> None:
+        job_id, kind, key = spec.job_id, spec.kind, spec.key
+        created = self.base + timedelta(seconds=spec.offset)
         job = Job(
             id=job_id,
             kind=kind,
             state=JobState.QUEUED,
             created_at=created,
             # A late deadline is already past: base is ten seconds ago.
-            deadline=created + timedelta(seconds=5 if late else 3600),
-            retention=3600.0 if keep else 0.0,
+            deadline=created + timedelta(seconds=5 if spec.late else 3600),
+            retention=3600.0 if spec.keep else 0.0,
             key=key,
             content=msgspec.Raw(b'{"n": 1}'),
         )
@@ -232,33 +257,32 @@ class LifecycleMachine(RuleBasedStateMachine):
         if self.store is not None:
             assert self.call(self.store.release_key, kind, key) == expected
 
-    @rule(ahead=st.sampled_from([0, 7200]))
-    def overdue(self, ahead: int) -> None:
-        if self.store is None:
-            return
-        now = utcnow() + timedelta(seconds=ahead)
-        expected = {
-            job.id for job in self.jobs.values() if job.finished_at is None and job.deadline < now
-        }
-        assert set(self.call(self.store.overdue, now, 100)) == expected
-
-    @rule()
-    def purge(self) -> None:
-        if self.store is not None:
-            self.call(self.store.purge_expired, utcnow())
-
     @rule(
+        ahead=st.sampled_from([0, 7200]),
+        purge=st.booleans(),
         limit=st.integers(min_value=1, max_value=3),
         kind=st.none() | st.sampled_from(sorted(KINDS)),
         state=st.none() | st.sampled_from(list(JobState)),
         key=st.none() | st.sampled_from(KEYS[1:]),
     )
-    def list_jobs(
-        self, limit: int, kind: str | None, state: JobState | None, key: str | None
+    def observe(
+        self,
+        ahead: int,
+        purge: bool,
+        limit: int,
+        kind: str | None,
+        state: JobState | None,
+        key: str | None,
     ) -> None:
+        """What the sweeper and the job list see: overdue jobs, purge, pages."""
         if self.store is None:
             return
         now = utcnow()
+        if purge:
+            self.call(self.store.purge_expired, now)
+        later = now + timedelta(seconds=ahead)
+        late = {j.id for j in self.jobs.values() if j.finished_at is None and j.deadline < later}
+        assert set(self.call(self.store.overdue, later, 100)) == late
         query = JobQuery(kind=kind, state=state, key=key, limit=limit)
         expected = sorted(
             (j for j in self.jobs.values() if not expired(j, now) and query.matches(j)),
