@@ -196,6 +196,9 @@ class RedisStateStore(StateStore):
         self.url = url
         self.prefix = prefix
         self._channel = f"{prefix}changes"
+        self._node = os.urandom(6).hex()
+        # Named connections: CLIENT LIST shows which node holds which.
+        self.client_name = f"asyncproc-{self._node}"
         # A few quick retries reconnect a broken pooled connection; more would only
         # delay the 503 while Redis is really down.
         self._redis = aioredis.Redis.from_url(
@@ -203,6 +206,7 @@ class RedisStateStore(StateStore):
             socket_timeout=timeout,
             socket_connect_timeout=min(timeout, 2.0),
             retry=Retry(ExponentialBackoff(cap=0.1, base=0.01), 2),
+            client_name=self.client_name,
         )
         # The listener's own client: no hidden retries, so every reconnect is seen
         # (and followed by a resync of what this node watches).
@@ -212,12 +216,12 @@ class RedisStateStore(StateStore):
             socket_connect_timeout=min(timeout, 2.0),
             retry=Retry(NoBackoff(), 0),
             health_check_interval=15,
+            client_name=self.client_name,
         )
         self._create = self._redis.register_script(_CREATE)
         self._transition = self._redis.register_script(_TRANSITION)
         self._release = self._redis.register_script(_RELEASE)
         self._cache: OrderedDict[str, tuple[Job, bytes]] = OrderedDict()
-        self._node = os.urandom(6).hex()
         self._writes = itertools.count()
         self._listener: asyncio.Task[None] | None = None
         self._tried: asyncio.Event | None = None
