@@ -13,8 +13,8 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ import httpx
 import pytest
 import redis
 
+from asyncproc.backends.rabbitmq import RabbitMQQueue
 from tests.support import free_port, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
@@ -75,10 +76,10 @@ class Node:
         self.log.close()
 
 
-@contextmanager
-def cluster(
+@asynccontextmanager
+async def cluster(
     redis_url: str, amqp_url: str, prefix: str, tmp_path: Path, workers: int = 2
-) -> Iterator[tuple[Node, list[Node]]]:
+) -> AsyncIterator[tuple[Node, list[Node]]]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": str(ROOT),
@@ -108,6 +109,9 @@ def cluster(
         if keys:
             client.delete(*keys)
         client.close()
+        queue = RabbitMQQueue(amqp_url, prefix=prefix)
+        await queue.delete(["default"])
+        await queue.aclose()
 
 
 def runs_by_job(redis_url: str, key: str) -> dict[str, list[tuple[int, str]]]:
@@ -135,7 +139,7 @@ async def test_killed_worker_loses_no_job(
     redis_url: str, amqp_url: str, unique_prefix: str, tmp_path: Path
 ) -> None:
     runs_key = f"{unique_prefix}test:runs"
-    with cluster(redis_url, amqp_url, unique_prefix, tmp_path) as (api, (victim, survivor)):
+    async with cluster(redis_url, amqp_url, unique_prefix, tmp_path) as (api, (victim, survivor)):
         async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
             ids: list[str] = []
 
@@ -197,7 +201,7 @@ async def test_killed_worker_loses_no_job(
 async def test_stop_long_poll_and_events_through_the_api_node(
     redis_url: str, amqp_url: str, unique_prefix: str, tmp_path: Path
 ) -> None:
-    with cluster(redis_url, amqp_url, unique_prefix, tmp_path, workers=1) as (api, _):
+    async with cluster(redis_url, amqp_url, unique_prefix, tmp_path, workers=1) as (api, _):
         async with httpx.AsyncClient(base_url=api.url, timeout=30) as client:
             response = await client.post(
                 "/api/demo.count/enqueue", json={"content": {"n": 200, "delay": 0.05}}
