@@ -24,7 +24,7 @@ from asyncproc.backends.redis import RedisStateStore
 from asyncproc.config import Settings
 from asyncproc.lifecycle import Report, Start
 from asyncproc.server import create_app
-from tests.contract import delete_prefix, new_job
+from tests.contract import RecordingHub, delete_prefix, new_job
 from tests.support import api_client, free_port, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis]
@@ -156,10 +156,10 @@ async def test_an_unreachable_redis_answers_503_then_recovers(
 async def two_nodes(
     redis_url: str, unique_prefix: str
 ) -> AsyncIterator[tuple[RedisStateStore, RedisStateStore]]:
-    """Two started stores on the real server, sharing a prefix."""
+    """Two started stores on the real server, sharing a prefix; the first records changes."""
     try:
         async with (
-            RedisStateStore(redis_url, prefix=unique_prefix) as first,
+            RedisStateStore(redis_url, prefix=unique_prefix, hub=RecordingHub()) as first,
             RedisStateStore(redis_url, prefix=unique_prefix) as second,
         ):
             await first.start()
@@ -186,23 +186,49 @@ async def test_killed_connections_reconnect_and_changes_resume(
     redis_url: str, two_nodes: tuple[RedisStateStore, RedisStateStore]
 ) -> None:
     node, other = two_nodes
+    hub = node.hub
+    assert isinstance(hub, RecordingHub)
     job, _ = await node.create(new_job())
     await node.transition(job.id, Start())
-    with node.hub.listen(job.id) as changed:
+    await wait_until(anyio.lowlevel.checkpoint, lambda _: hub.versions(job.id) == [1, 2])
+    with hub.listen(job.id):  # this node watches the job, as a long poll would
         # Both the command pool and the pub/sub connection are cut.
         assert await kill_connections(redis_url, node.client_name) >= 2
         # A change made by another node while this one's listener is cut off still
-        # wakes the waiter here (delivered, or re-read when the listener resubscribes).
+        # reaches this node (delivered, or re-read when the listener resubscribes).
         await other.transition(job.id, Report(percent=10))
-        with anyio.fail_after(10):
-            await changed.wait()
+        await wait_until(anyio.lowlevel.checkpoint, lambda _: 3 in hub.versions(job.id))
     # The next call on the broken pool simply works.
     stored = await node.get(job.id)
     assert stored is not None
     assert stored.progress.percent == 10
     await wait_until(anyio.lowlevel.checkpoint, lambda _: node.listening)
-    with node.hub.listen(job.id) as changed:
-        await other.transition(job.id, Report(percent=20))
-        with anyio.fail_after(10):
-            await changed.wait()
-    assert (await node.transition(job.id, Report(percent=30))).version == stored.version + 2
+    await other.transition(job.id, Report(percent=20))
+    await wait_until(anyio.lowlevel.checkpoint, lambda _: 4 in hub.versions(job.id))
+    assert (await node.transition(job.id, Report(percent=30))).version == 5
+
+
+async def test_a_change_missed_during_an_outage_is_re_read(
+    redis_url: str, unique_prefix: str
+) -> None:
+    relay = Relay(redis_url)
+    hub = RecordingHub()
+    try:
+        async with (
+            RedisStateStore(relay.url, prefix=unique_prefix, hub=hub) as node,
+            RedisStateStore(redis_url, prefix=unique_prefix) as other,
+        ):
+            await other.start()
+            job, _ = await other.create(new_job())
+            with hub.listen(job.id):  # this node watches the job, as a long poll would
+                async with relay.running():
+                    await node.start()
+                    await wait_until(anyio.lowlevel.checkpoint, lambda _: node.listening)
+                await wait_until(anyio.lowlevel.checkpoint, lambda _: not node.listening)
+                # Published while this node is cut off: its listener cannot hear it...
+                await other.transition(job.id, Start())
+                async with relay.running():
+                    # ... so once back it re-reads every job it watches.
+                    await wait_until(anyio.lowlevel.checkpoint, lambda _: 2 in hub.versions(job.id))
+    finally:
+        await delete_prefix(redis_url, unique_prefix)
