@@ -1,0 +1,1 @@
+"""Browser tests of the progress page (headless Debian chromium via playwright)."""

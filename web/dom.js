@@ -1,0 +1,111 @@
+// Small DOM and formatting helpers shared by the views. Every piece of server
+// data goes into the page through textContent or attributes, never as HTML.
+
+/**
+ * Create an element: h("a", {href: "/", class: "x", onclick: fn}, "text", child).
+ * Attributes whose value is null, undefined or false are left out.
+ */
+export function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === null || value === undefined || value === false) continue;
+    if (name.startsWith("on") && typeof value === "function") {
+      el.addEventListener(name.slice(2), value);
+    } else if (name === "class") {
+      el.className = value;
+    } else if (name === "value" || name === "checked" || name === "selected") {
+      el[name] = value;
+    } else {
+      el.setAttribute(name, value === true ? "" : String(value));
+    }
+  }
+  append(el, children);
+  return el;
+}
+
+function append(el, children) {
+  for (const child of children) {
+    if (child === null || child === undefined || child === false) continue;
+    if (Array.isArray(child)) append(el, child);
+    else el.append(child instanceof Node ? child : String(child));
+  }
+}
+
+/** Set an element's text only when it differs (keeps screen readers quiet). */
+export function setText(el, text) {
+  const value = text ?? "";
+  if (el.textContent !== value) el.textContent = value;
+}
+
+/** Set or remove an attribute only when it differs. */
+export function setAttr(el, name, value) {
+  if (value === null || value === undefined || value === false) {
+    if (el.hasAttribute(name)) el.removeAttribute(name);
+  } else if (el.getAttribute(name) !== String(value)) {
+    el.setAttribute(name, String(value));
+  }
+}
+
+export const TERMINAL = new Set(["succeeded", "failed", "stopped"]);
+export const STATES = ["queued", "running", "succeeded", "failed", "stopped"];
+
+/** True when nothing can change the job any more. */
+export function isTerminal(status) {
+  return TERMINAL.has(status.state);
+}
+
+/** "1 h 02 min", "3 min 05 s", "4.2 s" for a duration in milliseconds. */
+export function formatDuration(ms) {
+  if (!Number.isFinite(ms) || ms < 0) ms = 0;
+  const s = ms / 1000;
+  if (s < 10) return `${s.toFixed(1)} s`;
+  const total = Math.round(s);
+  const hours = Math.floor(total / 3600);
+  const minutes = Math.floor((total % 3600) / 60);
+  const seconds = total % 60;
+  if (hours > 0) return `${hours} h ${String(minutes).padStart(2, "0")} min`;
+  if (minutes > 0) return `${minutes} min ${String(seconds).padStart(2, "0")} s`;
+  return `${seconds} s`;
+}
+
+/** "512 B", "1.5 kB", "3.2 MB" (powers of 1000, as file managers show). */
+export function formatBytes(size) {
+  if (size === null || size === undefined) return "";
+  if (size < 1000) return `${size} B`;
+  const units = ["kB", "MB", "GB", "TB"];
+  let value = size;
+  let unit = "B";
+  for (const next of units) {
+    if (value < 1000) break;
+    value /= 1000;
+    unit = next;
+  }
+  return `${value < 10 ? value.toFixed(1) : Math.round(value)} ${unit}`;
+}
+
+/** A timestamp for people: the time today, the date and time otherwise. */
+export function formatTime(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return iso;
+  const sameDay = date.toDateString() === new Date().toDateString();
+  return sameDay
+    ? date.toLocaleTimeString()
+    : `${date.toLocaleDateString()} ${date.toLocaleTimeString()}`;
+}
+
+/** "42%" with at most one decimal. */
+export function formatPercent(percent) {
+  const rounded = Math.round(percent * 10) / 10;
+  return `${rounded}%`;
+}
+
+/** Clamp a percent to 0..100 (the server promises it; the page does not rely on it). */
+export function clampPercent(percent) {
+  return Math.min(100, Math.max(0, Number(percent)));
+}
+
+/** The first 8 characters of an id: enough to tell jobs apart in a list. */
+export function shortId(id) {
+  return id.length > 8 ? `${id.slice(0, 8)}…` : id;
+}

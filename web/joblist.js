@@ -1,0 +1,303 @@
+// The jobs list at /: newest first, filtered by kind and state, paged by
+// cursor, kept up to date while it is open.
+
+import { getJSON, watchJob } from "./api.js";
+import { progressBar } from "./bar.js";
+import { STATES, formatPercent, formatTime, h, isTerminal, setText, shortId } from "./dom.js";
+
+const PAGE_SIZE = 25;
+// A gentle refresh finds new jobs; the few active jobs on screen are also
+// long-polled so their progress moves without a request storm (the browser
+// allows six connections per server, and the page keeps some for itself).
+const REFRESH_MS = 5000;
+const WATCHED = 3;
+const WATCH_GAP_MS = 1000;
+
+function listUrl(query) {
+  const params = new URLSearchParams();
+  for (const name of ["kind", "state", "cursor"]) {
+    if (query[name]) params.set(name, query[name]);
+  }
+  const text = params.toString();
+  return text ? `/?${text}` : "/";
+}
+
+function jobRow(status) {
+  const bar = progressBar(`Progress of ${status.kind} ${shortId(status.id)}`, { small: true });
+  const badge = h("span", { class: "badge" });
+  const percent = h("span", { class: "percent" });
+  const step = h("span", { class: "biz-step" });
+  const created = h("time", {});
+  const link = h(
+    "a",
+    { href: `/jobs/${encodeURIComponent(status.id)}`, class: "job-link" },
+    h("span", { class: "kind" }, status.kind),
+    " ",
+    h("code", { class: "id" }, shortId(status.id)),
+  );
+  const el = h(
+    "tr",
+    {},
+    h("td", { class: "col-job" }, link),
+    h("td", { class: "col-state" }, badge),
+    h("td", { class: "col-progress" }, h("div", { class: "bar-row" }, bar.el, percent), step),
+    h("td", { class: "col-created" }, created),
+  );
+  let version = -1;
+
+  function update(next) {
+    if (next.version <= version) return;
+    version = next.version;
+    el.dataset.state = next.state;
+    setText(badge, next.state);
+    badge.className = `badge state-${next.state}`;
+    bar.update(next);
+    const value = next.progress?.percent;
+    setText(percent, value === null || value === undefined ? "" : formatPercent(value));
+    setText(step, next.progress?.bizStep ?? "");
+    setText(created, formatTime(next.createdAt));
+    created.setAttribute("datetime", next.createdAt);
+  }
+  update(status);
+  return { el, update };
+}
+
+function select(label, name, options, value) {
+  const id = `filter-${name}`;
+  return h(
+    "div",
+    { class: "field" },
+    h("label", { for: id }, label),
+    h(
+      "select",
+      { id, name },
+      options.map(([optionValue, text]) =>
+        h("option", { value: optionValue, selected: optionValue === (value ?? "") }, text),
+      ),
+    ),
+  );
+}
+
+/** Mount the jobs list into `root`; returns the cleanup function. */
+export function listView(root, { query: initial }) {
+  const controller = new AbortController();
+  const rows = new Map();
+  const watchers = new Map();
+  let query = {
+    kind: initial.kind ?? "",
+    state: initial.state ?? "",
+    cursor: initial.cursor ?? "",
+  };
+  // Cursors of the pages before this one, kept in the history entry so Newer
+  // and the browser's Back both work.
+  let cursors = Array.isArray(history.state?.cursors) ? history.state.cursors : [];
+  let next = null;
+  let inflight = null;
+  let timer = null;
+  let closed = false;
+
+  const kindSelect = select("Kind", "kind", [["", "All kinds"]], query.kind);
+  const stateSelect = select(
+    "State",
+    "state",
+    [["", "All states"], ...STATES.map((state) => [state, state])],
+    query.state,
+  );
+  const filters = h(
+    "form",
+    { class: "filters", role: "search", "aria-label": "Filter jobs" },
+    kindSelect,
+    stateSelect,
+  );
+  const status = h("p", { class: "list-status", role: "status" });
+  const tbody = h("tbody", {});
+  const table = h(
+    "table",
+    { class: "jobs" },
+    h("caption", { class: "sr-only" }, "Jobs, newest first"),
+    h(
+      "thead",
+      {},
+      h(
+        "tr",
+        {},
+        ["Job", "State", "Progress", "Created"].map((name) => h("th", { scope: "col" }, name)),
+      ),
+    ),
+    tbody,
+  );
+  const heading = h("h1", { tabindex: "-1" }, "Jobs");
+  const newest = h("button", { type: "button", class: "secondary", hidden: true }, "Newest");
+  const newer = h("button", { type: "button", class: "secondary", hidden: true }, "← Newer");
+  const older = h("button", { type: "button", class: "secondary", hidden: true }, "Older →");
+  const pager = h("nav", { class: "pager", "aria-label": "Pages" }, newest, newer, older);
+
+  root.replaceChildren(
+    h("div", { class: "list-head" }, heading, h("a", { href: "/new", class: "button" }, "New job")),
+    filters,
+    status,
+    h("div", { class: "table-wrap" }, table),
+    pager,
+  );
+  document.title = "Jobs · asyncproc";
+
+  function stopWatchers() {
+    for (const stop of watchers.values()) stop();
+    watchers.clear();
+  }
+
+  // Filters and paging change the list in place (focus stays where the user
+  // is) and leave a history entry, so the URL can be shared and Back works.
+  function go(nextQuery, stack) {
+    query = nextQuery;
+    cursors = stack;
+    history.pushState({ cursors }, "", listUrl(query));
+    stopWatchers();
+    rows.clear();
+    tbody.replaceChildren();
+    setText(status, "Loading…");
+    refresh();
+  }
+
+  filters.addEventListener("change", () => {
+    const data = new FormData(filters);
+    go({ kind: data.get("kind"), state: data.get("state"), cursor: "" }, []);
+  });
+  filters.addEventListener("submit", (event) => event.preventDefault());
+  newest.addEventListener("click", () => go({ ...query, cursor: "" }, []));
+  newer.addEventListener("click", () => {
+    go({ ...query, cursor: cursors[cursors.length - 1] ?? "" }, cursors.slice(0, -1));
+  });
+  older.addEventListener("click", () => {
+    if (next) go({ ...query, cursor: next }, [...cursors, query.cursor]);
+  });
+
+  getJSON("/api/kinds", { signal: controller.signal })
+    .then((kinds) => {
+      const selectEl = kindSelect.querySelector("select");
+      for (const kind of kinds) {
+        selectEl.append(
+          h("option", { value: kind.kind, selected: kind.kind === query.kind }, kind.kind),
+        );
+      }
+    })
+    .catch(() => {
+      // The list works without the kind names; the select keeps "All kinds".
+    });
+
+  function watch(items) {
+    const active = items.filter((item) => !isTerminal(item)).slice(0, WATCHED);
+    const wanted = new Set(active.map((item) => item.id));
+    for (const [id, stop] of watchers) {
+      if (!wanted.has(id)) {
+        stop();
+        watchers.delete(id);
+      }
+    }
+    for (const item of active) {
+      if (watchers.has(item.id)) continue;
+      const stop = watchJob(item.id, {
+        sse: false,
+        minGap: WATCH_GAP_MS,
+        onStatus: (status) => {
+          rows.get(status.id)?.update(status);
+          if (isTerminal(status)) watchers.delete(status.id);
+        },
+        onGone: () => watchers.delete(item.id),
+      });
+      watchers.set(item.id, stop);
+    }
+  }
+
+  function show(items) {
+    const focused = document.activeElement;
+    const seen = new Set();
+    items.forEach((item, index) => {
+      seen.add(item.id);
+      let row = rows.get(item.id);
+      if (row) row.update(item);
+      else {
+        row = jobRow(item);
+        rows.set(item.id, row);
+      }
+      const there = tbody.children[index] ?? null;
+      if (there !== row.el) tbody.insertBefore(row.el, there);
+    });
+    for (const [id, row] of rows) {
+      if (!seen.has(id)) {
+        row.el.remove();
+        rows.delete(id);
+      }
+    }
+    // Moving a row blurs whatever it held; give keyboard users their place back.
+    const lost = focused instanceof HTMLElement && document.activeElement !== focused;
+    if (lost && focused.isConnected) focused.focus();
+  }
+
+  function showPager() {
+    const focused = document.activeElement;
+    older.hidden = !next;
+    newest.hidden = !query.cursor;
+    newer.hidden = !query.cursor || cursors.length === 0;
+    // A pager button that just hid itself must not drop keyboard focus on the floor.
+    if (focused instanceof HTMLElement && focused.closest(".pager") && focused.hidden) {
+      (pager.querySelector("button:not([hidden])") ?? heading).focus();
+    }
+  }
+
+  async function refresh() {
+    if (closed) return;
+    inflight?.abort();
+    const request = new AbortController();
+    inflight = request;
+    const abortAll = () => request.abort();
+    controller.signal.addEventListener("abort", abortAll);
+    try {
+      const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
+      for (const name of ["kind", "state", "cursor"]) {
+        if (query[name]) params.set(name, query[name]);
+      }
+      const page = await getJSON(`/api/jobs?${params}`, { signal: request.signal });
+      next = page.next;
+      show(page.items);
+      watch(page.items);
+      showPager();
+      if (page.items.length === 0) {
+        setText(status, query.cursor ? "No older jobs." : "No jobs match. Start one with New job.");
+      } else {
+        setText(status, "");
+      }
+    } catch (error) {
+      if (request.signal.aborted) return;
+      setText(status, `Could not load the jobs (${error.message}); retrying…`);
+    } finally {
+      controller.signal.removeEventListener("abort", abortAll);
+      if (inflight === request) inflight = null;
+    }
+  }
+
+  function schedule() {
+    if (closed) return;
+    timer = setTimeout(async () => {
+      // A hidden tab needs no fresh rows (it catches up when shown), and a
+      // slow answer is not piled on.
+      if (!document.hidden && inflight === null) await refresh();
+      schedule();
+    }, REFRESH_MS);
+  }
+
+  const onVisible = () => {
+    if (!document.hidden && inflight === null) refresh();
+  };
+  document.addEventListener("visibilitychange", onVisible);
+  refresh();
+  schedule();
+
+  return () => {
+    closed = true;
+    controller.abort();
+    clearTimeout(timer);
+    document.removeEventListener("visibilitychange", onVisible);
+    stopWatchers();
+  };
+}
