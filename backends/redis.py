@@ -21,7 +21,8 @@ Keys, all under the prefix P:
     P changes            pub/sub channel of msgpack-encoded `Change`s
 
 Records expire with Redis TTLs (API.md section 4); `purge_expired` only trims
-the indexes of records Redis has dropped.
+the indexes of records Redis has dropped. The scripts touch several keys at once,
+so the store needs one Redis server (or a primary with replicas), not Redis Cluster.
 """
 
 from __future__ import annotations
@@ -284,22 +285,23 @@ class RedisStateStore(StateStore):
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.cancel()
-            try:
-                await listener
-            except asyncio.CancelledError:
-                pass
+            # `wait`, not `await listener`: a cancellation of our own caller still raises.
+            await asyncio.wait({listener})
         await self._sub_redis.aclose()
         await self._redis.aclose()
 
     async def _listen(self) -> None:
         """Deliver every published change to this node's hub; reconnect with backoff."""
         delay = 0.05
+        down = False
         while True:
             pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
                 self.listening = True
-                delay = 0.05
+                if down:
+                    log.info("redis change listener reconnected")
+                delay, down = 0.05, False
                 if self._tried is not None:
                     self._tried.set()
                 # Changes published while we were away are lost: re-read what we watch.
@@ -309,7 +311,10 @@ class RedisStateStore(StateStore):
                     if message is not None and message.get("type") == "message":
                         self._deliver(message["data"])
             except (RedisError, OSError, BackendUnavailable) as exc:
-                log.warning("redis change listener lost its connection: %s", exc)
+                # Once per outage: the retries below would repeat it every two seconds.
+                if not down:
+                    log.warning("redis change listener lost its connection: %s", exc)
+                down = True
             finally:
                 self.listening = False
                 await pubsub.aclose()  # type: ignore[no-untyped-call]
@@ -324,7 +329,11 @@ class RedisStateStore(StateStore):
         except msgspec.DecodeError:
             log.warning("ignoring a malformed change message on %s", self._channel)
             return
-        self.hub.publish(change)
+        try:
+            self.hub.publish(change)
+        except Exception:
+            # A failing stop handler must not silence every later change on this node.
+            log.exception("change handler failed for job %s", change.job_id)
 
     async def _resync(self) -> None:
         for job_id in self.hub.watched_ids():
