@@ -89,16 +89,32 @@ class WorkerPool:
         self._intake = anyio.CancelScope()
         if self._stopping:
             self._intake.cancel()
-        async with queue.consume(self.routings, self.concurrency) as deliveries:
-            async with anyio.create_task_group() as jobs:
-                try:
-                    with self._intake:
-                        task_status.started()
-                        async for delivery in deliveries:
-                            jobs.start_soon(self._handle, delivery)
-                finally:
-                    with anyio.CancelScope(shield=True):
-                        await self._drain(jobs)
+        # `concurrency` long-lived runner tasks take deliveries from a buffer: spawning a
+        # task per job costs more than a no-op job itself. The queue's prefetch bounds
+        # the unsettled deliveries, so the buffer never holds more than `concurrency`.
+        handoff, taken = anyio.create_memory_object_stream[Delivery](self.concurrency)
+        with handoff, taken:
+            async with queue.consume(self.routings, self.concurrency) as deliveries:
+                async with anyio.create_task_group() as jobs:
+                    for _ in range(self.concurrency):
+                        jobs.start_soon(self._runner, taken)
+                    try:
+                        with self._intake:
+                            task_status.started()
+                            async for delivery in deliveries:
+                                try:
+                                    handoff.send_nowait(delivery)
+                                except anyio.WouldBlock:
+                                    await handoff.send(delivery)
+                    finally:
+                        handoff.close()  # the runners finish what was handed over, then end
+                        with anyio.CancelScope(shield=True):
+                            await self._drain(jobs)
+
+    async def _runner(self, taken: anyio.abc.ObjectReceiveStream[Delivery]) -> None:
+        """Run the jobs of deliveries one after the other until the intake closes."""
+        async for delivery in taken:
+            await self._handle(delivery)
 
     def shutdown(self) -> None:
         """Stop taking deliveries; running jobs get `shutdown_grace` seconds to finish."""
