@@ -56,7 +56,7 @@ class Uniqueness(enum.StrEnum):
     ONCE = "once"
 
 
-class Progress(msgspec.Struct, frozen=True, rename="camel"):
+class Progress(msgspec.Struct, frozen=True, rename="camel", gc=False):
     """Percent (0..100 or None), business step and message of a job."""
 
     percent: float | None = None
@@ -64,7 +64,7 @@ class Progress(msgspec.Struct, frozen=True, rename="camel"):
     message: str | None = None
 
 
-class ErrorInfo(msgspec.Struct, frozen=True, rename="camel"):
+class ErrorInfo(msgspec.Struct, frozen=True, rename="camel", gc=False):
     """Why a job failed: a stable id, a message for the user, the technical detail."""
 
     error_id: str | None = None
@@ -95,11 +95,15 @@ class JobStatus(msgspec.Struct, frozen=True, rename="camel", omit_defaults=False
     version: int
 
 
-class Job(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True):
+class Job(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True, gc=False):
     """The stored job record: the public status plus what the worker needs.
 
     Records are immutable; every change is a new record made by `lifecycle.apply`.
     """
+
+    # gc=False (here and on Progress, ErrorInfo): a record holds only strings, times,
+    # bytes and a str->str dict, so it can never be part of a reference cycle, and a
+    # store of many thousand records would otherwise make every full GC pass crawl.
 
     id: str
     kind: str
