@@ -441,6 +441,8 @@ class RedisStateStore(StateStore):
                 raise JobNotFound(f"no job {job_id}")
             current = (decode_job(answer[1]), answer[2])
             verified = True
+            if _expired(current[0], now):
+                raise JobNotFound(f"no job {job_id}")
 
     async def _write(
         self, new: Job, expected: bytes, token: bytes, event: Event, result: bytes | None
