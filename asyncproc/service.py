@@ -8,7 +8,7 @@ callback exchange) about it.
 from __future__ import annotations
 
 import contextlib
-import uuid
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Annotated
@@ -37,6 +37,18 @@ RoutingName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 CallbackRouting = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 HIDDEN_HEADERS = frozenset({"authorization", "cookie"})
+
+
+def new_job_id() -> str:
+    """A random UUID4 as 32 lowercase hex digits (what `uuid.uuid4().hex` gives, faster)."""
+    bits = int.from_bytes(os.urandom(16), "big")
+    # The version (4) and variant (RFC 4122) bits, as `uuid.UUID(version=4)` sets them.
+    bits = (bits & _UUID_CLEAR) | _UUID_SET
+    return f"{bits:032x}"
+
+
+_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 class EnqueueRequest(msgspec.Struct, frozen=True, rename="camel"):
@@ -106,7 +118,7 @@ class JobService:
             raise Overloaded(f"queue {routing!r} is full, try again later", retryAfter=1)
         now = utcnow()
         job = Job(
-            id=request.request_id or uuid.uuid4().hex,
+            id=request.request_id or new_job_id(),
             kind=kind.name,
             state=JobState.QUEUED,
             created_at=now,
