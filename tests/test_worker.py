@@ -8,6 +8,7 @@ import pytest
 
 from asyncproc import JobContext, Registry
 from asyncproc.backends.memory import MemoryQueue, MemoryStateStore
+from asyncproc.lifecycle import Start
 from asyncproc.model import JobState
 from asyncproc.service import EnqueueRequest, JobService
 from asyncproc.worker import WorkerPool
@@ -118,3 +119,33 @@ async def test_routings_are_consumed_only_by_their_workers() -> None:
         await wait_until(lambda: service.get(mine[0].id), lambda j: j.state.terminal)
         assert (await service.get(other[0].id)).state is JobState.QUEUED
         tg.cancel_scope.cancel()
+
+
+async def test_job_of_a_lost_worker_runs_again() -> None:
+    service = make_service()
+    job, _ = await service.enqueue("nap", request(0))
+    # A worker took it and died: the record says running, the message comes back.
+    await service.transition(job.id, Start())
+    service.queue.put_back(job.id, "default")  # type: ignore[attr-defined]
+    pool = WorkerPool(service, concurrency=1)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pool.run)
+        done = await wait_until(lambda: service.get(job.id), lambda j: j.state.terminal)
+        tg.cancel_scope.cancel()
+    assert done.state is JobState.SUCCEEDED
+    assert done.attempt == 2
+
+
+async def test_job_lost_too_often_is_dead_lettered() -> None:
+    service = make_service()
+    job, _ = await service.enqueue("nap", request(0))
+    await service.transition(job.id, Start())
+    pool = WorkerPool(service, concurrency=1, max_deliveries=1)
+    async with anyio.create_task_group() as tg:
+        await tg.start(pool.run)
+        service.queue.put_back(job.id, "default")  # type: ignore[attr-defined]
+        done = await wait_until(lambda: service.get(job.id), lambda j: j.state.terminal)
+        tg.cancel_scope.cancel()
+    assert done.state is JobState.FAILED
+    assert done.error is not None
+    assert done.error.error_id == "dead_letter"
