@@ -8,9 +8,9 @@ job's terminal (or re-queued) state is stored.
 
 from __future__ import annotations
 
-import math
 import traceback
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 import anyio
@@ -36,17 +36,21 @@ from .service import JobService
 __all__ = ["WorkerPool"]
 
 LOST_ERROR = ErrorInfo(error_id="lost", tech_msg="the worker running this job was lost")
+DEADLINE_CHECK = timedelta(seconds=1)
 SHUTDOWN_ERROR = ErrorInfo(error_id="lost", tech_msg="the worker shut down while running this job")
 
 
 class _Run:
-    """One running job: why it is ending early, if it is."""
+    """One running job: why it is ending early, if it is, and when an async one times out."""
 
-    __slots__ = ("ctx", "reason", "scope")
+    __slots__ = ("ctx", "deadline", "reason", "scope")
 
-    def __init__(self, ctx: JobContext, scope: anyio.CancelScope) -> None:
+    def __init__(
+        self, ctx: JobContext, scope: anyio.CancelScope, deadline: datetime | None
+    ) -> None:
         self.ctx = ctx
         self.scope = scope
+        self.deadline = deadline
         self.reason: str | None = None  # "stop", "timeout" or "gone"
 
     def end(self, reason: str, *, cancel: bool) -> None:
@@ -79,6 +83,10 @@ class WorkerPool:
         self._intake: anyio.CancelScope | None = None
         self._idle: anyio.Event | None = None
         self._stopping = False
+        # One timer for the whole pool cancels async handlers at their processing
+        # deadline: a cancel scope with a deadline of its own costs a timer per job.
+        self._deadlines_checked_by = utcnow()
+        self._deadline_changed: anyio.Event | None = None
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -98,6 +106,7 @@ class WorkerPool:
                 async with anyio.create_task_group() as jobs:
                     for _ in range(self.concurrency):
                         jobs.start_soon(self._runner, taken)
+                    jobs.start_soon(self._enforce_deadlines)
                     try:
                         with self._intake:
                             task_status.started()
@@ -115,6 +124,25 @@ class WorkerPool:
         """Run the jobs of deliveries one after the other until the intake closes."""
         async for delivery in taken:
             await self._handle(delivery)
+
+    async def _enforce_deadlines(self) -> None:
+        """Cancel each running async handler when its job's processing deadline passes."""
+        while True:
+            now = utcnow()
+            # Look again at least every second, so that only a job due sooner than
+            # that has to wake this task when it starts.
+            check_by = now + DEADLINE_CHECK
+            for run in list(self.running.values()):
+                if run.deadline is None:
+                    continue
+                if run.deadline <= now:
+                    run.end("timeout", cancel=True)
+                elif run.deadline < check_by:
+                    check_by = run.deadline
+            self._deadlines_checked_by = check_by
+            self._deadline_changed = anyio.Event()
+            with anyio.move_on_after((check_by - now).total_seconds()):
+                await self._deadline_changed.wait()
 
     def shutdown(self) -> None:
         """Stop taking deliveries; running jobs get `shutdown_grace` seconds to finish."""
@@ -199,11 +227,13 @@ class WorkerPool:
             headers=job.headers,
             report=report,
         )
-        scope = anyio.CancelScope(
-            deadline=anyio.current_time() + remaining if kind.is_async else math.inf
-        )
-        run = _Run(ctx, scope)
+        # A blocking handler cannot be cancelled: `_call_blocking` flags it at the deadline.
+        deadline = job.deadline if kind.is_async else None
+        run = _Run(ctx, anyio.CancelScope(), deadline)
         self.running[job.id] = run
+        changed = self._deadline_changed
+        if changed is not None and deadline is not None and deadline < self._deadlines_checked_by:
+            changed.set()
 
         def on_change(change: Change) -> None:
             reason = "gone" if change.state.terminal else "stop"
