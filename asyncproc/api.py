@@ -145,8 +145,12 @@ async def enqueue(request: Request) -> Response:
     kind = request.path_params["kind"]
     service.registry.get(kind)
     body = decode_body(await read_body(request), EnqueueRequest)
+    scope = request.scope
+    # Straight from the ASGI scope (header names are lower case there): a Starlette
+    # `Headers` and `State` per request cost more than building this dict.
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
     job, created = await service.enqueue(
-        kind, body, headers=request.headers, incoming_at=request.state.incoming_at
+        kind, body, headers=headers, incoming_at=scope.get("state", {}).get("incoming_at")
     )
     status = job.status(expose_tech_info=service.expose_tech_info)
     if not created:
