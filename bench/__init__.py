@@ -1,0 +1,3 @@
+"""Benchmarks: `python bench/throughput.py --help`."""
+
+from __future__ import annotations
