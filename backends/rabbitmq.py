@@ -269,12 +269,21 @@ class _Consumer:
     async def _on_message(self, message: DeliveredMessage) -> None:
         deliver = message.delivery
         assert isinstance(deliver, spec.Basic.Deliver)
+        try:
+            job_id = message.body.decode()
+        except UnicodeDecodeError:
+            job_id = ""
+        if not 0 < len(job_id) <= 128 or not job_id.isprintable():
+            # Not a job id: nothing to run and no job to fail; keep it for inspection.
+            tag = deliver.delivery_tag or 0
+            await _quietly(message.channel.basic_reject(tag, requeue=False, wait=False))
+            return
         self._buffer.put_nowait(
             _RabbitDelivery(
                 self,
                 message.channel,
                 deliver.delivery_tag or 0,
-                message.body.decode(),
+                job_id,
                 deliver.routing_key or "",
                 bool(deliver.redelivered),
             )

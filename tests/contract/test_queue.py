@@ -274,3 +274,37 @@ async def test_concurrent_publishes_are_all_delivered(queue: Queue) -> None:
                 await delivery.ack()
                 acked += 1
         assert sorted(taken.ids) == sorted(ids)
+
+
+@pytest.mark.anyio
+@pytest.mark.rabbitmq
+async def test_message_that_is_no_job_id_is_dead_lettered(
+    amqp_url: str, unique_prefix: str
+) -> None:
+    queue = RabbitMQQueue(amqp_url, prefix=unique_prefix)
+    await queue.start()
+    try:
+        await queue.publish("warm-up", "default")  # declares the queue and exchanges
+        async with taking(queue, ["default"], 4) as taken:
+            async with aiormq.connect(amqp_url) as connection:
+                channel = await connection.channel()
+                await channel.basic_publish(
+                    b"\xff\xfe not utf-8", exchange=queue.exchange, routing_key="default"
+                )
+            await wait_until(lambda: dead_letters_raw(queue), lambda found: found, timeout=10)
+            assert [d.job_id for d in taken.deliveries] == ["warm-up"]
+    finally:
+        await queue.delete(["default"])
+        await queue.aclose()
+
+
+async def dead_letters_raw(queue: RabbitMQQueue) -> list[bytes]:
+    """Raw bodies in the dead-letter queue (taken off it)."""
+    found: list[bytes] = []
+    async with aiormq.connect(queue.url) as connection:
+        channel = await connection.channel()
+        while True:
+            message = await channel.basic_get(queue.dead_letter, no_ack=True)
+            if not message.body:
+                return found
+            found.append(message.body)
