@@ -40,6 +40,10 @@ DEADLINE_CHECK = timedelta(seconds=1)
 SHUTDOWN_ERROR = ErrorInfo(error_id="lost", tech_msg="the worker shut down while running this job")
 
 
+class _DeadLetter(Exception):
+    """The delivery's job failed as `dead_letter`: send the message to the dead letters."""
+
+
 class _Run:
     """One running job: why it is ending early, if it is, and when an async one times out."""
 
@@ -164,6 +168,8 @@ class WorkerPool:
             # The outcome is not stored: let the queue deliver the job again.
             with anyio.CancelScope(shield=True):
                 await delivery.requeue()
+        except _DeadLetter:
+            await delivery.reject()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
                 await delivery.requeue()
@@ -188,7 +194,7 @@ class WorkerPool:
         # Redelivered while marked running: the node that ran it is gone.
         if job.attempt >= self.max_deliveries:
             await service.transition(job.id, Fail(_dead_letter(job)))
-            return None
+            raise _DeadLetter
         await service.transition(job.id, Retry(LOST_ERROR))
         try:
             started = await service.transition(job.id, Start())

@@ -138,14 +138,21 @@ async def test_job_of_a_lost_worker_runs_again() -> None:
 
 async def test_job_lost_too_often_is_dead_lettered() -> None:
     service = make_service()
+    queue = service.queue
+    assert isinstance(queue, MemoryQueue)
     job, _ = await service.enqueue("nap", request(0))
     await service.transition(job.id, Start())
+
+    async def dead() -> list[tuple[str, str]]:
+        return queue.dead_letters
+
     pool = WorkerPool(service, concurrency=1, max_deliveries=1)
     async with anyio.create_task_group() as tg:
         await tg.start(pool.run)
-        service.queue.put_back(job.id, "default")  # type: ignore[attr-defined]
-        done = await wait_until(lambda: service.get(job.id), lambda j: j.state.terminal)
+        queue.put_back(job.id, "default")
+        await wait_until(dead, lambda letters: letters == [("default", job.id)])
         tg.cancel_scope.cancel()
+    done = await service.get(job.id)
     assert done.state is JobState.FAILED
     assert done.error is not None
     assert done.error.error_id == "dead_letter"
