@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.asyncio.client import PubSub
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
@@ -77,6 +79,9 @@ _CACHE_SIZE = 1024
 _CACHE_MAX_CONTENT = 64 * 1024
 _LIST_BATCH = 100
 _Arg = bytes | str | int | float
+_CHANGES = msgspec.msgpack.Decoder(Change)
+# Seconds of silence on the change listener's connection before it sends a PING.
+_IDLE_PING = 5.0
 _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 
 # KEYS: job, idx, idx:kind, due, [idx:key, [hold]]
@@ -199,6 +204,7 @@ class _Pipeliner:
         self._retries = retries
         self._pending: list[tuple[tuple[_Arg, ...], asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+        self._connection: AbstractConnection | None = None
 
     async def call(self, *command: _Arg) -> Any:
         """The reply of `command`; raises what redis-py would (a ResponseError too)."""
@@ -241,13 +247,17 @@ class _Pipeliner:
                 raise
 
     async def _exchange(self, batch: list[tuple[tuple[_Arg, ...], asyncio.Future[Any]]]) -> None:
-        """Write the batch on one pooled connection and hand each reply to its caller."""
-        connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+        """Write the batch on our connection and hand each reply to its caller."""
+        connection = self._connection
+        if connection is None:
+            # Held for the store's life: a checkout per batch cost as much as the batch.
+            connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+            self._connection = connection
         try:
             async with asyncio.timeout(self._timeout):
+                # send_packed_command reconnects a connection an earlier error closed.
                 await connection.send_packed_command(
-                    connection.pack_commands([command for command, _ in batch]),
-                    check_health=False,
+                    _pack([command for command, _ in batch]), check_health=False
                 )
                 for _, future in batch:
                     try:
@@ -263,17 +273,35 @@ class _Pipeliner:
             # A reply may be half read: this connection is out of step for good.
             await connection.disconnect(nowait=True)
             raise
-        finally:
-            await self._pool.release(connection)
 
     async def aclose(self) -> None:
-        """Let the batch in flight finish (up to the timeout), then stop."""
+        """Let the batch in flight finish (up to the timeout), then give the connection back."""
         flusher = self._flusher
         if flusher is not None:
             _, pending = await asyncio.wait({flusher}, timeout=self._timeout)
             for task in pending:
                 task.cancel()
                 await asyncio.wait({task})
+        connection, self._connection = self._connection, None
+        if connection is not None:
+            await self._pool.release(connection)
+
+
+def _pack(commands: list[tuple[_Arg, ...]]) -> bytes:
+    """The commands in the Redis protocol (RESP), as one buffer."""
+    parts: list[bytes] = []
+    add = parts.append
+    for command in commands:
+        add(b"*%d\r\n" % len(command))
+        for arg in command:
+            if isinstance(arg, str):
+                arg = arg.encode()
+            elif not isinstance(arg, bytes):
+                arg = repr(arg).encode()  # int or float, as redis-py writes them
+            add(b"$%d\r\n" % len(arg))
+            add(arg)
+            add(b"\r\n")
+    return b"".join(parts)
 
 
 @contextmanager
@@ -413,10 +441,7 @@ class RedisStateStore(StateStore):
                     self._tried.set()
                 # Changes published while we were away are lost: re-read what we watch.
                 await self._resync()
-                while True:
-                    message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=5.0)
-                    if message is not None and message.get("type") == "message":
-                        self._deliver(message["data"])
+                await self._pump(pubsub)
             except (RedisError, OSError, BackendUnavailable) as exc:
                 # Once per outage: the retries below would repeat it every two seconds.
                 if not down:
@@ -430,9 +455,35 @@ class RedisStateStore(StateStore):
             await asyncio.sleep(delay)
             delay = min(delay * 2, 2.0)
 
+    async def _pump(self, pubsub: PubSub) -> None:
+        """Read the subscribed connection's messages until it fails.
+
+        Straight from the connection: `get_message` costs several times the
+        delivery itself, and the listener sees every change of every node.
+        """
+        connection = pubsub.connection
+        if connection is None:
+            raise RedisConnectionError("the pub/sub connection is not open")
+        pinged = False
+        while True:
+            # With a timeout, an idle read answers None instead of raising.
+            # push_request: the messages are RESP3 pushes (redis-py 8 speaks RESP3).
+            reply = await connection.read_response(timeout=_IDLE_PING, push_request=True)
+            if reply is None:
+                if pinged:
+                    raise RedisTimeoutError("no answer to PING on the change listener")
+                # Quiet: a PING shows whether the connection is still there (the
+                # answer, a "pong" message, is skipped below).
+                await connection.send_command("PING", check_health=False)
+                pinged = True
+                continue
+            pinged = False
+            if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
+                self._deliver(reply[2])
+
     def _deliver(self, data: bytes) -> None:
         try:
-            change = msgspec.msgpack.decode(data, type=Change)
+            change = _CHANGES.decode(data)
         except msgspec.DecodeError:
             log.warning("ignoring a malformed change message on %s", self._channel)
             return
