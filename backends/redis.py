@@ -248,13 +248,13 @@ class _Pipeliner:
 
     async def _exchange(self, batch: list[tuple[tuple[_Arg, ...], asyncio.Future[Any]]]) -> None:
         """Write the batch on our connection and hand each reply to its caller."""
-        connection = self._connection
-        if connection is None:
-            # Held for the store's life: a checkout per batch cost as much as the batch.
-            connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-            self._connection = connection
-        try:
-            async with asyncio.timeout(self._timeout):
+        async with asyncio.timeout(self._timeout):
+            connection = self._connection
+            if connection is None:
+                # Held for the store's life: a checkout per batch cost as much as the batch.
+                connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
+                self._connection = connection
+            try:
                 # send_packed_command reconnects a connection an earlier error closed.
                 await connection.send_packed_command(
                     _pack([command for command, _ in batch]), check_health=False
@@ -269,10 +269,10 @@ class _Pipeliner:
                     else:
                         if not future.done():
                             future.set_result(reply)
-        except BaseException:
-            # A reply may be half read: this connection is out of step for good.
-            await connection.disconnect(nowait=True)
-            raise
+            except BaseException:
+                # A reply may be half read: this connection is out of step for good.
+                await connection.disconnect(nowait=True)
+                raise
 
     async def aclose(self) -> None:
         """Let the batch in flight finish (up to the timeout), then give the connection back."""
@@ -354,7 +354,15 @@ class RedisStateStore(StateStore):
         )
         self._create = self._redis.register_script(_CREATE)
         self._transition = self._redis.register_script(_TRANSITION)
-        self._pipeliner = _Pipeliner(self._redis, timeout)
+        # The pipeliner's own client, without a socket timeout: each batch has one
+        # of its own, and redis-py's per-write timeout spawns a task per write.
+        self._pipe_redis = aioredis.Redis.from_url(
+            url,
+            socket_timeout=None,
+            socket_connect_timeout=min(timeout, 2.0),
+            client_name=self.client_name,
+        )
+        self._pipeliner = _Pipeliner(self._pipe_redis, timeout)
         self._release = self._redis.register_script(_RELEASE)
         self._cache: OrderedDict[str, tuple[Job, bytes]] = OrderedDict()
         self._writes = itertools.count()
@@ -422,6 +430,7 @@ class RedisStateStore(StateStore):
             # `wait`, not `await listener`: a cancellation of our own caller still raises.
             await asyncio.wait({listener})
         await self._pipeliner.aclose()
+        await self._pipe_redis.aclose()
         await self._sub_redis.aclose()
         await self._redis.aclose()
 
