@@ -515,7 +515,9 @@ class RedisStateStore(StateStore):
             try:
                 return await self._pipeliner.call(*command)
             except NoScriptError:
-                await self._redis.script_load(script.script)
+                # Through the pipeliner too: after a Redis restart every caller of the
+                # batch lands here at once, and a connection each would exhaust the pool.
+                await self._pipeliner.call("SCRIPT", "LOAD", cast("str", script.script))
                 return await self._pipeliner.call(*command)
 
     async def ping(self) -> None:
