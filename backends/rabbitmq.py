@@ -1,4 +1,4 @@
-"""The RabbitMQ Queue (aiormq) and the callback exchange publisher (API.md section 7).
+"""The RabbitMQ Queue (aiormq); the callback exchange publisher is in `callbacks`.
 
 Topology, every name under the key prefix `P`:
 
@@ -18,155 +18,36 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Self, cast
+from typing import Self
 
-import aiormq
 import anyio
-import msgspec
 from aiormq import Channel
-from aiormq.abc import AbstractChannel, AbstractConnection, DeliveredMessage
-from aiormq.exceptions import AMQPError, ChannelNotFoundEntity, PublishError
+from aiormq.abc import AbstractChannel, DeliveredMessage
+from aiormq.exceptions import ChannelNotFoundEntity, PublishError
 from pamqp import commands as spec
 
 from asyncproc.config import Settings
 from asyncproc.errors import BackendUnavailable
 from asyncproc.interfaces import Delivery, Queue
-from asyncproc.model import Job
 
-if TYPE_CHECKING:
-    from asyncproc.service import JobService
+from .amqp_link import (
+    BACKOFF_MIN,
+    FAILED,
+    Link,
+    aborted,
+    backoff,
+    cancelled_for_real,
+    close_channel,
+    describe,
+    open_channel,
+)
+from .callbacks import CallbackPublisher
 
 __all__ = ["CallbackPublisher", "RabbitMQQueue"]
 
 log = logging.getLogger("asyncproc.rabbitmq")
-
-# What a dropped connection or channel raises out of aiormq (ChannelInvalidStateError
-# and "connection closed" are RuntimeErrors there).
-_LOST = (AMQPError, ConnectionError, OSError, RuntimeError, TimeoutError)
-# aiormq also rejects the futures of a closed channel with CancelledError.
-_FAILED = (*_LOST, asyncio.CancelledError)
-_BACKOFF_MIN = 0.05
-_BACKOFF_MAX = 5.0
-_CONNECT_TIMEOUT = 10.0
-
-
-def _describe(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-
-
-def _cancelled_for_real() -> bool:
-    """True when the current task was asked to stop (not a CancelledError aiormq
-    uses to tell that a channel went away)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
-def _aborted(exc: BaseException) -> bool:
-    """True when `exc` is this task's own cancellation, which must propagate."""
-    return isinstance(exc, asyncio.CancelledError) and _cancelled_for_real()
-
-
-def _backoff(delay: float) -> float:
-    """The next delay: doubled, capped, with jitter so nodes do not reconnect in step."""
-    return min(delay * 2, _BACKOFF_MAX) * random.uniform(0.8, 1.2)
-
-
-async def _open_channel(connection: AbstractConnection, *, confirms: bool) -> Channel:
-    """A new channel; typed as aiormq's `Channel`, whose publish takes `wait=False`."""
-    return cast(Channel, await connection.channel(publisher_confirms=confirms))
-
-
-class _Link:
-    """One AMQP connection that is reopened with backoff whenever it drops."""
-
-    def __init__(self, url: str, name: str) -> None:
-        self.url = url
-        self.name = name
-        self.connection: AbstractConnection | None = None
-        self.generation = 0  # counts connections made, so users notice a new one
-        self.last_error = "not connected yet"
-        self._up = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closed = False
-
-    def start(self) -> None:
-        """Start the connect-and-watch task (idempotent)."""
-        if self._task is None and not self._closed:
-            self._task = asyncio.create_task(self._keep_open(), name=f"amqp link {self.name}")
-
-    def current(self) -> AbstractConnection | None:
-        """The connection if it is open right now."""
-        connection = self.connection
-        return connection if connection is not None and not connection.is_closed else None
-
-    async def get(self, within: float | None) -> AbstractConnection:
-        """The open connection, waiting up to `within` s for one; else `BackendUnavailable`."""
-        self.start()
-        loop = asyncio.get_running_loop()
-        deadline = None if within is None else loop.time() + within
-        while True:
-            connection = self.current()
-            if connection is not None:
-                return connection
-            if self._closed:
-                raise BackendUnavailable("rabbitmq", "the connection is closed")
-            try:
-                async with asyncio.timeout_at(deadline):
-                    if self._up.is_set():
-                        # Closed, but the watcher has not noticed yet: give it a moment.
-                        await asyncio.sleep(0.01)
-                    else:
-                        await self._up.wait()
-            except TimeoutError:
-                raise BackendUnavailable("rabbitmq", self.last_error) from None
-
-    async def _keep_open(self) -> None:
-        delay = _BACKOFF_MIN
-        while True:
-            try:
-                async with asyncio.timeout(_CONNECT_TIMEOUT):
-                    connection = await aiormq.connect(
-                        self.url, client_properties={"connection_name": self.name}
-                    )
-            except _FAILED as exc:
-                if _aborted(exc):
-                    raise
-                self.last_error = _describe(exc)
-                await asyncio.sleep(delay)
-                delay = _backoff(delay)
-                continue
-            delay = _BACKOFF_MIN
-            self.connection = connection
-            self.generation += 1
-            self._up.set()
-            if self.generation > 1:
-                log.info("rabbitmq connection %r is back", self.name)
-            try:
-                await connection.closing
-                self.last_error = "the connection was closed"
-            except Exception as exc:  # the reason the connection closed
-                self.last_error = _describe(exc)
-            self._up.clear()
-            self.connection = None
-            log.warning(
-                "rabbitmq connection %r lost (%s); reconnecting", self.name, self.last_error
-            )
-
-    async def aclose(self) -> None:
-        """Stop reconnecting and close the connection."""
-        self._closed = True
-        self._up.set()  # wake waiters: they see `_closed`
-        task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            await asyncio.wait([task])
-        connection, self.connection = self.connection, None
-        if connection is not None:
-            with contextlib.suppress(*_LOST):
-                await connection.close()
 
 
 class _RabbitDelivery(Delivery):
@@ -222,8 +103,8 @@ async def _quietly(settle: Awaitable[None]) -> None:
     """Await a settle call; a channel that died meanwhile is not an error."""
     try:
         await settle
-    except _FAILED as exc:
-        if _aborted(exc):
+    except FAILED as exc:
+        if aborted(exc):
             raise
 
 
@@ -290,12 +171,12 @@ class _Consumer:
         )
 
     async def _run(self) -> None:
-        delay = _BACKOFF_MIN
+        delay = BACKOFF_MIN
         while True:
             channel: AbstractChannel | None = None
             try:
                 connection = await self.queue.consumer_link.get(None)
-                channel = self._channel = await _open_channel(connection, confirms=False)
+                channel = self._channel = await open_channel(connection, confirms=False)
                 gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
                 def broker_cancelled(_: object, gone: asyncio.Future[None] = gone) -> None:
@@ -313,7 +194,7 @@ class _Consumer:
                 for routing in self.routings:
                     await channel.basic_consume(self.queue.queue_name(routing), self._on_message)
                 self.ready.set()
-                delay = _BACKOFF_MIN
+                delay = BACKOFF_MIN
                 closing = channel.closing
                 await asyncio.wait([closing, gone], return_when=asyncio.FIRST_COMPLETED)
                 if closing.done() and not closing.cancelled():
@@ -321,15 +202,15 @@ class _Consumer:
                 closing.cancel()
                 reason = "the consumer was cancelled by the broker" if gone.done() else "closed"
                 log.warning("rabbitmq consumer channel lost (%s); consuming again", reason)
-            except _FAILED as exc:
-                if _aborted(exc):
+            except FAILED as exc:
+                if aborted(exc):
                     raise
-                log.warning("rabbitmq consumer: %s; retrying", _describe(exc))
+                log.warning("rabbitmq consumer: %s; retrying", describe(exc))
                 await asyncio.sleep(delay)
-                delay = _backoff(delay)
+                delay = backoff(delay)
             finally:
-                if channel is not None and not channel.is_closed and not _cancelled_for_real():
-                    await _close_channel(channel)
+                if channel is not None and not channel.is_closed and not cancelled_for_real():
+                    await close_channel(channel)
 
     async def aclose(self) -> None:
         """Stop consuming; the broker puts unsettled messages back, flagged redelivered."""
@@ -339,16 +220,7 @@ class _Consumer:
             await asyncio.wait([task])
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
-            await _close_channel(channel)
-
-
-async def _close_channel(channel: AbstractChannel) -> None:
-    try:
-        async with asyncio.timeout(5):
-            await channel.close()
-    except _FAILED as exc:
-        if _aborted(exc):
-            raise
+            await close_channel(channel)
 
 
 class RabbitMQQueue(Queue):
@@ -372,8 +244,8 @@ class RabbitMQQueue(Queue):
         self.outage_timeout = outage_timeout
         self.exchange = f"{prefix}jobs"
         self.dead_letter = f"{prefix}dead"  # both the exchange and its queue
-        self.publisher_link = _Link(url, f"asyncproc {prefix} publish")
-        self.consumer_link = _Link(url, f"asyncproc {prefix} consume")
+        self.publisher_link = Link(url, f"asyncproc {prefix} publish")
+        self.consumer_link = Link(url, f"asyncproc {prefix} consume")
         self._generation = 0
         self._publishing: Channel | None = None
         self._admin: Channel | None = None
@@ -426,9 +298,9 @@ class RabbitMQQueue(Queue):
                 self._publishing = self._admin = None
                 self._declared = set()
             if self._publishing is None or self._publishing.is_closed:
-                self._publishing = await _open_channel(connection, confirms=True)
+                self._publishing = await open_channel(connection, confirms=True)
             if self._admin is None or self._admin.is_closed:
-                self._admin = await _open_channel(connection, confirms=False)
+                self._admin = await open_channel(connection, confirms=False)
             return self._publishing, self._admin
 
     async def declare_routing(self, channel: AbstractChannel, routing: str) -> None:
@@ -455,11 +327,11 @@ class RabbitMQQueue(Queue):
 
     async def _retrying(self, deadline: float, error: BaseException) -> None:
         """Wait before the next try, or raise `BackendUnavailable` past `deadline`."""
-        if _aborted(error):
+        if aborted(error):
             raise error
         remaining = deadline - asyncio.get_running_loop().time()
         if remaining <= 0:
-            raise BackendUnavailable("rabbitmq", _describe(error)) from None
+            raise BackendUnavailable("rabbitmq", describe(error)) from None
         await asyncio.sleep(min(0.05, remaining))
 
     # -- the Queue contract -------------------------------------------------
@@ -482,7 +354,7 @@ class RabbitMQQueue(Queue):
                         self.exchange, exchange_type="direct", durable=True
                     )
                 return
-            except _FAILED as exc:
+            except FAILED as exc:
                 await self._retrying(deadline, exc)
 
     async def publish(self, job_id: str, routing: str) -> None:
@@ -510,7 +382,7 @@ class RabbitMQQueue(Queue):
             except PublishError as exc:
                 self._declared.discard(routing)  # its queue was deleted: declare it again
                 await self._retrying(deadline, exc)
-            except _FAILED as exc:
+            except FAILED as exc:
                 await self._retrying(deadline, exc)
 
     @asynccontextmanager
@@ -547,7 +419,7 @@ class RabbitMQQueue(Queue):
             except ChannelNotFoundEntity as exc:
                 self._declared.discard(routing)
                 await self._retrying(deadline, exc)
-            except _FAILED as exc:
+            except FAILED as exc:
                 await self._retrying(deadline, exc)
 
     async def delete(self, routings: Sequence[str]) -> None:
@@ -560,165 +432,3 @@ class RabbitMQQueue(Queue):
         await admin.exchange_delete(self.exchange)
         await admin.exchange_delete(self.dead_letter)
         self._declared = set()
-
-
-_STATUS_ENCODER = msgspec.json.Encoder()
-_BATCH = 256
-
-
-class CallbackPublisher:
-    """Publishes a job's status to the callback exchange (API.md section 7).
-
-    A `JobService` listener: on enqueue, on every state change and every bizStep
-    change of a job with a `callbackRouting`, the status JSON goes to `exchange`
-    with that routing key, in the order the changes were made on this node. The
-    listener only queues the message (transitions never wait for the broker); a
-    background task publishes with confirms, resending after a reconnection, so a
-    consumer may see a message twice: the status `version` tells the newest.
-    """
-
-    def __init__(
-        self,
-        url: str,
-        exchange: str,
-        *,
-        expose_tech_info: bool = False,
-        buffer: int = 10_000,
-        name: str = "asyncproc callbacks",
-    ) -> None:
-        self.exchange = exchange
-        self.expose_tech_info = expose_tech_info
-        self._link = _Link(url, name)
-        self._pending: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=buffer)
-        self._channel: Channel | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> Self:
-        """The publisher of `settings.callback_exchange` at `settings.amqp_url`."""
-        return cls(
-            settings.amqp_url,
-            settings.callback_exchange,
-            expose_tech_info=settings.expose_tech_info,
-            name=f"asyncproc {settings.key_prefix} callbacks",
-        )
-
-    async def start(self, within: float = 5.0) -> None:
-        """Connect, declare the exchange (durable topic) unless it exists, start publishing.
-
-        Raises `BackendUnavailable` when the broker does not answer within `within` s.
-        """
-        connection = await self._link.get(within)
-        try:
-            async with asyncio.timeout(within):
-                probe = await _open_channel(connection, confirms=False)
-                try:
-                    await probe.exchange_declare(self.exchange, passive=True)
-                except ChannelNotFoundEntity:
-                    # The refusal closed the probe channel; declare on a fresh one.
-                    declarer = await _open_channel(connection, confirms=False)
-                    await declarer.exchange_declare(
-                        self.exchange, exchange_type="topic", durable=True
-                    )
-                    await _close_channel(declarer)
-                else:
-                    await _close_channel(probe)
-        except _FAILED as exc:
-            if _aborted(exc):
-                raise
-            raise BackendUnavailable("rabbitmq", _describe(exc)) from None
-        self._task = asyncio.create_task(self._drain(), name="amqp callbacks")
-
-    @asynccontextmanager
-    async def attached(self, service: JobService) -> AsyncIterator[Self]:
-        """Started and listening to `service` for the duration of the block."""
-        try:
-            await self.start()
-        except BaseException:
-            await self._link.aclose()
-            raise
-        service.listeners.append(self)
-        try:
-            yield self
-        finally:
-            service.listeners.remove(self)
-            with anyio.CancelScope(shield=True):
-                await self.aclose()
-
-    async def __call__(self, before: Job, after: Job) -> None:
-        """The `JobService` listener: queue the status if the change is one to tell."""
-        routing = after.callback_routing
-        if routing is None:
-            return
-        if (
-            before.version != after.version
-            and before.state == after.state
-            and before.progress.biz_step == after.progress.biz_step
-        ):
-            return  # percent, message or stop flag only
-        body = _STATUS_ENCODER.encode(after.status(expose_tech_info=self.expose_tech_info))
-        await self._pending.put((routing, body))
-
-    async def _publishing_channel(self) -> Channel:
-        channel = self._channel
-        if channel is None or channel.is_closed:
-            connection = await self._link.get(None)
-            channel = self._channel = await _open_channel(connection, confirms=True)
-        return channel
-
-    async def _publish(self, channel: Channel, routing: str, body: bytes) -> None:
-        await channel.basic_publish(
-            body,
-            exchange=self.exchange,
-            routing_key=routing,
-            properties=spec.Basic.Properties(content_type="application/json", delivery_mode=2),
-            wait=False,
-        )
-
-    async def _drain(self) -> None:
-        batch: list[tuple[str, bytes]] = []
-        delay = _BACKOFF_MIN
-        while True:
-            if not batch:
-                batch.append(await self._pending.get())
-                while len(batch) < _BATCH and not self._pending.empty():
-                    batch.append(self._pending.get_nowait())
-            try:
-                channel = await self._publishing_channel()
-            except _FAILED as exc:
-                if _aborted(exc):
-                    raise
-                log.warning("callback exchange: %s; retrying", _describe(exc))
-                await asyncio.sleep(delay)
-                delay = _backoff(delay)
-                continue
-            # The tasks reach the channel's (FIFO) lock in creation order, so the
-            # messages go out in order while their confirms are awaited together.
-            outcomes = await asyncio.gather(
-                *(self._publish(channel, routing, body) for routing, body in batch),
-                return_exceptions=True,
-            )
-            errors = [(i, out) for i, out in enumerate(outcomes) if isinstance(out, BaseException)]
-            done = errors[0][0] if errors else len(batch)
-            for _ in range(done):
-                self._pending.task_done()
-            batch = batch[done:]
-            if errors:
-                if _cancelled_for_real():
-                    raise asyncio.CancelledError
-                log.warning("callback exchange: %s; resending", _describe(errors[0][1]))
-                await asyncio.sleep(delay)
-                delay = _backoff(delay)
-            else:
-                delay = _BACKOFF_MIN
-
-    async def aclose(self, grace: float = 5.0) -> None:
-        """Publish what is queued (up to `grace` seconds), then disconnect."""
-        task, self._task = self._task, None
-        if task is not None:
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(grace):
-                    await self._pending.join()
-            task.cancel()
-            await asyncio.wait([task])
-        await self._link.aclose()

@@ -6,19 +6,8 @@ refuses when anyone wrote since the read (a per-write token). The same script
 keeps the indexes, the key holder and the expiry, and publishes the `Change`,
 so a write and its notification are one atomic step.
 
-Keys, all under the prefix P:
-
-    P job:<id>           hash    r: record (msgspec JSON), w: write token,
-                                 m: index member, x: result bytes
-    P idx                zset    every job; members "<createdAt µs, 20 digits>|<id>",
-                                 all scores 0, so lexical order is (createdAt, id)
-    P idx:kind:<kind>    zset    the same members, one kind
-    P idx:key:<key>      zset    the same members, one business key
-    P due                zset    ids of unfinished jobs, scored by deadline
-    P exp                zset    [id, member, kind, key] of finished jobs, scored by purge time
-    P hold:<kind>:<key>  string  "<rule>|<id>" while a job holds the key,
-                                 "done|<id>" for a succeeded `once` job
-    P changes            pub/sub channel of msgpack-encoded `Change`s
+The keys and the scripts are in `redis_scripts`; the batched writes in
+`redis_pipeline`.
 
 Records expire with Redis TTLs (API.md section 4); `purge_expired` only trims
 the indexes of records Redis has dropped. The scripts touch several keys at once,
@@ -30,29 +19,26 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 import redis.asyncio as aioredis
 from redis.asyncio.client import PubSub
-from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from asyncproc.changes import Change, ChangeHub
 from asyncproc.errors import (
     BackendUnavailable,
-    BadRequest,
     JobNotFound,
     KeyConflict,
     TransitionRefused,
@@ -61,6 +47,9 @@ from asyncproc.interfaces import JobQuery, Page, StateStore, cursor_of
 from asyncproc.lifecycle import Event, Succeed, apply
 from asyncproc.model import Job, JobState, Uniqueness, decode_job, encode_job, utcnow
 
+from .redis_pipeline import UNAVAILABLE, Arg, Pipeliner
+from .redis_scripts import CREATE, RELEASE, TRANSITION, epoch_ms, index_member
+
 if TYPE_CHECKING:
     from asyncproc.config import Settings
 
@@ -68,8 +57,6 @@ __all__ = ["RedisStateStore"]
 
 log = logging.getLogger("asyncproc.redis")
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
 # An unfinished record outlives its deadline by at least this much, so the sweeper
 # can always still mark it timed out (even with a tiny retention).
 _UNFINISHED_MARGIN = 3600.0
@@ -78,230 +65,13 @@ _UNFINISHED_MARGIN = 3600.0
 _CACHE_SIZE = 1024
 _CACHE_MAX_CONTENT = 64 * 1024
 _LIST_BATCH = 100
-_Arg = bytes | str | int | float
 _CHANGES = msgspec.msgpack.Decoder(Change)
 # Seconds of silence on the change listener's connection before it sends a PING.
 _IDLE_PING = 5.0
-_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
-
-# KEYS: job, idx, idx:kind, due, [idx:key, [hold]]
-# ARGV: record, token, member, id, deadline score, expire ms, rule, change, channel
-_CREATE = """
-local cur = redis.call('HMGET', KEYS[1], 'r', 'w')
-if cur[1] then
-  if cur[2] == ARGV[2] then return {1, cur[1]} end
-  return {0, cur[1]}
-end
-if KEYS[6] then
-  local held = redis.call('GET', KEYS[6])
-  if held then return {-1, string.sub(held, string.find(held, '|', 1, true) + 1)} end
-  redis.call('SET', KEYS[6], ARGV[7] .. '|' .. ARGV[4], 'PXAT', ARGV[6])
-end
-redis.call('HSET', KEYS[1], 'r', ARGV[1], 'w', ARGV[2], 'm', ARGV[3])
-redis.call('PEXPIREAT', KEYS[1], ARGV[6])
-redis.call('ZADD', KEYS[2], 0, ARGV[3])
-redis.call('ZADD', KEYS[3], 0, ARGV[3])
-if KEYS[5] then redis.call('ZADD', KEYS[5], 0, ARGV[3]) end
-redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
-redis.call('PUBLISH', ARGV[9], ARGV[8])
-return {1}
-"""
-
-# KEYS: job, [due, exp, [hold]]  (the rest only for a finishing write)
-# ARGV: expected token, new token, record, change, channel, has result, result,
-#       id, expire ms, purge score, exp member, succeeded
-# Answers {0} missing, {1, record, token} someone else wrote, {2} this very write was
-# already applied (a retried command), {3} written.
-_TRANSITION = """
-local w = redis.call('HGET', KEYS[1], 'w')
-if not w then return {0} end
-if w ~= ARGV[1] then
-  if w == ARGV[2] then return {2} end
-  return {1, redis.call('HGET', KEYS[1], 'r'), w}
-end
-if ARGV[6] == '1' then
-  redis.call('HSET', KEYS[1], 'r', ARGV[3], 'w', ARGV[2], 'x', ARGV[7])
-else
-  redis.call('HSET', KEYS[1], 'r', ARGV[3], 'w', ARGV[2])
-end
-if KEYS[2] then
-  redis.call('PEXPIREAT', KEYS[1], ARGV[9])
-  redis.call('ZREM', KEYS[2], ARGV[8])
-  redis.call('ZADD', KEYS[3], ARGV[10], ARGV[11])
-  if KEYS[4] then
-    local held = redis.call('GET', KEYS[4])
-    if held then
-      local bar = string.find(held, '|', 1, true)
-      if string.sub(held, bar + 1) == ARGV[8] then
-        if ARGV[12] == '1' and string.sub(held, 1, bar - 1) == 'once' then
-          redis.call('SET', KEYS[4], 'done|' .. ARGV[8])
-        else
-          redis.call('DEL', KEYS[4])
-        end
-      end
-    end
-  end
-end
-redis.call('PUBLISH', ARGV[5], ARGV[4])
-return {3}
-"""
-
-# KEYS: hold.  Frees a key held by a succeeded `once` job.
-_RELEASE = """
-local held = redis.call('GET', KEYS[1])
-if held and string.sub(held, 1, 5) == 'done|' then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"""
-
-
-def _micros(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        raise BadRequest("cursor is not one this service handed out")
-    return (moment - _EPOCH) // _MICROSECOND
-
-
-def _member(created_at: datetime, job_id: str) -> str:
-    """The index member: sorts like (createdAt, id)."""
-    return f"{_micros(created_at):020d}|{job_id}"
-
-
-def _ms(moment: datetime) -> int:
-    """Epoch milliseconds, rounded down so a key never outlives its moment."""
-    return math.floor(_micros(moment) / 1000)
 
 
 def _expired(job: Job, now: datetime) -> bool:
     return job.finished_at is not None and job.expires_at <= now
-
-
-def _fail(batch: list[tuple[tuple[_Arg, ...], asyncio.Future[Any]]], exc: BaseException) -> None:
-    """Answer every caller still waiting in `batch` with `exc` (or, if it is not an
-    error of theirs, such as the flusher's own cancellation, with an outage)."""
-    error = exc if isinstance(exc, Exception) else BackendUnavailable("redis", "store closing")
-    for _, future in batch:
-        if not future.done():
-            future.set_exception(error)
-
-
-class _Pipeliner:
-    """Sends the commands issued during one event-loop turn as one pipelined write.
-
-    redis-py's per-command path (pool checkout, retry wrapper, a timeout per reply)
-    cost more CPU than Redis spends running our scripts; here a whole batch shares
-    one checkout, one write, one timeout. One batch is in flight at a time: what
-    arrives meanwhile waits for the next, so a busy node sends fewer, larger writes.
-    A batch cut off by a lost connection is sent again (up to `retries` times, with
-    a short backoff), which every command we send tolerates: reads are reads, and
-    the scripts recognise a write of theirs that was already applied.
-    """
-
-    def __init__(self, client: aioredis.Redis, timeout: float, retries: int = 2) -> None:
-        self._pool = client.connection_pool
-        self._timeout = timeout
-        self._retries = retries
-        self._pending: list[tuple[tuple[_Arg, ...], asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-        self._connection: AbstractConnection | None = None
-
-    async def call(self, *command: _Arg) -> Any:
-        """The reply of `command`; raises what redis-py would (a ResponseError too)."""
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((command, future))
-        if self._flusher is None:
-            # A task, not a direct send: the commands of this turn's other tasks join it.
-            self._flusher = asyncio.create_task(self._flush())
-        return await future
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                batch, self._pending = self._pending, []
-                await self._send([entry for entry in batch if not entry[1].done()])
-        except BaseException as exc:
-            batch, self._pending = self._pending, []
-            _fail(batch, exc)
-            raise
-        finally:
-            self._flusher = None
-
-    async def _send(self, batch: list[tuple[tuple[_Arg, ...], asyncio.Future[Any]]]) -> None:
-        failures = 0
-        while batch:
-            try:
-                await self._exchange(batch)
-                return
-            except _UNAVAILABLE as exc:
-                failures += 1
-                batch = [entry for entry in batch if not entry[1].done()]
-                if failures > self._retries:
-                    for _, future in batch:
-                        future.set_exception(exc)
-                    return
-                await asyncio.sleep(min(0.1, 0.01 * 2**failures))
-            except BaseException as exc:
-                # Cancelled (the store is closing) or a bug: no caller waits forever.
-                _fail(batch, exc)
-                raise
-
-    async def _exchange(self, batch: list[tuple[tuple[_Arg, ...], asyncio.Future[Any]]]) -> None:
-        """Write the batch on our connection and hand each reply to its caller."""
-        async with asyncio.timeout(self._timeout):
-            connection = self._connection
-            if connection is None:
-                # Held for the store's life: a checkout per batch cost as much as the batch.
-                connection = await self._pool.get_connection()  # type: ignore[no-untyped-call]
-                self._connection = connection
-            try:
-                # send_packed_command reconnects a connection an earlier error closed.
-                await connection.send_packed_command(
-                    _pack([command for command, _ in batch]), check_health=False
-                )
-                for _, future in batch:
-                    try:
-                        # No timeout per reply: the batch has one.
-                        reply = await connection.read_response(timeout=math.inf)
-                    except ResponseError as exc:
-                        if not future.done():
-                            future.set_exception(exc)
-                    else:
-                        if not future.done():
-                            future.set_result(reply)
-            except BaseException:
-                # A reply may be half read: this connection is out of step for good.
-                await connection.disconnect(nowait=True)
-                raise
-
-    async def aclose(self) -> None:
-        """Let the batch in flight finish (up to the timeout), then give the connection back."""
-        flusher = self._flusher
-        if flusher is not None:
-            _, pending = await asyncio.wait({flusher}, timeout=self._timeout)
-            for task in pending:
-                task.cancel()
-                await asyncio.wait({task})
-        connection, self._connection = self._connection, None
-        if connection is not None:
-            await self._pool.release(connection)
-
-
-def _pack(commands: list[tuple[_Arg, ...]]) -> bytes:
-    """The commands in the Redis protocol (RESP), as one buffer."""
-    parts: list[bytes] = []
-    add = parts.append
-    for command in commands:
-        add(b"*%d\r\n" % len(command))
-        for arg in command:
-            if isinstance(arg, str):
-                arg = arg.encode()
-            elif not isinstance(arg, bytes):
-                arg = repr(arg).encode()  # int or float, as redis-py writes them
-            add(b"$%d\r\n" % len(arg))
-            add(arg)
-            add(b"\r\n")
-    return b"".join(parts)
 
 
 @contextmanager
@@ -309,7 +79,7 @@ def _guard() -> Iterator[None]:
     """Turn every way of not reaching Redis into `BackendUnavailable`."""
     try:
         yield
-    except _UNAVAILABLE as exc:
+    except UNAVAILABLE as exc:
         raise BackendUnavailable("redis", str(exc) or type(exc).__name__) from exc
 
 
@@ -352,8 +122,8 @@ class RedisStateStore(StateStore):
             health_check_interval=15,
             client_name=self.client_name,
         )
-        self._create = self._redis.register_script(_CREATE)
-        self._transition = self._redis.register_script(_TRANSITION)
+        self._create = self._redis.register_script(CREATE)
+        self._transition = self._redis.register_script(TRANSITION)
         # The pipeliner's own client, without a socket timeout: each batch has one
         # of its own, and redis-py's per-write timeout spawns a task per write.
         self._pipe_redis = aioredis.Redis.from_url(
@@ -362,8 +132,8 @@ class RedisStateStore(StateStore):
             socket_connect_timeout=min(timeout, 2.0),
             client_name=self.client_name,
         )
-        self._pipeliner = _Pipeliner(self._pipe_redis, timeout)
-        self._release = self._redis.register_script(_RELEASE)
+        self._pipeliner = Pipeliner(self._pipe_redis, timeout)
+        self._release = self._redis.register_script(RELEASE)
         self._cache: OrderedDict[str, tuple[Job, bytes]] = OrderedDict()
         self._writes = itertools.count()
         self._listener: asyncio.Task[None] | None = None
@@ -508,7 +278,7 @@ class RedisStateStore(StateStore):
             if job is not None:
                 self.hub.publish(Change(job.id, job.version, job.state, job.stop_requested))
 
-    async def _eval(self, script: AsyncScript, keys: list[str], args: list[_Arg]) -> Any:
+    async def _eval(self, script: AsyncScript, keys: list[str], args: list[Arg]) -> Any:
         """Run `script` with EVALSHA through the pipeliner; load it once if Redis lacks it."""
         command = ("EVALSHA", script.sha, len(keys), *keys, *args)
         with _guard():
@@ -531,7 +301,7 @@ class RedisStateStore(StateStore):
         self, job: Job, *, uniqueness: Uniqueness = Uniqueness.NONE
     ) -> tuple[Job, bool]:
         """See `StateStore.create`."""
-        member = _member(job.created_at, job.id)
+        member = index_member(job.created_at, job.id)
         keys = [
             self._job_key(job.id),
             f"{self.prefix}idx",
@@ -544,13 +314,13 @@ class RedisStateStore(StateStore):
                 keys.append(self._hold_key(job.kind, job.key))
         token = self._token()
         keep_until = job.deadline + timedelta(seconds=max(job.retention, _UNFINISHED_MARGIN))
-        args: list[_Arg] = [
+        args: list[Arg] = [
             encode_job(job),
             token,
             member,
             job.id,
             repr(job.deadline.timestamp()),
-            _ms(keep_until),
+            epoch_ms(keep_until),
             str(uniqueness),
             self._change(job),
             self._channel,
@@ -630,7 +400,7 @@ class RedisStateStore(StateStore):
         keys = [self._job_key(new.id)]
         # Only a Succeed stores a result (as the memory store does).
         data = result if isinstance(event, Succeed) else None
-        args: list[_Arg] = [
+        args: list[Arg] = [
             expected,
             token,
             encode_job(new),
@@ -646,9 +416,11 @@ class RedisStateStore(StateStore):
             if new.key is not None:
                 keys.append(self._hold_key(new.kind, new.key))
             args += [
-                _ms(purge_at),
+                epoch_ms(purge_at),
                 repr(purge_at.timestamp()),
-                msgspec.json.encode([new.id, _member(new.created_at, new.id), new.kind, new.key]),
+                msgspec.json.encode(
+                    [new.id, index_member(new.created_at, new.id), new.kind, new.key]
+                ),
                 "1" if new.state is JobState.SUCCEEDED else "0",
             ]
         answer: list[Any] = await self._eval(self._transition, keys, args)
@@ -671,7 +443,7 @@ class RedisStateStore(StateStore):
         """See `StateStore.list_jobs`."""
         after = query.after()
         index = self._index_key(query)
-        start = "(" + _member(*after) if after is not None else "+"
+        start = "(" + index_member(*after) if after is not None else "+"
         now = utcnow()
         items: list[Job] = []
         with _guard():

@@ -1,0 +1,200 @@
+"""The callback exchange publisher over RabbitMQ (API.md section 7)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING, Self
+
+import anyio
+import msgspec
+from aiormq import Channel
+from aiormq.exceptions import ChannelNotFoundEntity
+from pamqp import commands as spec
+
+from asyncproc.config import Settings
+from asyncproc.errors import BackendUnavailable
+from asyncproc.model import Job
+
+from .amqp_link import (
+    BACKOFF_MIN,
+    FAILED,
+    Link,
+    aborted,
+    backoff,
+    cancelled_for_real,
+    close_channel,
+    describe,
+    open_channel,
+)
+
+if TYPE_CHECKING:
+    from asyncproc.service import JobService
+
+__all__ = ["CallbackPublisher"]
+
+log = logging.getLogger("asyncproc.rabbitmq")
+
+_STATUS_ENCODER = msgspec.json.Encoder()
+_BATCH = 256
+
+
+class CallbackPublisher:
+    """Publishes a job's status to the callback exchange (API.md section 7).
+
+    A `JobService` listener: on enqueue, on every state change and every bizStep
+    change of a job with a `callbackRouting`, the status JSON goes to `exchange`
+    with that routing key, in the order the changes were made on this node. The
+    listener only queues the message (transitions never wait for the broker); a
+    background task publishes with confirms, resending after a reconnection, so a
+    consumer may see a message twice: the status `version` tells the newest.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        exchange: str,
+        *,
+        expose_tech_info: bool = False,
+        buffer: int = 10_000,
+        name: str = "asyncproc callbacks",
+    ) -> None:
+        self.exchange = exchange
+        self.expose_tech_info = expose_tech_info
+        self._link = Link(url, name)
+        self._pending: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=buffer)
+        self._channel: Channel | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Self:
+        """The publisher of `settings.callback_exchange` at `settings.amqp_url`."""
+        return cls(
+            settings.amqp_url,
+            settings.callback_exchange,
+            expose_tech_info=settings.expose_tech_info,
+            name=f"asyncproc {settings.key_prefix} callbacks",
+        )
+
+    async def start(self, within: float = 5.0) -> None:
+        """Connect, declare the exchange (durable topic) unless it exists, start publishing.
+
+        Raises `BackendUnavailable` when the broker does not answer within `within` s.
+        """
+        connection = await self._link.get(within)
+        try:
+            async with asyncio.timeout(within):
+                probe = await open_channel(connection, confirms=False)
+                try:
+                    await probe.exchange_declare(self.exchange, passive=True)
+                except ChannelNotFoundEntity:
+                    # The refusal closed the probe channel; declare on a fresh one.
+                    declarer = await open_channel(connection, confirms=False)
+                    await declarer.exchange_declare(
+                        self.exchange, exchange_type="topic", durable=True
+                    )
+                    await close_channel(declarer)
+                else:
+                    await close_channel(probe)
+        except FAILED as exc:
+            if aborted(exc):
+                raise
+            raise BackendUnavailable("rabbitmq", describe(exc)) from None
+        self._task = asyncio.create_task(self._drain(), name="amqp callbacks")
+
+    @asynccontextmanager
+    async def attached(self, service: JobService) -> AsyncIterator[Self]:
+        """Started and listening to `service` for the duration of the block."""
+        try:
+            await self.start()
+        except BaseException:
+            await self._link.aclose()
+            raise
+        service.listeners.append(self)
+        try:
+            yield self
+        finally:
+            service.listeners.remove(self)
+            with anyio.CancelScope(shield=True):
+                await self.aclose()
+
+    async def __call__(self, before: Job, after: Job) -> None:
+        """The `JobService` listener: queue the status if the change is one to tell."""
+        routing = after.callback_routing
+        if routing is None:
+            return
+        if (
+            before.version != after.version
+            and before.state == after.state
+            and before.progress.biz_step == after.progress.biz_step
+        ):
+            return  # percent, message or stop flag only
+        body = _STATUS_ENCODER.encode(after.status(expose_tech_info=self.expose_tech_info))
+        await self._pending.put((routing, body))
+
+    async def _publishing_channel(self) -> Channel:
+        channel = self._channel
+        if channel is None or channel.is_closed:
+            connection = await self._link.get(None)
+            channel = self._channel = await open_channel(connection, confirms=True)
+        return channel
+
+    async def _publish(self, channel: Channel, routing: str, body: bytes) -> None:
+        await channel.basic_publish(
+            body,
+            exchange=self.exchange,
+            routing_key=routing,
+            properties=spec.Basic.Properties(content_type="application/json", delivery_mode=2),
+            wait=False,
+        )
+
+    async def _drain(self) -> None:
+        batch: list[tuple[str, bytes]] = []
+        delay = BACKOFF_MIN
+        while True:
+            if not batch:
+                batch.append(await self._pending.get())
+                while len(batch) < _BATCH and not self._pending.empty():
+                    batch.append(self._pending.get_nowait())
+            try:
+                channel = await self._publishing_channel()
+            except FAILED as exc:
+                if aborted(exc):
+                    raise
+                log.warning("callback exchange: %s; retrying", describe(exc))
+                await asyncio.sleep(delay)
+                delay = backoff(delay)
+                continue
+            # The tasks reach the channel's (FIFO) lock in creation order, so the
+            # messages go out in order while their confirms are awaited together.
+            outcomes = await asyncio.gather(
+                *(self._publish(channel, routing, body) for routing, body in batch),
+                return_exceptions=True,
+            )
+            errors = [(i, out) for i, out in enumerate(outcomes) if isinstance(out, BaseException)]
+            done = errors[0][0] if errors else len(batch)
+            for _ in range(done):
+                self._pending.task_done()
+            batch = batch[done:]
+            if errors:
+                if cancelled_for_real():
+                    raise asyncio.CancelledError
+                log.warning("callback exchange: %s; resending", describe(errors[0][1]))
+                await asyncio.sleep(delay)
+                delay = backoff(delay)
+            else:
+                delay = BACKOFF_MIN
+
+    async def aclose(self, grace: float = 5.0) -> None:
+        """Publish what is queued (up to `grace` seconds), then disconnect."""
+        task, self._task = self._task, None
+        if task is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await self._pending.join()
+            task.cancel()
+            await asyncio.wait([task])
+        await self._link.aclose()
