@@ -35,6 +35,8 @@ class Backends:
     state: str = "memory"
     queue: str = "memory"
     concurrency: int = 16
+    # Over HTTP: an `api` node and a `worker` node as two processes (cluster backends only).
+    split: bool = False
 
     def settings(self, prefix: str) -> Settings:
         """Settings for one run; cluster backends get a key prefix of their own."""

@@ -73,6 +73,7 @@ class Server:
     def __init__(self, command: Sequence[str], env: dict[str, str], port: int) -> None:
         self.port = port
         self.base_url = f"http://{HOST}:{port}"
+        self.helpers: list[Server] = []  # other nodes of a split setup
         self._log: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed by stop()
         self.process = subprocess.Popen(
             command, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT
@@ -93,8 +94,8 @@ class Server:
         raise RuntimeError(f"server not ready within {timeout}s:\n{self.output()}")
 
     def cpu_seconds(self) -> float:
-        """CPU time the server has used."""
-        return _cpu_seconds(self.process.pid)
+        """CPU time the server (and its helper nodes, if split) has used."""
+        return _cpu_seconds(self.process.pid) + sum(h.cpu_seconds() for h in self.helpers)
 
     def output(self) -> str:
         """What the server printed (the tail)."""
@@ -136,12 +137,22 @@ def asyncproc_server(backends: Backends) -> Iterator[Server]:
             "ASYNCPROC_CONCURRENCY": str(backends.concurrency),
         }
     )
+    workers: list[Server] = []
+    if backends.split:
+        env["ASYNCPROC_ROLE"] = "api"
     server = Server([sys.executable, "app.py"], env, port)
     try:
         server.wait_ready()
+        if backends.split:
+            worker_port = _free_port()
+            worker_env = {**env, "ASYNCPROC_ROLE": "worker", "ASYNCPROC_PORT": str(worker_port)}
+            workers.append(Server([sys.executable, "app.py"], worker_env, worker_port))
+            workers[0].wait_ready()
+        server.helpers = workers
         yield server
     finally:
-        server.stop()
+        for process in [*workers, server]:
+            process.stop()
         anyio.run(clean, backends.settings(prefix))
 
 
@@ -285,7 +296,8 @@ def run_http_burst(backends: Backends, jobs: int, load: Load, *, timeout: float 
             wait_finished(client, timeout)
             cpu = server.cpu_seconds() - cpu
             timings = read_timings(client)
-    figures = timing_of(f"(b) http burst {backends.state}/{backends.queue}", timings)
+    shape = " api+worker" if backends.split else ""
+    figures = timing_of(f"(b) http burst {backends.state}/{backends.queue}{shape}", timings)
     figures.notes += [
         f"wrk {wrk.rate:,.0f} req/s",
         f"non-2xx/errors {wrk.bad}",

@@ -45,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--state", choices=["memory", "redis"], default="memory")
     parser.add_argument("--queue", choices=["memory", "rabbitmq"], default="memory")
     parser.add_argument("--concurrency", type=int, default=16, help="the worker's setting")
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="over HTTP: an api node and a worker node as two processes (cluster backends)",
+    )
     parser.add_argument("--threads", type=int, default=1, help="wrk threads")
     parser.add_argument("--connections", type=int, default=32, help="wrk connections")
     parser.add_argument("--max-seconds", type=int, default=60, help="bound on one wrk run")
@@ -63,7 +68,9 @@ def _in_loop(args: argparse.Namespace, job: Callable[[], Awaitable[Figures]]) ->
 
 
 def _runs(args: argparse.Namespace) -> list[tuple[str, Callable[[], Figures]]]:
-    backends = Backends(args.state, args.queue, args.concurrency)
+    if args.split and args.state == "memory":
+        raise SystemExit("--split needs --state redis --queue rabbitmq")
+    backends = Backends(args.state, args.queue, args.concurrency, args.split)
     load = Load(args.threads, args.connections, args.max_seconds)
     want = {"inprocess", "http", "ceiling"} if args.mode == "all" else {args.mode}
     runs: list[tuple[str, Callable[[], Figures]]] = []
