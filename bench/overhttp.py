@@ -377,8 +377,9 @@ def run_http_paced(
         with httpx.Client(base_url=server.base_url, timeout=60) as client:
             wait_finished(client, timeout)
             timings = read_timings(client)
+    shape = " api+worker" if backends.split else ""
     figures = timing_of(
-        f"(b) http paced {backends.state}/{backends.queue}",
+        f"(b) http paced {backends.state}/{backends.queue}{shape}",
         timings,
         offered=max(1, round(rate * duration)),
     )
