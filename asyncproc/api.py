@@ -27,7 +27,7 @@ from .errors import (
 )
 from .interfaces import JobQuery
 from .model import Job, JobState, utcnow
-from .service import EnqueueRequest, JobService
+from .service import BusinessKey, EnqueueRequest, JobService
 
 __all__ = ["EXCEPTION_HANDLERS", "api_routes"]
 
@@ -54,7 +54,7 @@ class ProgressRequest(msgspec.Struct, frozen=True):
 class ReleaseRequest(msgspec.Struct, frozen=True):
     """Body of release: the `once` key to free."""
 
-    key: Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+    key: BusinessKey
 
 
 class KindInfo(msgspec.Struct, frozen=True, rename="camel"):
@@ -193,7 +193,7 @@ async def kind_release(request: Request) -> Response:
     service.registry.get(kind)
     body = decode_body(await read_body(request), ReleaseRequest)
     released = await service.release(kind, body.key)
-    return json_response({"key": body.key, "released": released})
+    return json_response({"kind": kind, "key": body.key, "released": released})
 
 
 async def _stop(request: Request, job_id: str, kind: str | None) -> Response:
@@ -271,7 +271,7 @@ async def job_events(request: Request) -> Response:
 
 
 async def list_jobs(request: Request) -> Response:
-    """GET /api/jobs?kind=&state=&key=&limit=&cursor="""
+    """GET /api/jobs?kind=&state=&key=&parent=&limit=&cursor="""
     params = request.query_params
     state = params.get("state") or None
     if state is not None and state not in JobState.__members__.values():
@@ -281,6 +281,7 @@ async def list_jobs(request: Request) -> Response:
         kind=params.get("kind") or None,
         state=JobState(state) if state else None,
         key=params.get("key") or None,
+        parent=params.get("parent") or None,
         limit=min(limit, 200),
         cursor=params.get("cursor") or None,
     )
@@ -288,6 +289,19 @@ async def list_jobs(request: Request) -> Response:
     expose = service_of(request).expose_tech_info
     items = [job.status(expose_tech_info=expose) for job in page.items]
     return json_response({"items": items, "next": page.next})
+
+
+async def key_context(request: Request) -> Response:
+    """GET /api/keys/{kind}/{key}: the key's rule, holder and recent jobs."""
+    service = service_of(request)
+    kind = request.path_params["kind"]
+    service.registry.get(kind)
+    key = request.path_params["key"]
+    try:
+        msgspec.convert(key, BusinessKey)
+    except msgspec.ValidationError:
+        raise InvalidInput("key must be 1 to 256 characters") from None
+    return json_response(await service.key_context(kind, key))
 
 
 async def list_kinds(request: Request) -> Response:
@@ -304,6 +318,7 @@ def api_routes() -> list[BaseRoute]:
     return [
         Route("/api/jobs", list_jobs, methods=["GET"]),
         Route("/api/kinds", list_kinds, methods=["GET"]),
+        Route("/api/keys/{kind}/{key:path}", key_context, methods=["GET"]),
         Route("/api/jobs/{id}", job_status, methods=["GET"]),
         # Enqueue, the hot route, as early as it can be: only the three routes above
         # can match the paths it matches.

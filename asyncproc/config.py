@@ -7,6 +7,7 @@ This is the only module that reads `os.environ`. Every problem raises
 from __future__ import annotations
 
 import enum
+import logging
 import os
 import re
 import tomllib
@@ -18,9 +19,24 @@ import msgspec
 
 from .errors import ConfigError
 
-__all__ = ["Role", "Settings", "client_defaults", "load_settings", "parse_duration"]
+__all__ = [
+    "KindSettings",
+    "Role",
+    "ScheduleSettings",
+    "Settings",
+    "TriggerSettings",
+    "client_defaults",
+    "load_settings",
+    "parse_duration",
+]
 
 ENV_PREFIX = "ASYNCPROC_"
+# Variables of ours that are no setting: the config path, the client's, the tests'.
+_OTHER_VARIABLES = frozenset({"CONFIG", "URL", "TOKEN"})
+
+log = logging.getLogger("asyncproc.config")
+
+RATE_LIMIT = re.compile(r"[1-9]\d*/[smh]")
 
 
 class Role(enum.StrEnum):
@@ -39,6 +55,50 @@ class Role(enum.StrEnum):
     def runs_jobs(self) -> bool:
         """True when this node consumes the queue."""
         return self is not Role.API
+
+
+class KindSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[kinds."<kind>"]`: an operator's overrides of a kind's options (durations in s)."""
+
+    processing_timeout: float | None = None
+    retention: float | None = None
+    retries: int | None = None
+    retry_delay: float | None = None
+    retry_max_delay: float | None = None
+    max_concurrency: int | None = None
+    rate_limit: str | None = None
+    unique: str | None = None
+    on_conflict: str | None = None
+
+
+class ScheduleSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[[schedules]]`: a schedule declared in the config (API.md section 12)."""
+
+    name: str
+    kind: str
+    content: Any = None
+    key: str | None = None
+    cron: str | None = None
+    every: float | None = None
+    timezone: str = "UTC"
+    overlap: str = "skip"
+    catchup: str = "one"
+    catchup_window: float = 3600.0
+    paused: bool = False
+
+
+class TriggerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[[triggers]]`: an event or message that starts jobs (API.md section 12)."""
+
+    name: str
+    kind: str
+    event: str | None = None
+    queue: str | None = None
+    exchange: str | None = None
+    binding_key: str | None = None
+    content_field: str | None = None
+    key_field: str | None = None
+    id_field: str | None = None
 
 
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -67,9 +127,17 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     sweep_interval: float = 1.0
     max_queue_depth: int = 0
     max_deliveries: int = 5
+    scheduler: bool = True
+    # TOML tables only.
+    kinds: dict[str, KindSettings] = {}
+    schedules: tuple[ScheduleSettings, ...] = ()
+    triggers: tuple[TriggerSettings, ...] = ()
 
 
 DURATION_KEYS = frozenset({"processing_timeout", "retention", "shutdown_grace", "sweep_interval"})
+_KIND_DURATIONS = ("processing_timeout", "retention", "retry_delay", "retry_max_delay")
+_SCHEDULE_DURATIONS = ("every", "catchup_window")
+TABLE_KEYS = frozenset({"kinds", "schedules", "triggers"})
 _FIELDS = frozenset(f.name for f in msgspec.structs.fields(Settings))
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -112,11 +180,21 @@ def load_settings(
         for key in values:
             if key not in _FIELDS:
                 raise ConfigError(key, f"unknown setting in {path}")
-    for name in _FIELDS:
+    for name in _FIELDS - TABLE_KEYS:
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is not None:
             values[name] = raw
+    for variable in sorted(env):
+        name = variable[len(ENV_PREFIX) :]
+        if (
+            variable.startswith(ENV_PREFIX)
+            and name.lower() not in _FIELDS - TABLE_KEYS
+            and name not in _OTHER_VARIABLES
+            and not name.startswith("TEST_")
+        ):
+            log.warning("%s names no setting; it is ignored", variable)
     values.update(overrides)
+    _parse_tables(values)
     for name in DURATION_KEYS & values.keys():
         try:
             values[name] = parse_duration(values[name])
@@ -134,6 +212,31 @@ def load_settings(
     return settings
 
 
+def _parse_tables(values: dict[str, Any]) -> None:
+    """Durations inside the `[kinds.*]` and `[[schedules]]` tables, in place."""
+    kinds = values.get("kinds")
+    if isinstance(kinds, dict):
+        for kind, table in kinds.items():
+            if isinstance(table, dict):
+                for field in _KIND_DURATIONS:
+                    if field in table:
+                        table[field] = _duration(f"kinds.{kind}.{field}", table[field])
+    schedules = values.get("schedules")
+    if isinstance(schedules, list):
+        for index, table in enumerate(schedules):
+            if isinstance(table, dict):
+                for field in _SCHEDULE_DURATIONS:
+                    if field in table:
+                        table[field] = _duration(f"schedules[{index}].{field}", table[field])
+
+
+def _duration(key: str, value: object) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise ConfigError(key, str(exc)) from None
+
+
 def client_defaults(environ: Mapping[str, str] | None = None) -> tuple[str, str | None]:
     """The client's server URL and token: `ASYNCPROC_URL` (default
     `http://127.0.0.1:8000`) and `ASYNCPROC_TOKEN` (default none)."""
@@ -144,7 +247,7 @@ def client_defaults(environ: Mapping[str, str] | None = None) -> tuple[str, str 
 
 
 def _key_of(message: str) -> str:
-    match = re.search(r"`\$\.(\w+)", message)
+    match = re.search(r"`\$\.([\w.\[\]\-\"]+)", message)
     return match.group(1) if match else "config"
 
 
@@ -165,10 +268,45 @@ def _check(settings: Settings) -> None:
         raise ConfigError("processing_timeout", "must be more than 0")
     if settings.max_deliveries < 1:
         raise ConfigError("max_deliveries", "must be at least 1")
+    for kind, options in settings.kinds.items():
+        _check_kind(kind, options)
+    names: set[str] = set()
+    for index, trigger in enumerate(settings.triggers):
+        where = f"triggers[{index}]"
+        if trigger.name in names:
+            raise ConfigError(f"{where}.name", f"{trigger.name!r} is declared twice")
+        names.add(trigger.name)
+        ways = [w for w in (trigger.event, trigger.queue, trigger.exchange) if w is not None]
+        if len(ways) != 1:
+            raise ConfigError(where, "set exactly one of event, queue, exchange")
+        if trigger.exchange is not None and trigger.binding_key is None:
+            raise ConfigError(f"{where}.binding_key", "an exchange trigger needs binding_key")
     mixed = (settings.state == "memory") != (settings.queue == "memory")
     if mixed or (settings.state == "memory" and settings.role is not Role.ALL):
         # Memory backends are per process: a split node or half-cluster would lose jobs.
         raise ConfigError(
             "state" if mixed else "role",
             "memory backends need state=memory, queue=memory and role=all",
+        )
+
+
+def _check_kind(kind: str, options: KindSettings) -> None:
+    where = f"kinds.{kind}"
+    if options.retries is not None and options.retries < 0:
+        raise ConfigError(f"{where}.retries", "must be >= 0")
+    if options.max_concurrency is not None and options.max_concurrency < 1:
+        raise ConfigError(f"{where}.max_concurrency", "must be at least 1")
+    if options.rate_limit is not None and not RATE_LIMIT.fullmatch(options.rate_limit):
+        raise ConfigError(
+            f"{where}.rate_limit", f"{options.rate_limit!r}: expected n/s, n/m or n/h"
+        )
+    if options.unique is not None and options.unique not in {"none", "active", "once"}:
+        raise ConfigError(f"{where}.unique", f"{options.unique!r}: expected none, active or once")
+    if options.on_conflict is not None and options.on_conflict not in {
+        "reject",
+        "existing",
+        "replace",
+    }:
+        raise ConfigError(
+            f"{where}.on_conflict", f"{options.on_conflict!r}: expected reject, existing or replace"
         )

@@ -14,16 +14,16 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from types import TracebackType
-from typing import Self
+from typing import NamedTuple, Self
 
 import msgspec
 
 from .changes import ChangeHub
 from .errors import BadRequest
 from .lifecycle import Event
-from .model import Job, JobState, Uniqueness
+from .model import Job, JobState, OnConflict, Uniqueness
 
-__all__ = ["Delivery", "JobQuery", "Page", "Queue", "StateStore"]
+__all__ = ["Created", "Delivery", "Doc", "JobQuery", "Page", "Queue", "StateStore"]
 
 
 class JobQuery(msgspec.Struct, frozen=True):
@@ -32,6 +32,7 @@ class JobQuery(msgspec.Struct, frozen=True):
     kind: str | None = None
     state: JobState | None = None
     key: str | None = None
+    parent: str | None = None
     limit: int = 50
     cursor: str | None = None
 
@@ -56,6 +57,7 @@ class JobQuery(msgspec.Struct, frozen=True):
             (self.kind is None or job.kind == self.kind)
             and (self.state is None or job.state == self.state)
             and (self.key is None or job.key == self.key)
+            and (self.parent is None or job.parent_id == self.parent)
         )
 
 
@@ -70,6 +72,22 @@ class Page(msgspec.Struct, frozen=True):
 
     items: list[Job]
     next: str | None
+
+
+class Created(NamedTuple):
+    """What `StateStore.insert` did: the record that answers, whether it is new, and
+    the key's previous holder before and after it was stopped (`replace`), if any."""
+
+    job: Job
+    created: bool
+    replaced: tuple[Job, Job] | None = None
+
+
+class Doc(NamedTuple):
+    """A small stored document (a schedule, ...) and its version, for compare-and-set."""
+
+    data: bytes
+    version: int
 
 
 class _Closable:
@@ -106,35 +124,66 @@ class StateStore(_Closable, ABC):
         """Return when the server answers; raise `BackendUnavailable` when it does not."""
 
     @abstractmethod
-    async def create(
-        self, job: Job, *, uniqueness: Uniqueness = Uniqueness.NONE
-    ) -> tuple[Job, bool]:
+    async def insert(
+        self,
+        job: Job,
+        *,
+        uniqueness: Uniqueness = Uniqueness.NONE,
+        on_conflict: OnConflict = OnConflict.REJECT,
+    ) -> Created:
         """Store a new queued `job` unless one with its id exists, atomically.
 
-        Returns `(stored record, True)` when created, `(existing record, False)`
-        when the id exists (whatever its kind). With a `key` and a rule other than
-        `none`, raises `KeyConflict` (with `jobId`) when a job of the same kind holds
-        the key: `active` is held by queued or running jobs, `once` also by a
-        succeeded job until `release_key`. Publishes a change when created.
+        Answers `Created(stored record, True)` when created, `(existing record,
+        False)` when the id exists (whatever its kind). With a `key` and a rule other
+        than `none`, a job of the same kind may hold the key (`rules.holds_key`:
+        `active` is held by queued or running jobs, `once` also by a succeeded job
+        until `release_key`); then `on_conflict` decides, in the same atomic step:
+        `reject` raises `KeyConflict` (with `jobId`); `existing` answers `(holder,
+        False)`; `replace` stops the holder (`rules.replace_event`: a queued one at
+        once, a running one by a stop request; a succeeded `once` holder is released),
+        stores `job` as the key's holder with `after` = the old holder's id while it
+        is not terminal, and reports the holder's change in `replaced`. Publishes a
+        change for every record written.
         """
+
+    async def create(
+        self,
+        job: Job,
+        *,
+        uniqueness: Uniqueness = Uniqueness.NONE,
+        on_conflict: OnConflict = OnConflict.REJECT,
+    ) -> tuple[Job, bool]:
+        """`insert` without the replaced holder: `(record, created)`."""
+        outcome = await self.insert(job, uniqueness=uniqueness, on_conflict=on_conflict)
+        return outcome.job, outcome.created
+
+    @abstractmethod
+    async def key_holder(self, kind: str, key: str) -> Job | None:
+        """The job that holds `key` of `kind` under its rule now, or None."""
 
     @abstractmethod
     async def get(self, job_id: str) -> Job | None:
         """The record, or None when unknown or expired (terminal and past retention)."""
 
     @abstractmethod
-    async def transition(
+    async def change(
         self, job_id: str, event: Event, *, result: bytes | None = None, now: datetime | None = None
-    ) -> Job:
-        """Apply `event` atomically and return the new record.
+    ) -> tuple[Job, Job]:
+        """Apply `event` atomically; return the record before and after.
 
         Raises `JobNotFound` for an unknown or expired id and `TransitionRefused`
         (carrying the current record) when the lifecycle refuses. `result` is
         stored with a `Succeed` event in the same atomic step. A change that
-        changes nothing writes nothing; every write bumps `version` and publishes
-        a `Change`. A terminal record (and its result) expires `retention` after
-        `finishedAt`.
+        changes nothing writes nothing (and answers the same record twice); every
+        write bumps `version` and publishes a `Change`. A terminal record (and its
+        result) expires `retention` after `finishedAt`.
         """
+
+    async def transition(
+        self, job_id: str, event: Event, *, result: bytes | None = None, now: datetime | None = None
+    ) -> Job:
+        """`change`, answering only the record after it."""
+        return (await self.change(job_id, event, result=result, now=now))[1]
 
     @abstractmethod
     async def get_result(self, job_id: str) -> bytes | None:
@@ -155,6 +204,30 @@ class StateStore(_Closable, ABC):
     @abstractmethod
     async def purge_expired(self, now: datetime) -> int:
         """Drop terminal records past retention (a no-op where the server expires keys)."""
+
+    # -- small documents (schedules and what plugins keep) ----------------------------
+
+    @abstractmethod
+    async def get_doc(self, space: str, name: str) -> Doc | None:
+        """The document `name` of `space`, or None."""
+
+    @abstractmethod
+    async def put_doc(
+        self, space: str, name: str, data: bytes, *, expected: int | None = None
+    ) -> int | None:
+        """Write a document, atomically: the new version, or None when `expected` failed.
+
+        `expected=None` writes whatever is there; `0` only when there is no document;
+        any other number only when the stored version is that number.
+        """
+
+    @abstractmethod
+    async def list_docs(self, space: str) -> dict[str, Doc]:
+        """Every document of `space`, by name in sorted order."""
+
+    @abstractmethod
+    async def delete_doc(self, space: str, name: str) -> bool:
+        """Delete a document; True when there was one."""
 
 
 class Delivery(ABC):

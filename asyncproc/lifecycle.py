@@ -39,8 +39,13 @@ OK, KO, ST = JobState.SUCCEEDED, JobState.FAILED, JobState.STOPPED
 class Start(msgspec.Struct, frozen=True, tag=True):
     """A worker takes a queued job: queued -> running, attempt + 1.
 
-    Past the job's deadline it becomes a `TimeOut` instead: queued -> failed.
+    Past the job's deadline it becomes a `TimeOut` instead: queued -> failed. A job
+    that replaced its key's holder (`after` set) is refused until the worker vouches
+    with `after_ended` that the holder is terminal (terminal stays terminal, so the
+    check need not be atomic with the start).
     """
+
+    after_ended: bool = False
 
 
 class Report(msgspec.Struct, frozen=True, tag=True):
@@ -113,7 +118,11 @@ def apply(job: Job, event: Event, now: datetime) -> Job:
     Raises `TransitionRefused` (carrying `job`) when the move is not legal.
     """
     target = TRANSITIONS[type(event)].get(job.state)
-    if target is None or (isinstance(event, Stopped) and not job.stop_requested):
+    if (
+        target is None
+        or (isinstance(event, Stopped) and not job.stop_requested)
+        or (isinstance(event, Start) and job.after is not None and not event.after_ended)
+    ):
         raise TransitionRefused(job, type(event).__name__)
     replace = msgspec.structs.replace
     version = job.version + 1

@@ -16,6 +16,10 @@ import msgspec
 __all__ = [
     "TERMINAL_STATES",
     "ErrorInfo",
+    "OnConflict",
+    "Step",
+    "Trigger",
+    "TriggerType",
     "Job",
     "JobState",
     "JobStatus",
@@ -56,6 +60,43 @@ class Uniqueness(enum.StrEnum):
     ONCE = "once"
 
 
+class OnConflict(enum.StrEnum):
+    """What an enqueue does when the key's holder is in the way (API.md section 6)."""
+
+    REJECT = "reject"
+    EXISTING = "existing"
+    REPLACE = "replace"
+
+
+class TriggerType(enum.StrEnum):
+    """How a job was started (API.md section 3, `trigger.type`)."""
+
+    API = "api"
+    BATCH = "batch"
+    SCHEDULE = "schedule"
+    EVENT = "event"
+    MESSAGE = "message"
+    SELECTION = "selection"
+    COMPENSATION = "compensation"
+
+
+class Trigger(msgspec.Struct, frozen=True, gc=False):
+    """How a job was started: the way, and the schedule's, trigger's or selection's name."""
+
+    type: TriggerType = TriggerType.API
+    name: str | None = None
+
+
+API_TRIGGER = Trigger()
+
+
+class Step(msgspec.Struct, frozen=True, gc=False):
+    """A completed durable step of a job (API.md section 13)."""
+
+    name: str
+    at: datetime
+
+
 class Progress(msgspec.Struct, frozen=True, rename="camel", gc=False):
     """Percent (0..100 or None), business step and message of a job."""
 
@@ -92,6 +133,12 @@ class JobStatus(msgspec.Struct, frozen=True, rename="camel", omit_defaults=False
     started_at: datetime | None
     finished_at: datetime | None
     expires_at: datetime
+    not_before: datetime | None
+    parent_id: str | None
+    trigger: Trigger
+    owner: str | None
+    steps: tuple[Step, ...]
+    compensation_id: str | None
     version: int
 
 
@@ -126,6 +173,15 @@ class Job(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True, gc=Fa
     content: msgspec.Raw = msgspec.Raw(b"null")
     headers: dict[str, str] = {}
     incoming_at: datetime | None = None
+    not_before: datetime | None = None
+    parent_id: str | None = None
+    trigger: Trigger = API_TRIGGER
+    owner: str | None = None
+    steps: tuple[Step, ...] = ()
+    compensation_id: str | None = None
+    # The key's previous holder, replaced by this job (`onConflict: replace`): this
+    # job does not start before that one is terminal.
+    after: str | None = None
 
     @property
     def expires_at(self) -> datetime:
@@ -156,6 +212,12 @@ class Job(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True, gc=Fa
             started_at=self.started_at,
             finished_at=self.finished_at,
             expires_at=self.expires_at,
+            not_before=self.not_before,
+            parent_id=self.parent_id,
+            trigger=self.trigger,
+            owner=self.owner,
+            steps=self.steps,
+            compensation_id=self.compensation_id,
             version=self.version,
         )
 

@@ -8,19 +8,33 @@ registry into its own. Installed packages can name such modules in the
 
 from __future__ import annotations
 
+import copy
 import importlib
 import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .errors import InvalidInput, PluginError, UnknownKind
-from .model import Uniqueness
+from starlette.routing import Route
 
-__all__ = ["Handler", "JobKind", "Registry", "load_plugins"]
+from .errors import ConfigError, InvalidInput, PluginError, UnknownKind
+from .hooks import AfterChange, BeforeEnqueue, Hooks, Lifespan
+from .model import OnConflict, Uniqueness
+
+if TYPE_CHECKING:
+    from .config import Settings
+
+__all__ = [
+    "Handler",
+    "JobKind",
+    "Registry",
+    "apply_kind_settings",
+    "load_plugins",
+    "optional_backend",
+]
 
 KIND_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 
@@ -38,10 +52,16 @@ class JobKind:
         "description",
         "handler",
         "is_async",
+        "max_concurrency",
         "name",
+        "on_conflict",
         "processing_timeout",
+        "rate_limit",
         "retention",
         "retries",
+        "retry_delay",
+        "retry_max_delay",
+        "selection",
         "title",
         "uniqueness",
     )
@@ -58,6 +78,7 @@ class JobKind:
         retention: float | None = None,
         retries: int = 0,
         unique: Uniqueness | str = Uniqueness.NONE,
+        on_conflict: OnConflict | str = OnConflict.REJECT,
         check: Check | None = None,
     ) -> None:
         if not KIND_NAME.fullmatch(name):
@@ -76,7 +97,15 @@ class JobKind:
         self.retention = retention
         self.retries = retries
         self.uniqueness = Uniqueness(unique)
+        self.on_conflict = OnConflict(on_conflict)
         self.check = check
+        # Set by `[kinds."<kind>"]` in the config; enforced by the reliability layer.
+        self.retry_delay: float | None = None
+        self.retry_max_delay: float | None = None
+        self.max_concurrency: int | None = None
+        self.rate_limit: str | None = None
+        # For a selection kind (section 11): the kind its items start.
+        self.selection: str | None = None
 
     def decode_content(self, raw: bytes) -> Any:
         """The typed content; raises `InvalidInput` naming what is wrong."""
@@ -106,6 +135,8 @@ class Registry:
 
     def __init__(self) -> None:
         self._kinds: dict[str, JobKind] = {}
+        self.hooks = Hooks()
+        self.builtins = False  # True once the built-in plugins are included
 
     def job(
         self,
@@ -118,6 +149,7 @@ class Registry:
         retention: float | None = None,
         retries: int = 0,
         unique: Uniqueness | str = Uniqueness.NONE,
+        on_conflict: OnConflict | str = OnConflict.REJECT,
         check: Check | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register the decorated function as the handler of `kind`.
@@ -125,8 +157,9 @@ class Registry:
         `content` is the msgspec type the JSON content is validated into;
         `processing_timeout` and `retention` (seconds) override the settings;
         `retries` is how many more attempts a `RetryableJobError` gets; `unique`
-        is the key rule (`none`, `active`, `once`); `check(content)` is a pre-start
-        validation whose ValueError becomes a 422.
+        is the key rule (`none`, `active`, `once`) and `on_conflict` what an enqueue
+        meeting the key's holder does (`reject`, `existing`, `replace`);
+        `check(content)` is a pre-start validation whose ValueError becomes a 422.
         """
 
         def register(handler: Handler) -> Handler:
@@ -141,10 +174,37 @@ class Registry:
                     retention=retention,
                     retries=retries,
                     unique=unique,
+                    on_conflict=on_conflict,
                     check=check,
                 )
             )
             return handler
+
+        return register
+
+    # -- hooks ----------------------------------------------------------------
+
+    def lifespan(self, hook: Lifespan) -> Lifespan:
+        """Register `hook(node)`, an async context manager entered while the node runs."""
+        self.hooks.lifespans.append(hook)
+        return hook
+
+    def before_enqueue(self, hook: BeforeEnqueue) -> BeforeEnqueue:
+        """Register `hook(draft)`, run before a job is stored; it may rewrite or refuse."""
+        self.hooks.before_enqueue.append(hook)
+        return hook
+
+    def after_change(self, hook: AfterChange) -> AfterChange:
+        """Register `hook(before, after)`, run after each stored change made on this node."""
+        self.hooks.after_change.append(hook)
+        return hook
+
+    def route(self, path: str, methods: list[str]) -> Callable[[Any], Any]:
+        """Register the decorated Starlette endpoint at `path` (served by API nodes)."""
+
+        def register(endpoint: Any) -> Any:
+            self.hooks.routes.append(Route(path, endpoint, methods=methods))
+            return endpoint
 
         return register
 
@@ -155,9 +215,14 @@ class Registry:
         self._kinds[kind.name] = kind
 
     def include(self, other: Registry) -> None:
-        """Register every kind of `other`."""
+        """Register every kind and every hook of `other`.
+
+        The kinds are copied: settings applied to this registry's kinds (`[kinds.*]`)
+        never reach another app built from the same plugins.
+        """
         for kind in other:
-            self.add(kind)
+            self.add(copy.copy(kind))
+        self.hooks.include(other.hooks)
 
     def get(self, name: str) -> JobKind:
         """The kind called `name`; raises `UnknownKind`."""
@@ -176,12 +241,34 @@ class Registry:
         return name in self._kinds
 
 
+def optional_backend(module: str, setting: str, extra: str | None) -> Any:
+    """Import a backend module that needs an optional extra; `ConfigError` naming
+    `setting` and the extra to install when it is missing."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        hint = f"; install it with pip install 'asyncproc[{extra}]'" if extra else ""
+        raise ConfigError(setting, f"unavailable: {exc}{hint}") from None
+
+
+BUILTIN_PLUGINS = (
+    "asyncproc.plugins.callbacks",
+    "asyncproc.plugins.schedules",
+    "asyncproc.plugins.triggers",
+)
+
+
 def load_plugins(
-    modules: Iterable[str], *, entry_point_group: str = "asyncproc.plugins"
+    modules: Iterable[str],
+    *,
+    entry_point_group: str = "asyncproc.plugins",
+    builtin: Iterable[str] = BUILTIN_PLUGINS,
 ) -> Registry:
-    """A registry with the kinds of `modules` and of installed entry-point plugins."""
+    """A registry with the built-in plugins' hooks, the kinds and hooks of `modules`,
+    and those of installed entry-point plugins."""
     registry = Registry()
-    names = list(dict.fromkeys(modules))
+    registry.builtins = True
+    names = list(dict.fromkeys([*builtin, *modules]))
     for ep in entry_points(group=entry_point_group):
         if ep.value not in names:
             names.append(ep.value)
@@ -195,3 +282,26 @@ def load_plugins(
             raise PluginError(f"plugin {name}: no module-level `registry = Registry()`")
         registry.include(plugin)
     return registry
+
+
+def apply_kind_settings(registry: Registry, settings: Settings) -> None:
+    """Apply the `[kinds."<kind>"]` tables to the registered kinds; an unknown kind
+    is a `ConfigError`."""
+    for name, options in settings.kinds.items():
+        if name not in registry:
+            raise ConfigError(f"kinds.{name}", "no such kind is registered")
+        kind = registry.get(name)
+        if options.processing_timeout is not None:
+            kind.processing_timeout = options.processing_timeout
+        if options.retention is not None:
+            kind.retention = options.retention
+        if options.retries is not None:
+            kind.retries = options.retries
+        if options.unique is not None:
+            kind.uniqueness = Uniqueness(options.unique)
+        if options.on_conflict is not None:
+            kind.on_conflict = OnConflict(options.on_conflict)
+        kind.retry_delay = options.retry_delay
+        kind.retry_max_delay = options.retry_max_delay
+        kind.max_concurrency = options.max_concurrency
+        kind.rate_limit = options.rate_limit

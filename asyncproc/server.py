@@ -29,7 +29,8 @@ from .config import Settings, load_settings
 from .errors import BackendUnavailable, ConfigError
 from .interfaces import Queue, StateStore
 from .openapi import openapi_document
-from .registry import Registry, load_plugins
+from .hooks import Node
+from .registry import Registry, apply_kind_settings, load_plugins, optional_backend
 from .service import JobService
 from .worker import WorkerPool
 
@@ -50,12 +51,7 @@ QUEUES = {
 
 def _backend_class(table: dict[str, tuple[str, str, str | None]], key: str, value: str) -> Any:
     module_name, class_name, extra = table[value]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        hint = f"; install it with pip install 'asyncproc[{extra}]'" if extra else ""
-        raise ConfigError(key, f"{value} backend unavailable: {exc}{hint}") from None
-    return getattr(module, class_name)
+    return getattr(optional_backend(module_name, key, extra), class_name)
 
 
 def open_store(settings: Settings) -> StateStore:
@@ -109,7 +105,14 @@ def create_app(
     embedding).
     """
     settings = settings or load_settings()
-    registry = registry if registry is not None else load_plugins(settings.plugins)
+    if registry is None:
+        registry = load_plugins(settings.plugins)
+    elif not registry.builtins:
+        # Schedules, triggers and callbacks work for an embedder's registry too.
+        full = load_plugins(())
+        full.include(registry)
+        registry = full
+    apply_kind_settings(registry, settings)
     store = store if store is not None else open_store(settings)
     queue = queue if queue is not None else open_queue(settings)
     service = JobService(
@@ -141,8 +144,9 @@ def create_app(
             stack.push_async_callback(store.aclose)
             await queue.start()
             stack.push_async_callback(queue.aclose)
-            for hook in app.state.startup_hooks:
-                await stack.enter_async_context(hook(app))
+            node = Node(settings, service, app)
+            for hook in registry.hooks.lifespans:
+                await stack.enter_async_context(hook(node))
             async with anyio.create_task_group() as tasks:
                 if settings.role.serves_api or settings.role.runs_jobs:
                     tasks.start_soon(service.run_sweeper, settings.sweep_interval)
@@ -166,6 +170,7 @@ def create_app(
         routes += [
             Route("/openapi.json", openapi, methods=["GET"]),
             *api_routes(),
+            *registry.hooks.routes,
             Route("/", page, methods=["GET"]),
             Route("/jobs/{id}", page, methods=["GET"]),
             Route("/new", page, methods=["GET"]),
@@ -180,28 +185,7 @@ def create_app(
     app.state.settings = settings
     app.state.service = service
     app.state.worker = worker
-    app.state.startup_hooks = []
-    if settings.callback_exchange:
-        app.state.startup_hooks.append(_callback_hook(settings, service))
     return app
-
-
-def _callback_hook(
-    settings: Settings, service: JobService
-) -> Callable[[Starlette], AbstractAsyncContextManager[Any]]:
-    """The lifespan hook that publishes status changes to the callback exchange (API.md 7)."""
-    cls = _backend_class(
-        {"rabbitmq": ("asyncproc.backends.rabbitmq", "CallbackPublisher", "rabbitmq")},
-        "callback_exchange",
-        "rabbitmq",
-    )
-
-    def hook(app: Starlette) -> AbstractAsyncContextManager[Any]:
-        publisher = cls.from_settings(settings)
-        context: AbstractAsyncContextManager[Any] = publisher.attached(service)
-        return context
-
-    return hook
 
 
 async def health(request: Request) -> Response:

@@ -1,8 +1,8 @@
 """Enqueue, progress, stop, result and list: the logic the API and the worker share.
 
 `JobService` is the one door to the StateStore for changes: every transition goes
-through `JobService.transition`, which also tells the change listeners (the
-callback exchange) about it.
+through `JobService.transition`, which also runs the after-change hooks (the
+callback exchange, ...) with the record before and after it.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -25,12 +25,13 @@ from .errors import (
     RequestIdConflict,
     TransitionRefused,
 )
+from .hooks import Draft
 from .interfaces import JobQuery, Page, Queue, StateStore
 from .lifecycle import Event, Fail, RequestStop, TimeOut
-from .model import ErrorInfo, Job, JobState, utcnow
+from .model import API_TRIGGER, ErrorInfo, Job, JobState, OnConflict, Trigger, utcnow
 from .registry import Registry
 
-__all__ = ["ChangeListener", "EnqueueRequest", "JobService"]
+__all__ = ["EnqueueRequest", "JobService"]
 
 RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
 BusinessKey = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -76,9 +77,7 @@ class EnqueueRequest(msgspec.Struct, frozen=True, rename="camel"):
     key: BusinessKey | None = None
     proc_routing: RoutingName | None = None
     callback_routing: CallbackRouting | None = None
-
-
-ChangeListener = Callable[[Job, Job], Awaitable[None]]
+    on_conflict: OnConflict | None = None
 
 
 class JobService:
@@ -102,19 +101,15 @@ class JobService:
         self.retention = retention
         self.expose_tech_info = expose_tech_info
         self.max_queue_depth = max_queue_depth
-        self.listeners: list[ChangeListener] = []
+        self.hooks = registry.hooks
 
     # -- changes --------------------------------------------------------------
 
     async def transition(self, job_id: str, event: Event, *, result: bytes | None = None) -> Job:
-        """Apply `event` through the store and tell the change listeners."""
-        if not self.listeners:
-            return await self.store.transition(job_id, event, result=result)
-        before = await self.store.get(job_id)
-        after = await self.store.transition(job_id, event, result=result)
-        if before is not None and after is not before and after.version != before.version:
-            for listener in self.listeners:
-                await listener(before, after)
+        """Apply `event` through the store and run the after-change hooks."""
+        before, after = await self.store.change(job_id, event, result=result)
+        if after is not before and self.hooks.after_change:
+            await self.hooks.emit_after_change(before, after)
         return after
 
     # -- the four calls -------------------------------------------------------
@@ -126,8 +121,11 @@ class JobService:
         *,
         headers: Mapping[str, str] | None = None,
         incoming_at: datetime | None = None,
+        trigger: Trigger = API_TRIGGER,
+        parent_id: str | None = None,
     ) -> tuple[Job, bool]:
-        """Validate, store and queue a job; `(job, False)` when `requestId` already exists."""
+        """Validate, store and queue a job; `(job, False)` when a job answers for it
+        (its `requestId` exists, or the key's holder under `onConflict: existing`)."""
         kind = self.registry.get(kind_name)
         kind.decode_content(request.content)
         routing = request.proc_routing or "default"
@@ -149,27 +147,51 @@ class JobService:
                 k.lower(): v for k, v in (headers or {}).items() if k.lower() not in HIDDEN_HEADERS
             },
             incoming_at=incoming_at or now,
+            trigger=trigger,
+            parent_id=parent_id,
         )
-        stored, created = await self.store.create(job, uniqueness=kind.uniqueness)
-        if not created:
+        on_conflict = request.on_conflict or kind.on_conflict
+        if self.hooks.before_enqueue:
+            draft = Draft(kind, job, on_conflict)
+            await self.hooks.emit_before_enqueue(draft)
+            job, on_conflict = draft.job, draft.on_conflict
+        outcome = await self.store.insert(job, uniqueness=kind.uniqueness, on_conflict=on_conflict)
+        stored = outcome.job
+        if not outcome.created:
             if stored.kind != kind.name:
                 raise RequestIdConflict(
                     f"requestId {job.id!r} names a job of kind {stored.kind}", jobId=stored.id
                 )
             return stored, False
         # Before publishing: once published, a worker may start the job, and the
-        # listeners must hear `queued` before `running`.
-        for listener in self.listeners:
-            await listener(stored, stored)
+        # hooks must hear `queued` before `running`.
+        if self.hooks.after_change:
+            if outcome.replaced is not None:
+                await self.hooks.emit_after_change(*outcome.replaced)
+            await self.hooks.emit_after_change(None, stored)
         try:
-            await self.queue.publish(job.id, routing)
+            await self.queue.publish(stored.id, routing)
         except BackendUnavailable:
             # Do not leave a queued record that no message will ever run.
             error = ErrorInfo(error_id="enqueue_failed", tech_msg="the queue was unreachable")
             with contextlib.suppress(TransitionRefused, BackendUnavailable):
-                await self.transition(job.id, Fail(error))
+                await self.transition(stored.id, Fail(error))
             raise
         return stored, True
+
+    async def key_context(self, kind_name: str, key: str) -> dict[str, object]:
+        """The key's rule, holder and most recent jobs (API.md section 6)."""
+        kind = self.registry.get(kind_name)
+        holder = await self.store.key_holder(kind.name, key)
+        page = await self.store.list_jobs(JobQuery(kind=kind.name, key=key, limit=20))
+        expose = self.expose_tech_info
+        return {
+            "kind": kind.name,
+            "key": key,
+            "rule": str(kind.uniqueness),
+            "holder": holder.status(expose_tech_info=expose) if holder is not None else None,
+            "jobs": [job.status(expose_tech_info=expose) for job in page.items],
+        }
 
     async def get(self, job_id: str, kind: str | None = None) -> Job:
         """The job; `JobNotFound` when unknown, purged, or of another kind than `kind`."""

@@ -31,6 +31,7 @@ from .interfaces import Delivery
 from .lifecycle import Event, Fail, Report, Retry, Start, Stopped, Succeed, TimeOut
 from .model import ErrorInfo, Job, JobState, utcnow
 from .registry import JobKind
+from .rules import retries_left
 from .service import JobService
 
 __all__ = ["WorkerPool"]
@@ -187,6 +188,8 @@ class WorkerPool:
             return None  # a message whose record expired or never was: drop it
         except TransitionRefused as refused:
             job = refused.job
+        if job.state is JobState.QUEUED and job.after is not None:
+            return await self._start_after(job)
         if not (job.state is JobState.RUNNING and delivery.redelivered):
             return None  # finished, stopped, or a duplicate delivery of a running job
         if job.id in self.running:
@@ -199,6 +202,27 @@ class WorkerPool:
         try:
             started = await service.transition(job.id, Start())
         except TransitionRefused:
+            return None
+        return started if started.state is JobState.RUNNING else None
+
+    async def _start_after(self, job: Job) -> Job | None:
+        """Start a job that replaced its key's holder once that holder is terminal."""
+        store = self.service.store
+        assert job.after is not None
+        while True:
+            with store.hub.listen(job.after) as changed:
+                holder = await store.get(job.after)
+                if holder is None or holder.state.terminal:
+                    break
+                # Re-read now and then: a change notification may be lost in an outage.
+                with anyio.move_on_after(1.0):
+                    await changed.wait()
+            current = await store.get(job.id)
+            if current is None or current.state is not JobState.QUEUED:
+                return None  # stopped or timed out while it waited
+        try:
+            started = await self.service.transition(job.id, Start(after_ended=True))
+        except (TransitionRefused, JobNotFound):
             return None
         return started if started.state is JobState.RUNNING else None
 
@@ -333,7 +357,7 @@ class WorkerPool:
             await self._finish(job, Succeed(len(data) if data is not None else None, mime), data)
             return
         if isinstance(event, Retry):
-            if job.attempt <= kind.retries:
+            if retries_left(job, kind.retries):
                 try:
                     await self.service.transition(job.id, event)
                 except TransitionRefused:

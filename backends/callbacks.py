@@ -7,7 +7,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Self
+from typing import Self
 
 import anyio
 import msgspec
@@ -31,9 +31,6 @@ from .amqp_link import (
     open_channel,
 )
 
-if TYPE_CHECKING:
-    from asyncproc.service import JobService
-
 __all__ = ["CallbackPublisher"]
 
 log = logging.getLogger("asyncproc.rabbitmq")
@@ -45,7 +42,7 @@ _BATCH = 256
 class CallbackPublisher:
     """Publishes a job's status to the callback exchange (API.md section 7).
 
-    A `JobService` listener: on enqueue, on every state change and every bizStep
+    An after-change hook: on enqueue, on every state change and every bizStep
     change of a job with a `callbackRouting`, the status JSON goes to `exchange`
     with that routing key, in the order the changes were made on this node. The
     listener only queues the message (transitions never wait for the broker); a
@@ -106,28 +103,26 @@ class CallbackPublisher:
         self._task = asyncio.create_task(self._drain(), name="amqp callbacks")
 
     @asynccontextmanager
-    async def attached(self, service: JobService) -> AsyncIterator[Self]:
-        """Started and listening to `service` for the duration of the block."""
+    async def running(self) -> AsyncIterator[Self]:
+        """Started for the duration of the block; what is queued is sent before it ends."""
         try:
             await self.start()
         except BaseException:
             await self._link.aclose()
             raise
-        service.listeners.append(self)
         try:
             yield self
         finally:
-            service.listeners.remove(self)
             with anyio.CancelScope(shield=True):
                 await self.aclose()
 
-    async def __call__(self, before: Job, after: Job) -> None:
-        """The `JobService` listener: queue the status if the change is one to tell."""
+    async def __call__(self, before: Job | None, after: Job) -> None:
+        """The after-change hook: queue the status if the change is one to tell."""
         routing = after.callback_routing
         if routing is None:
             return
         if (
-            before.version != after.version
+            before is not None
             and before.state == after.state
             and before.progress.biz_step == after.progress.biz_step
         ):

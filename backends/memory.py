@@ -16,13 +16,23 @@ import anyio
 
 from asyncproc.changes import Change, ChangeHub
 from asyncproc.errors import JobNotFound, KeyConflict
-from asyncproc.interfaces import Delivery, JobQuery, Page, Queue, StateStore, cursor_of
+import msgspec
+
+from asyncproc.interfaces import (
+    Created,
+    Delivery,
+    Doc,
+    JobQuery,
+    Page,
+    Queue,
+    StateStore,
+    cursor_of,
+)
 from asyncproc.lifecycle import Event, Succeed, apply
-from asyncproc.model import Job, JobState, Uniqueness, utcnow
+from asyncproc.model import Job, OnConflict, Uniqueness, utcnow
+from asyncproc.rules import KeyAfter, expired, holds_key, key_after, replace_event
 
 __all__ = ["MemoryQueue", "MemoryStateStore"]
-
-_ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 
 
 class MemoryStateStore(StateStore):
@@ -38,13 +48,14 @@ class MemoryStateStore(StateStore):
         self._expiry: list[tuple[datetime, str]] = []
         # (kind, key) -> (holder job id, its rule); see `create`.
         self._holders: dict[tuple[str, str], tuple[str, Uniqueness]] = {}
+        self._docs: dict[str, dict[str, Doc]] = {}
 
     async def ping(self) -> None:
         """Always answers: the store is this process."""
 
     def _live(self, job_id: str, now: datetime | None = None) -> Job | None:
         job = self._jobs.get(job_id)
-        if job is not None and job.finished_at is not None and job.expires_at <= (now or utcnow()):
+        if job is not None and expired(job, now or utcnow()):
             self._drop(job_id)
             return None
         return job
@@ -54,6 +65,20 @@ class MemoryStateStore(StateStore):
         self._results.pop(job_id, None)
         self._unfinished.pop(job_id, None)
 
+    def _holder(self, kind: str, key: str) -> Job | None:
+        """The job holding (kind, key), forgetting an entry that no longer holds."""
+        entry = self._holders.get((kind, key))
+        if entry is None:
+            return None
+        job = self._live(entry[0])
+        if job is not None and (job.kind, job.key) == (kind, key):
+            if holds_key(entry[1], job.state):
+                return job
+        elif entry[1] is Uniqueness.ONCE:
+            return None  # a succeeded `once` job purged after retention still holds it
+        del self._holders[(kind, key)]
+        return None
+
     def _release_on_finish(self, job: Job) -> None:
         """A finished job frees its key, except a succeeded `once` job."""
         if job.key is None:
@@ -61,42 +86,63 @@ class MemoryStateStore(StateStore):
         entry = self._holders.get((job.kind, job.key))
         if entry is None or entry[0] != job.id:
             return
-        if not (entry[1] is Uniqueness.ONCE and job.state is JobState.SUCCEEDED):
+        if key_after(entry[1], job) is KeyAfter.FREE:
             del self._holders[(job.kind, job.key)]
 
-    async def create(
-        self, job: Job, *, uniqueness: Uniqueness = Uniqueness.NONE
-    ) -> tuple[Job, bool]:
-        """See `StateStore.create`."""
+    async def insert(
+        self,
+        job: Job,
+        *,
+        uniqueness: Uniqueness = Uniqueness.NONE,
+        on_conflict: OnConflict = OnConflict.REJECT,
+    ) -> Created:
+        """See `StateStore.insert`."""
         existing = self._live(job.id)
         if existing is not None:
-            return existing, False
+            return Created(existing, False)
+        replaced = None
         if job.key is not None and uniqueness is not Uniqueness.NONE:
+            holder = self._holder(job.kind, job.key)
             entry = self._holders.get((job.kind, job.key))
-            if entry is not None:
-                holder = entry[0]
-                raise KeyConflict(f"key {job.key!r} is held by job {holder}", jobId=holder)
+            if entry is not None:  # held (by `holder`, or by a purged `once` job)
+                if on_conflict is OnConflict.EXISTING and holder is not None:
+                    return Created(holder, False)
+                if on_conflict is not OnConflict.REPLACE:
+                    raise KeyConflict(f"key {job.key!r} is held by job {entry[0]}", jobId=entry[0])
+                event = replace_event(holder) if holder is not None else None
+                if holder is not None and event is not None:
+                    replaced = (holder, self._write(holder, event, None, utcnow()))
+                    if not replaced[1].state.terminal:
+                        job = msgspec.structs.replace(job, after=holder.id)
             self._holders[(job.kind, job.key)] = (job.id, uniqueness)
         self._jobs[job.id] = job
         self._unfinished[job.id] = job.deadline
         self._publish(job)
-        return job, True
+        return Created(job, True, replaced)
+
+    async def key_holder(self, kind: str, key: str) -> Job | None:
+        """See `StateStore.key_holder`."""
+        return self._holder(kind, key)
 
     async def get(self, job_id: str) -> Job | None:
         """See `StateStore.get`."""
         return self._live(job_id)
 
-    async def transition(
+    async def change(
         self, job_id: str, event: Event, *, result: bytes | None = None, now: datetime | None = None
-    ) -> Job:
-        """See `StateStore.transition`."""
+    ) -> tuple[Job, Job]:
+        """See `StateStore.change`."""
         now = now or utcnow()
         job = self._live(job_id, now)
         if job is None:
             raise JobNotFound(f"no job {job_id}")
+        return job, self._write(job, event, result, now)
+
+    def _write(self, job: Job, event: Event, result: bytes | None, now: datetime) -> Job:
         new = apply(job, event, now)
         if new is job:
             return job
+        job_id = job.id
         self._jobs[job_id] = new
         if isinstance(event, Succeed) and result is not None:
             self._results[job_id] = result
@@ -123,7 +169,7 @@ class MemoryStateStore(StateStore):
             for job in self._jobs.values()
             if query.matches(job)
             and (after is None or (job.created_at, job.id) < after)
-            and not (job.finished_at is not None and job.expires_at <= now)
+            and not expired(job, now)
         )
         items = heapq.nlargest(query.limit + 1, found, key=lambda j: (j.created_at, j.id))
         more = len(items) > query.limit
@@ -133,14 +179,12 @@ class MemoryStateStore(StateStore):
     async def release_key(self, kind: str, key: str) -> bool:
         """See `StateStore.release_key`."""
         entry = self._holders.get((kind, key))
-        if entry is None:
+        if entry is None or entry[1] is not Uniqueness.ONCE:
             return False
-        holder = self._jobs.get(entry[0])
-        if holder is not None and (holder.kind, holder.key) != (kind, key):
-            holder = None  # the id names another job now (a reused requestId)
-        if holder is not None and holder.state in _ACTIVE:
+        holder = self._holder(kind, key)
+        if holder is not None and not holder.state.terminal:
             return False
-        del self._holders[(kind, key)]
+        self._holders.pop((kind, key), None)
         return True
 
     async def overdue(self, now: datetime, limit: int = 100) -> list[str]:
@@ -158,6 +202,30 @@ class MemoryStateStore(StateStore):
                 self._drop(job_id)
                 purged += 1
         return purged
+
+    async def get_doc(self, space: str, name: str) -> Doc | None:
+        """See `StateStore.get_doc`."""
+        return self._docs.get(space, {}).get(name)
+
+    async def put_doc(
+        self, space: str, name: str, data: bytes, *, expected: int | None = None
+    ) -> int | None:
+        """See `StateStore.put_doc`."""
+        docs = self._docs.setdefault(space, {})
+        current = docs.get(name)
+        version = current.version if current is not None else 0
+        if expected is not None and expected != version:
+            return None
+        docs[name] = Doc(bytes(data), version + 1)
+        return version + 1
+
+    async def list_docs(self, space: str) -> dict[str, Doc]:
+        """See `StateStore.list_docs`."""
+        return dict(sorted(self._docs.get(space, {}).items()))
+
+    async def delete_doc(self, space: str, name: str) -> bool:
+        """See `StateStore.delete_doc`."""
+        return self._docs.get(space, {}).pop(name, None) is not None
 
 
 class _MemoryDelivery(Delivery):

@@ -43,9 +43,9 @@ from asyncproc.errors import (
     KeyConflict,
     TransitionRefused,
 )
-from asyncproc.interfaces import JobQuery, Page, StateStore, cursor_of
+from asyncproc.interfaces import Created, Doc, JobQuery, Page, StateStore, cursor_of
 from asyncproc.lifecycle import Event, Succeed, apply
-from asyncproc.model import Job, JobState, Uniqueness, decode_job, encode_job, utcnow
+from asyncproc.model import Job, JobState, OnConflict, Uniqueness, decode_job, encode_job, utcnow
 
 from .redis_pipeline import UNAVAILABLE, Arg, Pipeliner
 from .redis_scripts import CREATE, RELEASE, TRANSITION, epoch_ms, index_member
@@ -297,10 +297,14 @@ class RedisStateStore(StateStore):
 
     # -- records ------------------------------------------------------------------
 
-    async def create(
-        self, job: Job, *, uniqueness: Uniqueness = Uniqueness.NONE
-    ) -> tuple[Job, bool]:
-        """See `StateStore.create`."""
+    async def insert(
+        self,
+        job: Job,
+        *,
+        uniqueness: Uniqueness = Uniqueness.NONE,
+        on_conflict: OnConflict = OnConflict.REJECT,
+    ) -> Created:
+        """See `StateStore.insert`."""
         member = index_member(job.created_at, job.id)
         keys = [
             self._job_key(job.id),
@@ -331,9 +335,9 @@ class RedisStateStore(StateStore):
             raise KeyConflict(f"key {job.key!r} is held by job {holder}", jobId=holder)
         if len(answer) == 1:
             self._remember(job, token)
-            return job, True
+            return Created(job, True)
         stored = decode_job(answer[1])
-        return stored, answer[0] == 1
+        return Created(stored, answer[0] == 1)
 
     async def _read(self, job_id: str) -> tuple[Job, bytes] | None:
         with _guard():
@@ -354,10 +358,10 @@ class RedisStateStore(StateStore):
             return None
         return found[0]
 
-    async def transition(
+    async def change(
         self, job_id: str, event: Event, *, result: bytes | None = None, now: datetime | None = None
-    ) -> Job:
-        """See `StateStore.transition`."""
+    ) -> tuple[Job, Job]:
+        """See `StateStore.change`."""
         now = now or utcnow()
         current = self._cache.get(job_id)
         verified = current is None
@@ -377,14 +381,14 @@ class RedisStateStore(StateStore):
                 continue
             if new is job:
                 if verified:
-                    return job
+                    return job, job
                 current = None
                 continue
             written = self._token()
             answer = await self._write(new, token, written, event, result)
             if answer[0] in (2, 3):
                 self._remember(new, written)
-                return new
+                return job, new
             if answer[0] == 0:
                 self._cache.pop(job_id, None)
                 raise JobNotFound(f"no job {job_id}")

@@ -39,6 +39,12 @@ STATUS_FIELDS = {
     "startedAt",
     "finishedAt",
     "expiresAt",
+    "notBefore",
+    "parentId",
+    "trigger",
+    "owner",
+    "steps",
+    "compensationId",
     "version",
 }
 
@@ -639,7 +645,7 @@ async def test_once_key_is_held_until_released(client: httpx.AsyncClient) -> Non
     again = await client.post("/api/test.once/enqueue", json={"content": None, "key": "init"})
     assert_error(again, 409, "key_conflict")
     released = await client.post("/api/test.once/release", json={"key": "init"})
-    assert released.json() == {"key": "init", "released": True}
+    assert released.json() == {"kind": "test.once", "key": "init", "released": True}
     await enqueue(client, "test.once", None, key="init")
 
 

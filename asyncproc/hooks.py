@@ -1,0 +1,92 @@
+"""The hook layer: how plugins extend a node without special cases in the service.
+
+A plugin's `Registry` carries a `Hooks`: lifespans (background work while the
+node runs), routes (endpoints of its own), before-enqueue hooks (validate,
+refuse, rewrite a job about to be stored) and after-change hooks (see every
+stored change with the record before and after it). Before-hooks run in the
+order they were registered, after-hooks in reverse (as dramatiq's middleware
+`emit_before` / `emit_after`); a failing after-hook is logged and never breaks
+the job whose change it saw.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import TYPE_CHECKING, Any
+
+from starlette.routing import BaseRoute
+
+from .model import Job, OnConflict
+
+if TYPE_CHECKING:
+    from starlette.applications import Starlette
+
+    from .config import Settings
+    from .registry import JobKind
+    from .service import JobService
+
+__all__ = ["AfterChange", "BeforeEnqueue", "Draft", "Hooks", "Lifespan", "Node"]
+
+log = logging.getLogger("asyncproc.hooks")
+
+
+class Node:
+    """What a lifespan hook gets: this node's settings, service and app."""
+
+    __slots__ = ("app", "service", "settings")
+
+    def __init__(self, settings: Settings, service: JobService, app: Starlette) -> None:
+        self.settings = settings
+        self.service = service
+        self.app = app
+
+
+class Draft:
+    """A job about to be stored; before-enqueue hooks may replace `job` or `on_conflict`."""
+
+    __slots__ = ("job", "kind", "on_conflict")
+
+    def __init__(self, kind: JobKind, job: Job, on_conflict: OnConflict) -> None:
+        self.kind = kind
+        self.job = job
+        self.on_conflict = on_conflict
+
+
+Lifespan = Callable[[Node], AbstractAsyncContextManager[Any]]
+BeforeEnqueue = Callable[[Draft], Awaitable[None]]
+AfterChange = Callable[[Job | None, Job], Awaitable[None]]
+
+
+class Hooks:
+    """The hooks of one plugin, or of a whole node once the plugins are included."""
+
+    def __init__(self) -> None:
+        self.lifespans: list[Lifespan] = []
+        self.routes: list[BaseRoute] = []
+        self.before_enqueue: list[BeforeEnqueue] = []
+        self.after_change: list[AfterChange] = []
+
+    def include(self, other: Hooks) -> None:
+        """Add the hooks of `other` after these."""
+        self.lifespans += other.lifespans
+        self.routes += other.routes
+        self.before_enqueue += other.before_enqueue
+        self.after_change += other.after_change
+
+    async def emit_before_enqueue(self, draft: Draft) -> None:
+        """Run the before-enqueue hooks in order; an exception refuses the enqueue."""
+        for hook in self.before_enqueue:
+            await hook(draft)
+
+    async def emit_after_change(self, before: Job | None, after: Job) -> None:
+        """Run the after-change hooks in reverse order; a failure is logged, never raised.
+
+        `before` is None when `after` was just created.
+        """
+        for hook in reversed(self.after_change):
+            try:
+                await hook(before, after)
+            except Exception:
+                log.exception("after-change hook %r failed for job %s", hook, after.id)

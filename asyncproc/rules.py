@@ -1,0 +1,64 @@
+"""The rules beside the state machine: pure functions every store and the worker call.
+
+A store makes a rule atomic (the memory store under the event loop, the Redis
+store by handing the rule's *decision* to its Lua script); none writes a rule of
+its own. The hypothesis state machine checks them against every store.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+
+from .lifecycle import Event, RequestStop
+from .model import Job, JobState, Uniqueness
+
+__all__ = [
+    "KeyAfter",
+    "expired",
+    "holds_key",
+    "key_after",
+    "replace_event",
+    "retries_left",
+]
+
+
+def expired(job: Job, now: datetime) -> bool:
+    """True when a terminal `job` is past its retention: it reads as gone."""
+    return job.finished_at is not None and job.expires_at <= now
+
+
+def holds_key(rule: Uniqueness, state: JobState) -> bool:
+    """True when a job in `state` holds its key under `rule` (API.md section 6)."""
+    if rule is Uniqueness.NONE:
+        return False
+    if state in (JobState.QUEUED, JobState.RUNNING):
+        return True
+    return rule is Uniqueness.ONCE and state is JobState.SUCCEEDED
+
+
+class KeyAfter(enum.StrEnum):
+    """What becomes of a key when its holder finishes (the Redis script gets the value)."""
+
+    KEEP = "keep"  # still unfinished: it holds the key as before
+    DONE = "done"  # a succeeded `once` job: holds it until released
+    FREE = "free"  # anyone may take the key
+
+
+def key_after(rule: Uniqueness, job: Job) -> KeyAfter:
+    """Whether the key's holder `job` still holds it after its latest change."""
+    if not job.state.terminal:
+        return KeyAfter.KEEP
+    return KeyAfter.DONE if holds_key(rule, job.state) else KeyAfter.FREE
+
+
+def replace_event(holder: Job) -> Event | None:
+    """The change `onConflict: replace` makes to the key's holder (None: none, it is done)."""
+    if holder.state in (JobState.QUEUED, JobState.RUNNING):
+        return RequestStop()
+    return None  # a succeeded `once` holder is simply released
+
+
+def retries_left(job: Job, retries: int) -> bool:
+    """True when a retryable failure of `job`'s current attempt may run again."""
+    return job.attempt <= retries
