@@ -67,6 +67,9 @@ class Hooks:
         self.routes: list[BaseRoute] = []
         self.before_enqueue: list[BeforeEnqueue] = []
         self.after_change: list[AfterChange] = []
+        # The OpenAPI paths of `routes`, and the Structs their `$ref`s name.
+        self.openapi_paths: dict[str, Any] = {}
+        self.openapi_types: list[Any] = []
 
     def include(self, other: Hooks) -> None:
         """Add the hooks of `other` after these."""
@@ -74,6 +77,8 @@ class Hooks:
         self.routes += other.routes
         self.before_enqueue += other.before_enqueue
         self.after_change += other.after_change
+        self.openapi_paths.update(other.openapi_paths)
+        self.openapi_types += [t for t in other.openapi_types if t not in self.openapi_types]
 
     async def emit_before_enqueue(self, draft: Draft) -> None:
         """Run the before-enqueue hooks in order; an exception refuses the enqueue."""

@@ -16,14 +16,14 @@ import msgspec
 __all__ = [
     "TERMINAL_STATES",
     "ErrorInfo",
-    "OnConflict",
-    "Step",
-    "Trigger",
-    "TriggerType",
     "Job",
     "JobState",
     "JobStatus",
+    "OnConflict",
     "Progress",
+    "Step",
+    "Trigger",
+    "TriggerType",
     "Uniqueness",
     "utcnow",
 ]

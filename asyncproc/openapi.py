@@ -9,7 +9,7 @@ import msgspec
 from .model import JobStatus
 from .registry import Registry
 
-__all__ = ["openapi_document"]
+__all__ = ["ERROR", "ERRORS", "STATUS", "answer", "json_content", "openapi_document", "ref"]
 
 REF = "#/components/schemas/{name}"
 
@@ -34,29 +34,29 @@ class JobList(msgspec.Struct):
     next: str | None
 
 
-def _json(schema: dict[str, Any]) -> dict[str, Any]:
+def json_content(schema: dict[str, Any]) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
 
-def _ref(name: str) -> dict[str, Any]:
+def ref(name: str) -> dict[str, Any]:
     return {"$ref": REF.format(name=name)}
 
 
-def _answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
-    answer: dict[str, Any] = {"description": description}
+def answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description}
     if schema is not None:
-        answer["content"] = _json(schema)
-    return answer
+        out["content"] = json_content(schema)
+    return out
 
 
-STATUS = _ref("JobStatus")
-ERROR = _ref("ErrorBody")
+STATUS = ref("JobStatus")
+ERROR = ref("ErrorBody")
 ERRORS = {
-    "400": _answer("Body is not JSON or misses a field", ERROR),
-    "404": _answer("Unknown kind or job", ERROR),
-    "413": _answer("Body over the size limit", ERROR),
-    "422": _answer("A value breaks its schema", ERROR),
-    "503": _answer("A backend is unreachable or the queue is full", ERROR),
+    "400": answer("Body is not JSON or misses a field", ERROR),
+    "404": answer("Unknown kind or job", ERROR),
+    "413": answer("Body over the size limit", ERROR),
+    "422": answer("A value breaks its schema", ERROR),
+    "503": answer("A backend is unreachable or the queue is full", ERROR),
 }
 ID_BODY = {
     "type": "object",
@@ -71,7 +71,7 @@ def _post(summary: str, body: dict[str, Any], answers: dict[str, Any], tag: str)
         "post": {
             "summary": summary,
             "tags": [tag],
-            "requestBody": {"required": True, "content": _json(body)},
+            "requestBody": {"required": True, "content": json_content(body)},
             "responses": {**answers, **ERRORS},
         }
     }
@@ -109,25 +109,25 @@ def _kind_paths(kind_name: str, content_ref: dict[str, Any]) -> dict[str, Any]:
             f"Enqueue a {kind_name} job",
             enqueue_body,
             {
-                "202": _answer("Queued", STATUS),
-                "200": _answer("requestId exists: its status", STATUS),
-                "409": _answer("requestId of another kind, or key held", ERROR),
+                "202": answer("Queued", STATUS),
+                "200": answer("requestId exists: its status", STATUS),
+                "409": answer("requestId of another kind, or key held", ERROR),
             },
             kind_name,
         ),
         f"{base}/progress": _post(
             "Status, optionally waiting for the next change",
             progress_body,
-            {"200": _answer("Status", STATUS)},
+            {"200": answer("Status", STATUS)},
             kind_name,
         ),
         f"{base}/stop": _post(
             "Stop the job",
             ID_BODY,
             {
-                "200": _answer("Stopped", STATUS),
-                "202": _answer("Running: stop requested", STATUS),
-                "409": _answer("Already succeeded or failed", STATUS),
+                "200": answer("Stopped", STATUS),
+                "202": answer("Running: stop requested", STATUS),
+                "409": answer("Already succeeded or failed", STATUS),
             },
             kind_name,
         ),
@@ -136,15 +136,15 @@ def _kind_paths(kind_name: str, content_ref: dict[str, Any]) -> dict[str, Any]:
             ID_BODY,
             {
                 "200": {"description": "The result", "content": {"*/*": {"schema": {}}}},
-                "204": _answer("Succeeded with no result"),
-                "409": _answer("Not succeeded", STATUS),
+                "204": answer("Succeeded with no result"),
+                "409": answer("Not succeeded", STATUS),
             },
             kind_name,
         ),
         f"{base}/release": _post(
             "Free a `once` key",
             release_body,
-            {"200": _answer("Released or not", {"type": "object"})},
+            {"200": answer("Released or not", {"type": "object"})},
             kind_name,
         ),
     }
@@ -166,7 +166,7 @@ def _alias_paths() -> dict[str, Any]:
                 "summary": "Jobs, newest first, paged by cursor",
                 "tags": ["jobs"],
                 "parameters": list_params,
-                "responses": {"200": _answer("A page", _ref("JobList")), **ERRORS},
+                "responses": {"200": answer("A page", ref("JobList")), **ERRORS},
             }
         },
         "/api/jobs/{id}": {
@@ -174,7 +174,7 @@ def _alias_paths() -> dict[str, Any]:
                 "summary": "Status (long poll with wait and since)",
                 "tags": ["jobs"],
                 "parameters": wait_params,
-                "responses": {"200": _answer("Status", STATUS), **ERRORS},
+                "responses": {"200": answer("Status", STATUS), **ERRORS},
             }
         },
         "/api/jobs/{id}/stop": {
@@ -183,9 +183,9 @@ def _alias_paths() -> dict[str, Any]:
                 "tags": ["jobs"],
                 "parameters": PATH_ID,
                 "responses": {
-                    "200": _answer("Stopped", STATUS),
-                    "202": _answer("Running: stop requested", STATUS),
-                    "409": _answer("Already succeeded or failed", STATUS),
+                    "200": answer("Stopped", STATUS),
+                    "202": answer("Running: stop requested", STATUS),
+                    "409": answer("Already succeeded or failed", STATUS),
                     **ERRORS,
                 },
             }
@@ -200,8 +200,8 @@ def _alias_paths() -> dict[str, Any]:
                 ],
                 "responses": {
                     "200": {"description": "The result", "content": {"*/*": {"schema": {}}}},
-                    "204": _answer("Succeeded with no result"),
-                    "409": _answer("Not succeeded", STATUS),
+                    "204": answer("Succeeded with no result"),
+                    "409": answer("Not succeeded", STATUS),
                     **ERRORS,
                 },
             }
@@ -225,7 +225,7 @@ def _alias_paths() -> dict[str, Any]:
                 "summary": "The registered kinds and their content schemas",
                 "tags": ["kinds"],
                 "responses": {
-                    "200": _answer("Kinds", {"type": "array", "items": {"type": "object"}})
+                    "200": answer("Kinds", {"type": "array", "items": {"type": "object"}})
                 },
             }
         },
@@ -234,8 +234,8 @@ def _alias_paths() -> dict[str, Any]:
                 "summary": "Node health",
                 "tags": ["service"],
                 "responses": {
-                    "200": _answer("Healthy", {"type": "object"}),
-                    "503": _answer("A backend is unreachable", {"type": "object"}),
+                    "200": answer("Healthy", {"type": "object"}),
+                    "503": answer("A backend is unreachable", {"type": "object"}),
                 },
             }
         },
@@ -243,7 +243,7 @@ def _alias_paths() -> dict[str, Any]:
             "get": {
                 "summary": "This document",
                 "tags": ["service"],
-                "responses": {"200": _answer("OpenAPI 3.1", {"type": "object"})},
+                "responses": {"200": answer("OpenAPI 3.1", {"type": "object"})},
             }
         },
         "/": {
@@ -259,11 +259,15 @@ def _alias_paths() -> dict[str, Any]:
 def openapi_document(registry: Registry) -> dict[str, Any]:
     """A complete OpenAPI 3.1 document for the kinds of `registry`."""
     kinds = list(registry)
-    types: list[Any] = [JobStatus, ErrorBody, JobList] + [k.content_type for k in kinds]
+    hooks = registry.hooks
+    base: list[Any] = [JobStatus, ErrorBody, JobList, *hooks.openapi_types]
+    types = base + [k.content_type for k in kinds]
     refs, components = msgspec.json.schema_components(types, ref_template=REF)
     paths = _alias_paths()
-    for kind, content_ref in zip(kinds, refs[3:], strict=True):
+    for kind, content_ref in zip(kinds, refs[len(base) :], strict=True):
         paths.update(_kind_paths(kind.name, content_ref))
+    # Plugins' routes (schedules, triggers, ...): `$ref`s name the Structs above.
+    paths.update(hooks.openapi_paths)
     return {
         "openapi": "3.1.0",
         "info": {

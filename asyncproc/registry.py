@@ -17,7 +17,6 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any
 
 import msgspec
-
 from starlette.routing import Route
 
 from .errors import ConfigError, InvalidInput, PluginError, UnknownKind

@@ -4,11 +4,9 @@ that starts and stops the worker pool and the sweeper.
 
 from __future__ import annotations
 
-import importlib
 import logging
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import (
-    AbstractAsyncContextManager,
     AsyncExitStack,
     asynccontextmanager,
     contextmanager,
@@ -26,10 +24,10 @@ from starlette.staticfiles import StaticFiles
 
 from .api import EXCEPTION_HANDLERS, IncomingAt, api_routes, json_response
 from .config import Settings, load_settings
-from .errors import BackendUnavailable, ConfigError
+from .errors import BackendUnavailable
+from .hooks import Node
 from .interfaces import Queue, StateStore
 from .openapi import openapi_document
-from .hooks import Node
 from .registry import Registry, apply_kind_settings, load_plugins, optional_backend
 from .service import JobService
 from .worker import WorkerPool

@@ -13,11 +13,10 @@ from contextlib import asynccontextmanager
 from datetime import datetime
 
 import anyio
+import msgspec
 
 from asyncproc.changes import Change, ChangeHub
 from asyncproc.errors import JobNotFound, KeyConflict
-import msgspec
-
 from asyncproc.interfaces import (
     Created,
     Delivery,
@@ -101,20 +100,21 @@ class MemoryStateStore(StateStore):
         if existing is not None:
             return Created(existing, False)
         replaced = None
-        if job.key is not None and uniqueness is not Uniqueness.NONE:
-            holder = self._holder(job.kind, job.key)
-            entry = self._holders.get((job.kind, job.key))
+        key = job.key
+        if key is not None and uniqueness is not Uniqueness.NONE:
+            holder = self._holder(job.kind, key)
+            entry = self._holders.get((job.kind, key))
             if entry is not None:  # held (by `holder`, or by a purged `once` job)
                 if on_conflict is OnConflict.EXISTING and holder is not None:
                     return Created(holder, False)
                 if on_conflict is not OnConflict.REPLACE:
-                    raise KeyConflict(f"key {job.key!r} is held by job {entry[0]}", jobId=entry[0])
+                    raise KeyConflict(f"key {key!r} is held by job {entry[0]}", jobId=entry[0])
                 event = replace_event(holder) if holder is not None else None
                 if holder is not None and event is not None:
                     replaced = (holder, self._write(holder, event, None, utcnow()))
                     if not replaced[1].state.terminal:
                         job = msgspec.structs.replace(job, after=holder.id)
-            self._holders[(job.kind, job.key)] = (job.id, uniqueness)
+            self._holders[(job.kind, key)] = (job.id, uniqueness)
         self._jobs[job.id] = job
         self._unfinished[job.id] = job.deadline
         self._publish(job)

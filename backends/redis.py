@@ -43,7 +43,7 @@ from asyncproc.errors import (
     KeyConflict,
     TransitionRefused,
 )
-from asyncproc.interfaces import Created, Doc, JobQuery, Page, StateStore, cursor_of
+from asyncproc.interfaces import Created, JobQuery, Page, StateStore, cursor_of
 from asyncproc.lifecycle import Event, Succeed, apply
 from asyncproc.model import Job, JobState, OnConflict, Uniqueness, decode_job, encode_job, utcnow
 
