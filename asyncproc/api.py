@@ -26,7 +26,7 @@ from .errors import (
     ServiceError,
 )
 from .interfaces import JobQuery
-from .model import Job, JobState, utcnow
+from .model import Job, JobState, OnConflict, Trigger, TriggerType, utcnow
 from .service import BusinessKey, EnqueueRequest, JobService
 
 __all__ = ["EXCEPTION_HANDLERS", "api_routes"]
@@ -156,6 +156,77 @@ async def enqueue(request: Request) -> Response:
     if not created:
         return json_response(status, 200)
     return json_response(status, 202, {"Location": f"/api/jobs/{job.id}"})
+
+
+class BatchRequest(msgspec.Struct, frozen=True, rename="camel"):
+    """Body of `POST /api/{kind}/enqueue-batch`: items, or keys sharing one content."""
+
+    items: list[msgspec.Raw] | None = None
+    keys: list[msgspec.Raw] | None = None
+    content: msgspec.Raw = msgspec.Raw(b"")  # empty: not given
+    on_conflict: OnConflict | None = None
+
+
+MAX_BATCH = 1000
+BATCH_TRIGGER = Trigger(TriggerType.BATCH)
+
+
+def batch_requests(body: BatchRequest) -> list[EnqueueRequest | ServiceError]:
+    """The batch's items as enqueue requests; an item that cannot be one is its error."""
+    if body.items is not None and body.keys is not None:
+        raise InvalidInput("body: give items or keys, not both")
+    raws = body.items if body.items is not None else body.keys
+    if not raws:
+        raise InvalidInput("body: give 1 to 1000 items (or keys)")
+    if len(raws) > MAX_BATCH:
+        raise InvalidInput(f"body: {len(raws)} items, at most {MAX_BATCH} in one batch")
+    if body.keys is not None and not body.content:
+        raise InvalidInput("body: keys need a content for their jobs")
+    requests: list[EnqueueRequest | ServiceError] = []
+    for index, raw in enumerate(raws):
+        try:
+            if body.keys is not None:
+                key = msgspec.json.decode(raw, type=BusinessKey)
+                request = EnqueueRequest(content=body.content, key=key)
+            else:
+                request = msgspec.json.decode(raw, type=EnqueueRequest)
+        except msgspec.ValidationError as exc:
+            where = "keys" if body.keys is not None else "items"
+            text = str(exc).replace("`$", f"`$.{where}[{index}]", 1)
+            requests.append(InvalidInput(f"{where}[{index}]: {text}"))
+            continue
+        if body.on_conflict is not None and request.on_conflict is None:
+            request = msgspec.structs.replace(request, on_conflict=body.on_conflict)
+        requests.append(request)
+    return requests
+
+
+async def enqueue_batch(request: Request) -> Response:
+    """POST /api/{kind}/enqueue-batch: one outcome per item, in order."""
+    service = service_of(request)
+    kind = request.path_params["kind"]
+    service.registry.get(kind)
+    body = decode_body(await read_body(request), BatchRequest)
+    requests = batch_requests(body)
+    scope = request.scope
+    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
+    outcomes = await service.enqueue_many(
+        kind,
+        requests,
+        headers=headers,
+        incoming_at=scope.get("state", {}).get("incoming_at"),
+        trigger=BATCH_TRIGGER,
+    )
+    expose = service.expose_tech_info
+    items = [
+        {
+            "outcome": item.outcome,
+            "status": item.job.status(expose_tech_info=expose) if item.job is not None else None,
+            "error": item.error,
+        }
+        for item in outcomes
+    ]
+    return json_response({"items": items})
 
 
 async def kind_progress(request: Request) -> Response:
@@ -326,6 +397,7 @@ def api_routes() -> list[BaseRoute]:
         Route("/api/jobs/{id}/stop", job_stop, methods=["POST"]),
         Route("/api/jobs/{id}/result", job_result, methods=["GET"]),
         Route("/api/jobs/{id}/events", job_events, methods=["GET"]),
+        Route("/api/{kind}/enqueue-batch", enqueue_batch, methods=["POST"]),
         Route("/api/{kind}/progress", kind_progress, methods=["POST"]),
         Route("/api/{kind}/stop", kind_stop, methods=["POST"]),
         Route("/api/{kind}/result", kind_result, methods=["POST"]),

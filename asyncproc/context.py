@@ -4,15 +4,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio.from_thread
 import msgspec
 
 from .errors import JobStopped
 from .lifecycle import Report
+
+if TYPE_CHECKING:
+    from .model import Trigger
+    from .service import EnqueueRequest, ItemOutcome
 
 __all__ = ["BlockingJobContext", "JobContext", "Result", "encode_result"]
 
@@ -50,12 +54,24 @@ def encode_result(value: Any) -> tuple[bytes | None, str | None]:
 
 
 Reporter = Callable[[Report], Awaitable[None]]
+# (kind, requests, trigger, parent id) -> one outcome per request: `JobService.enqueue_many`.
+Starter = Callable[..., Awaitable[list["ItemOutcome"]]]
 
 
 class JobContext:
     """Handed to an async handler: who the job is, progress reports, stop checks."""
 
-    __slots__ = ("_report", "_stop", "attempt", "headers", "id", "incoming_at", "kind")
+    __slots__ = (
+        "_report",
+        "_starter",
+        "_stop",
+        "attempt",
+        "headers",
+        "id",
+        "incoming_at",
+        "key",
+        "kind",
+    )
 
     def __init__(
         self,
@@ -66,14 +82,26 @@ class JobContext:
         incoming_at: datetime | None,
         headers: Mapping[str, str],
         report: Reporter,
+        key: str | None = None,
+        starter: Starter | None = None,
     ) -> None:
         self.id = job_id
         self.kind = kind
         self.attempt = attempt
         self.incoming_at = incoming_at
         self.headers = dict(headers)
+        self.key = key
         self._report = report
+        self._starter = starter
         self._stop = False
+
+    async def start_jobs(
+        self, kind: str, requests: Sequence[EnqueueRequest], *, trigger: Trigger
+    ) -> list[ItemOutcome]:
+        """Enqueue jobs started by this one (`parentId` = this job), one outcome each."""
+        if self._starter is None:
+            raise RuntimeError("this context cannot start jobs")
+        return await self._starter(kind, requests, trigger=trigger, parent_id=self.id)
 
     @property
     def stop_requested(self) -> bool:
@@ -126,6 +154,11 @@ class BlockingJobContext:
     def incoming_at(self) -> datetime | None:
         """When the enqueue request arrived."""
         return self._ctx.incoming_at
+
+    @property
+    def key(self) -> str | None:
+        """The job's business key."""
+        return self._ctx.key
 
     @property
     def headers(self) -> dict[str, str]:

@@ -16,7 +16,8 @@
     │   │   ├── KeyConflict
     │   │   └── JobStateConflict   answered with the job's status, not an error body
     │   ├── BodyTooLarge       413
-    │   ├── InvalidInput       422  content or a field breaks its schema
+    │   ├── InvalidInput       422  a field breaks its schema
+    │   │   └── InvalidContent 422  content fails its kind's schema or check
     │   └── Overloaded         503  the queue is over its depth limit
     ├── JobError               raised by a handler: fails the job with these fields
     │   └── RetryableJobError  raised by a handler: run the job again if retries are left
@@ -157,6 +158,12 @@ class InvalidInput(ServiceError):
 
     status_code = 422
     code = "invalid"
+
+
+class InvalidContent(InvalidInput):
+    """Raised when a job's content fails its kind's schema or pre-start check."""
+
+    code = "invalid_content"
 
 
 class Overloaded(ServiceError):

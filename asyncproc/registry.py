@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from starlette.routing import Route
 
-from .errors import ConfigError, InvalidInput, PluginError, UnknownKind
+from .errors import ConfigError, InvalidContent, PluginError, UnknownKind
 from .hooks import AfterChange, BeforeEnqueue, Hooks, Lifespan
 from .model import OnConflict, Uniqueness
 
@@ -111,12 +111,12 @@ class JobKind:
         try:
             content = self.decoder.decode(raw)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise InvalidInput(_content_message(str(exc))) from None
+            raise InvalidContent(_content_message(str(exc))) from None
         if self.check is not None:
             try:
                 self.check(content)
             except (ValueError, TypeError) as exc:
-                raise InvalidInput(f"content: {exc}") from None
+                raise InvalidContent(f"content: {exc}") from None
         return content
 
     def schema(self) -> dict[str, Any]:
@@ -178,6 +178,50 @@ class Registry:
                 )
             )
             return handler
+
+        return register
+
+    def selection(
+        self,
+        kind: str,
+        *,
+        target: str,
+        content: Any = Any,
+        key: Callable[[Any], str] | None = None,
+        total: Callable[[Any], int | None] | None = None,
+        title: str | None = None,
+        description: str | None = None,
+        processing_timeout: float | None = None,
+        retention: float | None = None,
+        retries: int = 0,
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Register the decorated item generator as selection kind `kind` (API.md 11).
+
+        `generate(ctx, params)` yields `(key, content)` items (an async or a plain
+        generator); each becomes a `target` job with that key. The selection job's own
+        rule is `active` on `key(params)` (default: the kind's name), so two runs of
+        it never overlap; `total(params)`, when given, lets progress show a percent.
+        """
+
+        def register(generate: Callable[..., Any]) -> Callable[..., Any]:
+            from .selection import selection_handler, selection_key_hook
+
+            job_kind = JobKind(
+                kind,
+                selection_handler(kind, target, generate, total),
+                content=content,
+                title=title,
+                description=description,
+                processing_timeout=processing_timeout,
+                retention=retention,
+                retries=retries,
+                unique=Uniqueness.ACTIVE,
+            )
+            job_kind.selection = target
+            self.add(job_kind)
+            key_of = key if key is not None else (lambda _params: kind)
+            self.hooks.before_enqueue.append(selection_key_hook({kind: key_of}))
+            return generate
 
         return register
 

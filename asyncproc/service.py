@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -23,6 +23,7 @@ from .errors import (
     JobStateConflict,
     Overloaded,
     RequestIdConflict,
+    ServiceError,
     TransitionRefused,
 )
 from .hooks import Draft
@@ -31,7 +32,7 @@ from .lifecycle import Event, Fail, RequestStop, TimeOut
 from .model import API_TRIGGER, ErrorInfo, Job, JobState, OnConflict, Trigger, utcnow
 from .registry import Registry
 
-__all__ = ["EnqueueRequest", "JobService"]
+__all__ = ["EnqueueRequest", "ItemOutcome", "JobService"]
 
 RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
 BusinessKey = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -80,6 +81,15 @@ class EnqueueRequest(msgspec.Struct, frozen=True, rename="camel"):
     on_conflict: OnConflict | None = None
 
 
+class ItemOutcome(msgspec.Struct, frozen=True):
+    """What became of one item of a batch: `created`, `existing` or `refused` (with the
+    error body's inner object a single enqueue would have answered)."""
+
+    outcome: str
+    job: Job | None = None
+    error: dict[str, object] | None = None
+
+
 class JobService:
     """The operations of API.md on top of a StateStore, a Queue and a Registry."""
 
@@ -123,14 +133,15 @@ class JobService:
         incoming_at: datetime | None = None,
         trigger: Trigger = API_TRIGGER,
         parent_id: str | None = None,
+        check_depth: bool = True,
     ) -> tuple[Job, bool]:
         """Validate, store and queue a job; `(job, False)` when a job answers for it
         (its `requestId` exists, or the key's holder under `onConflict: existing`)."""
         kind = self.registry.get(kind_name)
         kind.decode_content(request.content)
         routing = request.proc_routing or "default"
-        if self.max_queue_depth and await self.queue.depth(routing) >= self.max_queue_depth:
-            raise Overloaded(f"queue {routing!r} is full, try again later", retryAfter=1)
+        if check_depth:
+            await self._check_depth(routing)
         now = utcnow()
         job = Job(
             id=request.request_id or new_job_id(),
@@ -178,6 +189,72 @@ class JobService:
                 await self.transition(stored.id, Fail(error))
             raise
         return stored, True
+
+    async def _check_depth(self, routing: str) -> None:
+        if self.max_queue_depth and await self.queue.depth(routing) >= self.max_queue_depth:
+            raise Overloaded(f"queue {routing!r} is full, try again later", retryAfter=1)
+
+    async def enqueue_many(
+        self,
+        kind_name: str,
+        requests: Sequence[EnqueueRequest | ServiceError],
+        *,
+        headers: Mapping[str, str] | None = None,
+        incoming_at: datetime | None = None,
+        trigger: Trigger = API_TRIGGER,
+        parent_id: str | None = None,
+    ) -> list[ItemOutcome]:
+        """Enqueue every request at once, one outcome each, in order (API.md section 10).
+
+        An item given as a `ServiceError` (it could not be parsed) is refused with it;
+        one refused item never refuses the others. The items' store writes and queue
+        publishes go out together (the Redis store pipelines what one event-loop turn
+        sends; the broker confirms them together), so a batch is not a round trip per item.
+        """
+        self.registry.get(kind_name)
+        outcomes: list[ItemOutcome] = [ItemOutcome("refused")] * len(requests)
+        full: dict[str, ServiceError | None] = {}
+        for request in requests:
+            if isinstance(request, EnqueueRequest):
+                routing = request.proc_routing or "default"
+                if routing not in full:
+                    try:
+                        await self._check_depth(routing)
+                        full[routing] = None
+                    except ServiceError as exc:
+                        full[routing] = exc
+
+        async def one(index: int, request: EnqueueRequest | ServiceError) -> None:
+            try:
+                if isinstance(request, ServiceError):
+                    raise request
+                refusal = full.get(request.proc_routing or "default")
+                if refusal is not None:
+                    raise refusal
+                job, created = await self.enqueue(
+                    kind_name,
+                    request,
+                    headers=headers,
+                    incoming_at=incoming_at,
+                    trigger=trigger,
+                    parent_id=parent_id,
+                    check_depth=False,
+                )
+                outcomes[index] = ItemOutcome("created" if created else "existing", job)
+            except ServiceError as exc:
+                outcomes[index] = ItemOutcome("refused", error=exc.body()["error"])
+            except BackendUnavailable as exc:
+                error: dict[str, object] = {
+                    "code": "backend_unavailable",
+                    "message": str(exc),
+                    "backend": exc.backend,
+                }
+                outcomes[index] = ItemOutcome("refused", error=error)
+
+        async with anyio.create_task_group() as tasks:
+            for index, request in enumerate(requests):
+                tasks.start_soon(one, index, request)
+        return outcomes
 
     async def key_context(self, kind_name: str, key: str) -> dict[str, object]:
         """The key's rule, holder and most recent jobs (API.md section 6)."""

@@ -256,6 +256,8 @@ class WorkerPool:
             incoming_at=job.incoming_at,
             headers=job.headers,
             report=report,
+            key=job.key,
+            starter=service.enqueue_many,
         )
         # A blocking handler cannot be cancelled: `_call_blocking` flags it at the deadline.
         deadline = job.deadline if kind.is_async else None

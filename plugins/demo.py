@@ -1,8 +1,10 @@
-"""The demo kinds of API.md section 9: count, report, fail, sleep, echo, bytes."""
+"""The demo kinds of API.md section 9: count, report, fail, sleep, echo, bytes, keyed, once,
+select."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
 import anyio
@@ -108,3 +110,55 @@ async def echo(ctx: JobContext, content: dict[str, Any]) -> dict[str, Any]:
 async def as_bytes(ctx: JobContext, content: Text) -> bytes:
     """Returns the UTF-8 bytes of text."""
     return content.text.encode()
+
+
+class Keyed(msgspec.Struct, forbid_unknown_fields=True):
+    """Sleep `seconds` for the job's key."""
+
+    seconds: NonNegativeFloat = 0.0
+
+
+async def _sleep_for_key(ctx: JobContext, seconds: float) -> dict[str, str | None]:
+    """Sleep in slices, percent by elapsed time; a stop cancels the sleep."""
+    step = min(0.1, seconds) if seconds > 0 else 0.0
+    elapsed = 0.0
+    await ctx.progress(percent=0.0, biz_step="working", message=ctx.key)
+    while elapsed < seconds:
+        pause = min(step, seconds - elapsed)
+        await anyio.sleep(pause)
+        elapsed += pause
+        await ctx.progress(percent=100.0 * elapsed / seconds)
+    return {"key": ctx.key}
+
+
+@registry.job("demo.keyed", content=Keyed, title="One per key", unique="active")
+async def keyed(ctx: JobContext, content: Keyed) -> dict[str, str | None]:
+    """At most one queued or running job per key; sleeps `seconds`."""
+    return await _sleep_for_key(ctx, content.seconds)
+
+
+@registry.job("demo.once", content=Keyed, title="Once per key", unique="once")
+async def once(ctx: JobContext, content: Keyed) -> dict[str, str | None]:
+    """At most one succeeded job per key until released; sleeps `seconds`."""
+    return await _sleep_for_key(ctx, content.seconds)
+
+
+class Select(msgspec.Struct, forbid_unknown_fields=True):
+    """Select `count` keys `<prefix>-<i>` for demo.keyed jobs sleeping `seconds`."""
+
+    count: Annotated[int, msgspec.Meta(ge=0, le=10000)]
+    prefix: str = "k"
+    seconds: NonNegativeFloat = 0.0
+
+
+@registry.selection(
+    "demo.select",
+    target="demo.keyed",
+    content=Select,
+    total=lambda params: params.count,
+    title="Select keys",
+)
+async def select(ctx: JobContext, params: Select) -> AsyncIterator[tuple[str, dict[str, float]]]:
+    """Starts a demo.keyed job for each of `count` keys."""
+    for i in range(1, params.count + 1):
+        yield f"{params.prefix}-{i}", {"seconds": params.seconds}

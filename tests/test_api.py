@@ -237,13 +237,13 @@ async def test_bad_enqueue_bodies_get_4xx_with_error_body(
 
 async def test_validation_message_names_the_field(client: httpx.AsyncClient) -> None:
     response = await client.post("/api/demo.count/enqueue", json={"content": {"n": "ten"}})
-    assert_error(response, 422, "invalid")
+    assert_error(response, 422, "invalid_content")
     assert "$.content.n" in response.json()["error"]["message"]
 
 
 async def test_pre_start_check_refusal_is_422(client: httpx.AsyncClient) -> None:
     response = await client.post("/api/test.checked/enqueue", json={"content": -3})
-    assert_error(response, 422, "invalid")
+    assert_error(response, 422, "invalid_content")
     assert "positive" in response.json()["error"]["message"]
     await enqueue(client, "test.checked", 3)
 

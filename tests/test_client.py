@@ -253,7 +253,7 @@ async def test_api_errors_carry_status_code_code_and_message(client: AsyncClient
 
     with pytest.raises(ApiError) as caught:
         await client.enqueue("demo.count", {"n": -1})
-    assert (caught.value.status_code, caught.value.code) == (422, "invalid")
+    assert (caught.value.status_code, caught.value.code) == (422, "invalid_content")
     assert "$.content.n" in caught.value.message
     assert caught.value.status is None
 
