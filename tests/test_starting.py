@@ -3,6 +3,7 @@ how a job started, key conflict policies, the key's context, batches, selections
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import AsyncIterator
 from typing import Any
@@ -398,5 +399,5 @@ async def test_stop_while_waiting_for_the_replaced_holder(client: httpx.AsyncCli
         (job["startedAt"], job["finishedAt"]) for job in finals if job["startedAt"] is not None
     )
     # No two of them ran at the same time.
-    for (_, end), (start, _) in zip(ran, ran[1:], strict=False):
+    for (_, end), (start, _) in itertools.pairwise(ran):
         assert start >= end
