@@ -172,6 +172,7 @@ def create_app(
             Route("/", page, methods=["GET"]),
             Route("/jobs/{id}", page, methods=["GET"]),
             Route("/new", page, methods=["GET"]),
+            Route("/schedules", page, methods=["GET"]),
             Mount("/static", StaticFiles(directory=_web_dir()), name="static"),
         ]
     app = Starlette(
@@ -218,5 +219,5 @@ async def openapi(request: Request) -> Response:
 
 
 async def page(request: Request) -> Response:
-    """The web page (`/`, `/jobs/{id}` and `/new`: the page routes itself)."""
+    """The web page (`/`, `/jobs/{id}`, `/new`, `/schedules`: the page routes itself)."""
     return FileResponse(f"{_web_dir()}/index.html", media_type="text/html")
