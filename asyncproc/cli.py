@@ -235,7 +235,11 @@ def submit(args: argparse.Namespace) -> int:
     content = _content(args.content)
     with _client(args) as client:
         status: JobStatus = client.enqueue(
-            args.kind, content, request_id=args.request_id, key=args.key
+            args.kind,
+            content,
+            request_id=args.request_id,
+            key=args.key,
+            on_conflict=args.on_conflict,
         )
         if not args.wait:
             print(status.id, flush=True)
@@ -359,7 +363,12 @@ def jobs_command(args: argparse.Namespace) -> int:
     """List jobs, newest first, as a table (or the API's JSON with --json)."""
     with _client(args) as client:
         page = client.jobs(
-            kind=args.kind, state=args.state, key=args.key, limit=args.limit, cursor=args.cursor
+            kind=args.kind,
+            state=args.state,
+            key=args.key,
+            limit=args.limit,
+            cursor=args.cursor,
+            parent=args.parent,
         )
     if args.json:
         print(msgspec.json.encode(page).decode(), flush=True)
@@ -413,6 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--content", required=True, help="JSON content, or @FILE (@- for stdin)")
     sub.add_argument("--request-id", help="client-chosen job id (makes submit idempotent)")
     sub.add_argument("--key", help="business key (uniqueness rules)")
+    sub.add_argument(
+        "--on-conflict",
+        choices=["reject", "existing", "replace"],
+        help="when the key is held: refuse (409), answer with the holder, or replace it",
+    )
     sub.add_argument("--wait", action="store_true", help="show progress, then the result")
     sub.add_argument("-o", "--output", help="with --wait: write the result to this file")
     sub.set_defaults(func=submit)
@@ -439,7 +453,12 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--limit", type=int, default=20, help="jobs per page (default 20)")
     listing.add_argument("--cursor", help="the `more:` cursor of the previous page")
     listing.add_argument("--json", action="store_true", help="print the page JSON")
+    listing.add_argument("--parent", help="only the jobs this selection job started")
     listing.set_defaults(func=jobs_command)
+
+    from .cli_starting import add_commands
+
+    add_commands(commands, common)
     return parser
 
 

@@ -17,7 +17,7 @@ import queue
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, NamedTuple, ParamSpec, TypeVar
@@ -31,7 +31,15 @@ from anyio.from_thread import BlockingPortal
 from .errors import ApiError
 from .model import JobState, JobStatus
 
-__all__ = ["ApiError", "AsyncClient", "Client", "JobPage", "JobResult", "ProgressCallback"]
+__all__ = [
+    "ApiError",
+    "AsyncClient",
+    "BatchItem",
+    "Client",
+    "JobPage",
+    "JobResult",
+    "ProgressCallback",
+]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -51,6 +59,23 @@ class JobPage(msgspec.Struct, frozen=True):
     next: str | None = None
 
 
+class BatchItem(msgspec.Struct, frozen=True):
+    """One item's outcome in a batch: `created`, `existing` (status set) or `refused` (error)."""
+
+    outcome: str
+    status: JobStatus | None
+    error: dict[str, Any] | None
+
+
+class _BatchAnswer(msgspec.Struct, frozen=True):
+    items: list[BatchItem]
+
+
+def _json(response: httpx.Response) -> dict[str, Any]:
+    value: dict[str, Any] = msgspec.json.decode(response.content)
+    return value
+
+
 class JobResult(NamedTuple):
     """A finished job's result bytes and MIME type (both None when it has no result)."""
 
@@ -60,6 +85,7 @@ class JobResult(NamedTuple):
 
 _status_decoder = msgspec.json.Decoder(JobStatus)
 _page_decoder = msgspec.json.Decoder(JobPage)
+_batch_decoder = msgspec.json.Decoder(_BatchAnswer)
 _encoder = msgspec.json.Encoder()
 
 
@@ -191,19 +217,66 @@ class AsyncClient:
         key: str | None = None,
         proc_routing: str | None = None,
         callback_routing: str | None = None,
+        on_conflict: str | None = None,
     ) -> JobStatus:
-        """Queue a job of `kind`; with `request_id`, an existing job of that id is returned."""
+        """Queue a job of `kind`; with `request_id`, an existing job of that id is returned
+        (and with `on_conflict="existing"`, the key's holder)."""
         body: dict[str, Any] = {"content": content}
         for name, value in (
             ("requestId", request_id),
             ("key", key),
             ("procRouting", proc_routing),
             ("callbackRouting", callback_routing),
+            ("onConflict", on_conflict),
         ):
             if value is not None:
                 body[name] = value
         response = await self._request("POST", f"/api/{quote(kind, safe='')}/enqueue", body=body)
         return _status_decoder.decode(response.content)
+
+    async def enqueue_batch(
+        self,
+        kind: str,
+        *,
+        items: Sequence[Mapping[str, Any]] | None = None,
+        keys: Sequence[str] | None = None,
+        content: Any = None,
+        on_conflict: str | None = None,
+    ) -> list[BatchItem]:
+        """Queue many jobs of `kind` at once: `items` (each `{"content", "key"?, ...}`) or
+        `keys` sharing `content`; one `BatchItem` (outcome, status, error) per item."""
+        body: dict[str, Any] = {}
+        if items is not None:
+            body["items"] = list(items)
+        if keys is not None:
+            body["keys"] = list(keys)
+            body["content"] = content
+        if on_conflict is not None:
+            body["onConflict"] = on_conflict
+        path = f"/api/{quote(kind, safe='')}/enqueue-batch"
+        response = await self._request("POST", path, body=body)
+        return _batch_decoder.decode(response.content).items
+
+    async def key_context(self, kind: str, key: str) -> dict[str, Any]:
+        """The key's rule, holder and recent jobs (`GET /api/keys/{kind}/{key}`)."""
+        path = f"/api/keys/{quote(kind, safe='')}/{quote(key, safe='')}"
+        return _json(await self._request("GET", path))
+
+    async def schedules(self) -> list[dict[str, Any]]:
+        """Every schedule, by name."""
+        items: list[dict[str, Any]] = _json(await self._request("GET", "/api/schedules"))["items"]
+        return items
+
+    async def schedule_action(self, name: str, action: str) -> dict[str, Any]:
+        """`pause` or `resume` a schedule (its new state), or `trigger` it (the job's status)."""
+        path = f"/api/schedules/{quote(name, safe='')}/{action}"
+        return _json(await self._request("POST", path))
+
+    async def post_event(self, event: str, data: Any) -> list[dict[str, Any]]:
+        """Post an event; one item (trigger, outcome, status, error) per listening trigger."""
+        path = f"/api/events/{quote(event, safe='')}"
+        items: list[dict[str, Any]] = _json(await self._request("POST", path, body=data))["items"]
+        return items
 
     async def status(
         self, job_id: str, *, wait: float = 0.0, since: int | None = None
@@ -270,10 +343,17 @@ class AsyncClient:
         key: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        parent: str | None = None,
     ) -> JobPage:
         """One page of jobs, newest first; pass `page.next` as `cursor` for the next."""
         params: dict[str, Any] = {"limit": limit}
-        for name, value in (("kind", kind), ("state", state), ("key", key), ("cursor", cursor)):
+        for name, value in (
+            ("kind", kind),
+            ("state", state),
+            ("key", key),
+            ("cursor", cursor),
+            ("parent", parent),
+        ):
             if value is not None:
                 params[name] = str(value)
         response = await self._request("GET", "/api/jobs", params=params)
@@ -414,6 +494,7 @@ class Client:
         key: str | None = None,
         proc_routing: str | None = None,
         callback_routing: str | None = None,
+        on_conflict: str | None = None,
     ) -> JobStatus:
         """See `AsyncClient.enqueue`."""
         return self._loop.call(
@@ -424,7 +505,43 @@ class Client:
             key=key,
             proc_routing=proc_routing,
             callback_routing=callback_routing,
+            on_conflict=on_conflict,
         )
+
+    def enqueue_batch(
+        self,
+        kind: str,
+        *,
+        items: Sequence[Mapping[str, Any]] | None = None,
+        keys: Sequence[str] | None = None,
+        content: Any = None,
+        on_conflict: str | None = None,
+    ) -> list[BatchItem]:
+        """See `AsyncClient.enqueue_batch`."""
+        return self._loop.call(
+            self._async.enqueue_batch,
+            kind,
+            items=items,
+            keys=keys,
+            content=content,
+            on_conflict=on_conflict,
+        )
+
+    def key_context(self, kind: str, key: str) -> dict[str, Any]:
+        """See `AsyncClient.key_context`."""
+        return self._loop.call(self._async.key_context, kind, key)
+
+    def schedules(self) -> list[dict[str, Any]]:
+        """See `AsyncClient.schedules`."""
+        return self._loop.call(self._async.schedules)
+
+    def schedule_action(self, name: str, action: str) -> dict[str, Any]:
+        """See `AsyncClient.schedule_action`."""
+        return self._loop.call(self._async.schedule_action, name, action)
+
+    def post_event(self, event: str, data: Any) -> list[dict[str, Any]]:
+        """See `AsyncClient.post_event`."""
+        return self._loop.call(self._async.post_event, event, data)
 
     def status(self, job_id: str, *, wait: float = 0.0, since: int | None = None) -> JobStatus:
         """See `AsyncClient.status`."""
@@ -456,10 +573,17 @@ class Client:
         key: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        parent: str | None = None,
     ) -> JobPage:
         """See `AsyncClient.jobs`."""
         return self._loop.call(
-            self._async.jobs, kind=kind, state=state, key=key, limit=limit, cursor=cursor
+            self._async.jobs,
+            kind=kind,
+            state=state,
+            key=key,
+            limit=limit,
+            cursor=cursor,
+            parent=parent,
         )
 
     def iter_jobs(
