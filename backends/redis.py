@@ -24,7 +24,7 @@ from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import msgspec
 import redis.asyncio as aioredis
@@ -43,12 +43,21 @@ from asyncproc.errors import (
     KeyConflict,
     TransitionRefused,
 )
-from asyncproc.interfaces import Created, JobQuery, Page, StateStore, cursor_of
+from asyncproc.interfaces import Created, Doc, JobQuery, Page, StateStore, cursor_of
 from asyncproc.lifecycle import Event, Succeed, apply
-from asyncproc.model import Job, JobState, OnConflict, Uniqueness, decode_job, encode_job, utcnow
+from asyncproc.model import Job, OnConflict, Uniqueness, decode_job, encode_job, utcnow
+from asyncproc.rules import expired, holds_key, key_after, replace_event
 
 from .redis_pipeline import UNAVAILABLE, Arg, Pipeliner
-from .redis_scripts import CREATE, RELEASE, TRANSITION, epoch_ms, index_member
+from .redis_scripts import (
+    CREATE,
+    HOLDER,
+    PUT_DOC,
+    RELEASE,
+    TRANSITION,
+    epoch_ms,
+    index_member,
+)
 
 if TYPE_CHECKING:
     from asyncproc.config import Settings
@@ -70,8 +79,38 @@ _CHANGES = msgspec.msgpack.Decoder(Change)
 _IDLE_PING = 5.0
 
 
-def _expired(job: Job, now: datetime) -> bool:
-    return job.finished_at is not None and job.expires_at <= now
+# ARGV 11..19 of CREATE when the key's holder is not written.
+_NO_HOLDER_WRITE: tuple[Arg, ...] = ("", "", "", "", "0", "0", "0", "", "")
+
+
+class _Plan(NamedTuple):
+    """One attempt of `insert`: the record to create, ARGV 10..19 of CREATE (the
+    hold value it must find, the holder's write), the holder's job key ("" when it
+    is not written), the holder before and after, and the holder's (record, token)."""
+
+    job: Job
+    args: list[Arg]
+    holder_key: str = ""
+    replaced: tuple[Job, Job] | None = None
+    written: tuple[Job, bytes] | None = None
+
+    @classmethod
+    def plain(cls, job: Job, expected: str, replaced: tuple[Job, Job] | None = None) -> _Plan:
+        """Create `job` if the hold value is `expected` ("?": the key is free), writing
+        no other record."""
+        return cls(job, [expected, *_NO_HOLDER_WRITE], "", replaced)
+
+
+def _hold_of(held: str) -> tuple[Uniqueness, str]:
+    """The rule and the holder's id of a hold value ("<rule>|<id>", "done|<id>")."""
+    rule, _, holder_id = held.partition("|")
+    return (Uniqueness.ONCE if rule == "done" else Uniqueness(rule)), holder_id
+
+
+def _doc(raw: bytes) -> Doc:
+    """A document from its stored value "<version>|<data>"."""
+    version, _, data = raw.partition(b"|")
+    return Doc(data, int(version))
 
 
 @contextmanager
@@ -134,6 +173,8 @@ class RedisStateStore(StateStore):
         )
         self._pipeliner = Pipeliner(self._pipe_redis, timeout)
         self._release = self._redis.register_script(RELEASE)
+        self._holder = self._redis.register_script(HOLDER)
+        self._put_doc = self._redis.register_script(PUT_DOC)
         self._cache: OrderedDict[str, tuple[Job, bytes]] = OrderedDict()
         self._writes = itertools.count()
         self._listener: asyncio.Task[None] | None = None
@@ -153,7 +194,13 @@ class RedisStateStore(StateStore):
     def _hold_key(self, kind: str, key: str) -> str:
         return f"{self.prefix}hold:{kind}:{key}"
 
+    def _doc_key(self, space: str) -> str:
+        return f"{self.prefix}doc:{space}"
+
     def _index_key(self, query: JobQuery) -> str:
+        # The most selective index the query names; `query.matches` does the rest.
+        if query.parent is not None:
+            return f"{self.prefix}idx:parent:{query.parent}"
         if query.key is not None:
             return f"{self.prefix}idx:key:{query.key}"
         if query.kind is not None:
@@ -304,40 +351,135 @@ class RedisStateStore(StateStore):
         uniqueness: Uniqueness = Uniqueness.NONE,
         on_conflict: OnConflict = OnConflict.REJECT,
     ) -> Created:
-        """See `StateStore.insert`."""
-        member = index_member(job.created_at, job.id)
+        """See `StateStore.insert`.
+
+        One script call when the key is free (or not ruled); when it is held the
+        script answers the hold and its holder's record, Python decides what the
+        policy does (`rules`), and the next call writes both records only if neither
+        changed meanwhile (else it answers the new values and Python decides again).
+        """
+        prefix = self.prefix
+        ruled = job.key is not None and uniqueness is not Uniqueness.NONE
         keys = [
             self._job_key(job.id),
-            f"{self.prefix}idx",
-            f"{self.prefix}idx:kind:{job.kind}",
-            f"{self.prefix}due",
+            f"{prefix}idx",
+            f"{prefix}idx:kind:{job.kind}",
+            f"{prefix}due",
+            f"{prefix}exp",
+            f"{prefix}idx:key:{job.key}" if job.key is not None else "",
+            f"{prefix}idx:parent:{job.parent_id}" if job.parent_id is not None else "",
+            self._hold_key(job.kind, cast("str", job.key)) if ruled else "",
+            "",
         ]
-        if job.key is not None:
-            keys.append(f"{self.prefix}idx:key:{job.key}")
-            if uniqueness is not Uniqueness.NONE:
-                keys.append(self._hold_key(job.kind, job.key))
         token = self._token()
         keep_until = job.deadline + timedelta(seconds=max(job.retention, _UNFINISHED_MARGIN))
-        args: list[Arg] = [
-            encode_job(job),
+        fixed: list[Arg] = [
             token,
-            member,
+            index_member(job.created_at, job.id),
             job.id,
             repr(job.deadline.timestamp()),
             epoch_ms(keep_until),
-            str(uniqueness),
-            self._change(job),
-            self._channel,
+            f"{uniqueness}|{job.id}",
         ]
-        answer = await self._eval(self._create, keys, args)
-        if answer[0] == -1:
-            holder = answer[1].decode()
-            raise KeyConflict(f"key {job.key!r} is held by job {holder}", jobId=holder)
-        if len(answer) == 1:
-            self._remember(job, token)
-            return Created(job, True)
-        stored = decode_job(answer[1])
-        return Created(stored, answer[0] == 1)
+        plan = _Plan.plain(job, "?")
+        while True:
+            keys[8] = plan.holder_key
+            record = plan.job
+            args: list[Arg] = [
+                encode_job(record),
+                *fixed,
+                self._change(record),
+                self._channel,
+                *plan.args,
+                prefix,
+            ]
+            answer = await self._eval(self._create, keys, args)
+            if answer[0] == 2:
+                self._remember(record, token)
+                if plan.written is not None:
+                    self._remember(*plan.written)
+                return Created(record, True, plan.replaced)
+            if answer[0] in (0, 1):  # the id exists (1: this very create, sent twice)
+                stored = decode_job(answer[1])
+                return Created(stored, answer[0] == 1, plan.replaced if answer[0] else None)
+            decided = self._decide(job, on_conflict, answer[1:])
+            if isinstance(decided, Created):
+                return decided
+            plan = decided
+
+    def _decide(self, job: Job, on_conflict: OnConflict, seen: list[Any]) -> _Plan | Created:
+        """What `insert` does about the hold the script saw: `seen` is [hold value,
+        holder record, holder token], or [] when the key is free.
+
+        The same decisions as the memory store: a hold whose job no longer holds the
+        key is free, a `once` hold outlives its purged job, then `on_conflict`.
+        """
+        if not seen:
+            return _Plan.plain(job, "")
+        held = cast("bytes", seen[0]).decode()
+        rule, holder_id = _hold_of(held)
+        now = utcnow()
+        holder = decode_job(seen[1]) if seen[1] is not None else None
+        if holder is not None and (
+            (holder.id, holder.kind, holder.key) != (holder_id, job.kind, job.key)
+            or expired(holder, now)
+        ):
+            holder = None  # purged, or the id was used again since
+        if holder is not None:
+            if not holds_key(rule, holder.state):
+                return _Plan.plain(job, held)  # a stale hold: the key is free
+        elif rule is not Uniqueness.ONCE:
+            return _Plan.plain(job, held)
+        # Held, by `holder` or by a succeeded `once` job purged since.
+        if on_conflict is OnConflict.EXISTING and holder is not None:
+            return Created(holder, False)
+        if on_conflict is not OnConflict.REPLACE:
+            raise KeyConflict(f"key {job.key!r} is held by job {holder_id}", jobId=holder_id)
+        event = replace_event(holder) if holder is not None else None
+        if holder is None or event is None:
+            return _Plan.plain(job, held)  # a succeeded `once` holder: released
+        stopped = apply(holder, event, now)
+        if not stopped.state.terminal:
+            job = msgspec.structs.replace(job, after=holder.id)
+        if stopped is holder:  # already asked to stop: nothing to write
+            return _Plan.plain(job, held, (holder, stopped))
+        written = self._token()
+        args: list[Arg] = [
+            held,
+            cast("bytes", seen[2] or b""),
+            encode_job(stopped),
+            written,
+            self._change(stopped),
+            *self._finishing(stopped),
+            stopped.id,
+        ]
+        return _Plan(job, args, self._job_key(holder.id), (holder, stopped), (stopped, written))
+
+    def _finishing(self, job: Job) -> tuple[Arg, Arg, Arg, bytes]:
+        """What the scripts need to expire a record that finished: a flag ("1"), the
+        expire time, the purge score and the `exp` entry; zeros when it did not."""
+        if job.finished_at is None:
+            return "0", "0", "0", b""
+        purge_at = job.expires_at
+        entry = msgspec.json.encode(
+            [job.id, index_member(job.created_at, job.id), job.kind, job.key, job.parent_id]
+        )
+        return "1", epoch_ms(purge_at), repr(purge_at.timestamp()), entry
+
+    async def key_holder(self, kind: str, key: str) -> Job | None:
+        """See `StateStore.key_holder`."""
+        answer = await self._eval(self._holder, [self._hold_key(kind, key)], [self.prefix])
+        if not answer or answer[1] is None:
+            return None
+        rule, holder_id = _hold_of(cast("bytes", answer[0]).decode())
+        job = decode_job(answer[1])
+        if (
+            (job.id, job.kind, job.key) != (holder_id, kind, key)
+            or expired(job, utcnow())
+            or not holds_key(rule, job.state)
+        ):
+            return None
+        return job
 
     async def _read(self, job_id: str) -> tuple[Job, bytes] | None:
         with _guard():
@@ -354,7 +496,7 @@ class RedisStateStore(StateStore):
     async def get(self, job_id: str) -> Job | None:
         """See `StateStore.get`."""
         found = await self._read(job_id)
-        if found is None or _expired(found[0], utcnow()):
+        if found is None or expired(found[0], utcnow()):
             return None
         return found[0]
 
@@ -369,7 +511,7 @@ class RedisStateStore(StateStore):
             if current is None:
                 current = await self._read(job_id)
                 verified = True
-                if current is None or _expired(current[0], now):
+                if current is None or expired(current[0], now):
                     raise JobNotFound(f"no job {job_id}")
             job, token = current
             try:
@@ -394,7 +536,7 @@ class RedisStateStore(StateStore):
                 raise JobNotFound(f"no job {job_id}")
             current = (decode_job(answer[1]), answer[2])
             verified = True
-            if _expired(current[0], now):
+            if expired(current[0], now):
                 raise JobNotFound(f"no job {job_id}")
 
     async def _write(
@@ -415,17 +557,17 @@ class RedisStateStore(StateStore):
             new.id,
         ]
         if new.finished_at is not None:
-            purge_at = new.expires_at
             keys += [f"{self.prefix}due", f"{self.prefix}exp"]
             if new.key is not None:
                 keys.append(self._hold_key(new.kind, new.key))
+            _, expire_ms, score, entry = self._finishing(new)
             args += [
-                epoch_ms(purge_at),
-                repr(purge_at.timestamp()),
-                msgspec.json.encode(
-                    [new.id, index_member(new.created_at, new.id), new.kind, new.key]
-                ),
-                "1" if new.state is JobState.SUCCEEDED else "0",
+                expire_ms,
+                score,
+                entry,
+                # What becomes of the key under either rule; the hold value names it.
+                key_after(Uniqueness.ACTIVE, new),
+                key_after(Uniqueness.ONCE, new),
             ]
         answer: list[Any] = await self._eval(self._transition, keys, args)
         return answer
@@ -437,7 +579,7 @@ class RedisStateStore(StateStore):
                 "list[bytes | None]",
                 await self._pipeliner.call("HMGET", self._job_key(job_id), "r", "x"),
             )
-        if record is None or data is None or _expired(decode_job(record), utcnow()):
+        if record is None or data is None or expired(decode_job(record), utcnow()):
             return None
         return data
 
@@ -471,7 +613,7 @@ class RedisStateStore(StateStore):
                         stale.append(member)
                         continue
                     job = decode_job(record)
-                    if not _expired(job, now) and query.matches(job):
+                    if not expired(job, now) and query.matches(job):
                         items.append(job)
                         if len(items) > query.limit:
                             break
@@ -524,27 +666,59 @@ class RedisStateStore(StateStore):
             )
             if not entries:
                 return 0
-            decoded = [
-                msgspec.json.decode(entry, type=tuple[str, str, str, str | None])
-                for entry in entries
-            ]
+            # [id, member, kind, key, parent]; entries written before `parent` have four.
+            decoded = [msgspec.json.decode(entry, type=list[str | None]) for entry in entries]
             async with self._redis.pipeline(transaction=False) as pipe:
-                for job_id, _, _, _ in decoded:
-                    pipe.hget(self._job_key(job_id), "m")
+                for fields in decoded:
+                    pipe.hget(self._job_key(cast("str", fields[0])), "m")
                 members: list[bytes | None] = await pipe.execute()
             purged = 0
             async with self._redis.pipeline(transaction=False) as pipe:
-                for entry, (_, member, kind, key), stored in zip(
-                    entries, decoded, members, strict=True
-                ):
-                    if stored is not None and stored.decode() == member:
+                for entry, fields, stored in zip(entries, decoded, members, strict=True):
+                    member, kind, key = fields[1:4]
+                    parent = fields[4] if len(fields) > 4 else None
+                    if member is None or (stored is not None and stored.decode() == member):
                         continue  # Redis has not dropped it yet
                     purged += 1
                     pipe.zrem(f"{self.prefix}idx", member)
                     pipe.zrem(f"{self.prefix}idx:kind:{kind}", member)
                     if key is not None:
                         pipe.zrem(f"{self.prefix}idx:key:{key}", member)
+                    if parent is not None:
+                        pipe.zrem(f"{self.prefix}idx:parent:{parent}", member)
                     pipe.zrem(exp, entry)
                 if purged:
                     await pipe.execute()
         return purged
+
+    # -- documents --------------------------------------------------------------------
+
+    async def get_doc(self, space: str, name: str) -> Doc | None:
+        """See `StateStore.get_doc`."""
+        with _guard():
+            raw = await self._pipeliner.call("HGET", self._doc_key(space), name)
+        return None if raw is None else _doc(raw)
+
+    async def put_doc(
+        self, space: str, name: str, data: bytes, *, expected: int | None = None
+    ) -> int | None:
+        """See `StateStore.put_doc`."""
+        version = await self._eval(
+            self._put_doc,
+            [self._doc_key(space)],
+            [name, bytes(data), "" if expected is None else str(expected)],
+        )
+        return None if version < 0 else int(version)
+
+    async def list_docs(self, space: str) -> dict[str, Doc]:
+        """See `StateStore.list_docs`."""
+        with _guard():
+            raw = await self._pipeliner.call("HGETALL", self._doc_key(space))
+        # A map under RESP3, a flat list of field, value under RESP2.
+        pairs = raw.items() if isinstance(raw, dict) else zip(raw[::2], raw[1::2], strict=True)
+        return {name.decode(): _doc(value) for name, value in sorted(pairs)}
+
+    async def delete_doc(self, space: str, name: str) -> bool:
+        """See `StateStore.delete_doc`."""
+        with _guard():
+            return bool(await self._pipeliner.call("HDEL", self._doc_key(space), name))

@@ -2,17 +2,27 @@
 
 Keys, all under the prefix P:
 
-    P job:<id>           hash    r: record (msgspec JSON), w: write token,
-                                 m: index member, x: result bytes
-    P idx                zset    every job; members "<createdAt µs, 20 digits>|<id>",
-                                 all scores 0, so lexical order is (createdAt, id)
-    P idx:kind:<kind>    zset    the same members, one kind
-    P idx:key:<key>      zset    the same members, one business key
-    P due                zset    ids of unfinished jobs, scored by deadline
-    P exp                zset    [id, member, kind, key] of finished jobs, scored by purge time
-    P hold:<kind>:<key>  string  "<rule>|<id>" while a job holds the key,
-                                 "done|<id>" for a succeeded `once` job
-    P changes            pub/sub channel of msgpack-encoded `Change`s
+    P job:<id>             hash    r: record (msgspec JSON), w: write token,
+                                   m: index member, x: result bytes
+    P idx                  zset    every job; members "<createdAt µs, 20 digits>|<id>",
+                                   all scores 0, so lexical order is (createdAt, id)
+    P idx:kind:<kind>      zset    the same members, one kind
+    P idx:key:<key>        zset    the same members, one business key
+    P idx:parent:<id>      zset    the same members, the jobs one job started
+    P due                  zset    ids of unfinished jobs, scored by deadline
+    P exp                  zset    [id, member, kind, key, parent] of finished jobs,
+                                   scored by purge time
+    P hold:<kind>:<key>    string  "<rule>|<id>" while a job holds the key (rule
+                                   `active` or `once`), "done|<id>" for a succeeded
+                                   `once` job until the key is released
+    P doc:<space>          hash    document name -> "<version>|<data>"
+    P changes              pub/sub channel of msgpack-encoded `Change`s
+
+The scripts decide nothing about the lifecycle or the key rules: Python computes
+every new record and every decision (`lifecycle.apply`, `rules.key_after`,
+`rules.replace_event`) from what it read, and a script writes it only when what
+Python read is still what is stored (the write token of a record, the value of a
+hold key), else answers with the current values so Python can decide again.
 """
 
 from __future__ import annotations
@@ -22,37 +32,78 @@ from datetime import UTC, datetime, timedelta
 
 from asyncproc.errors import BadRequest
 
-__all__ = ["CREATE", "RELEASE", "TRANSITION", "epoch_ms", "index_member"]
+__all__ = [
+    "CREATE",
+    "HOLDER",
+    "PUT_DOC",
+    "RELEASE",
+    "TRANSITION",
+    "epoch_ms",
+    "index_member",
+]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
-# KEYS: job, idx, idx:kind, due, [idx:key, [hold]]
-# ARGV: record, token, member, id, deadline score, expire ms, rule, change, channel
+# KEYS: 1 job, 2 idx, 3 idx:kind, 4 due, 5 exp, 6 idx:key, 7 idx:parent, 8 hold,
+#       9 the holder's job (6..9 are "" when not used)
+# ARGV: 1 record, 2 token, 3 member, 4 id, 5 deadline score, 6 expire ms, 7 hold value,
+#       8 change, 9 channel, 10 expected hold value ("?": take the key only if free,
+#       "": it is free, else the value read), 11 the holder's expected write token,
+#       12 the holder's new record ("": no write), 13 its new token, 14 its change,
+#       15 "1" when it finishes, 16 its expire ms, 17 its purge score, 18 its exp
+#       member, 19 its id, 20 the key prefix
+# Answers {0, record} the id exists, {1, record} this very create was applied already
+# (a resent command), {2} created, {3, hold value, holder record, holder token} the
+# key is not as expected ({3} alone: it is free now): Python decides again.
+# The holder is read under P job:<id> from the hold value (a key not declared in
+# KEYS): that saves the conflict path a round trip, and the store needs one server.
 CREATE = """
 local cur = redis.call('HMGET', KEYS[1], 'r', 'w')
 if cur[1] then
   if cur[2] == ARGV[2] then return {1, cur[1]} end
   return {0, cur[1]}
 end
-if KEYS[6] then
-  local held = redis.call('GET', KEYS[6])
-  if held then return {-1, string.sub(held, string.find(held, '|', 1, true) + 1)} end
-  redis.call('SET', KEYS[6], ARGV[7] .. '|' .. ARGV[4], 'PXAT', ARGV[6])
+if KEYS[8] ~= '' then
+  local held = redis.call('GET', KEYS[8])
+  local ok
+  if ARGV[10] == '?' then ok = not held else ok = (held or '') == ARGV[10] end
+  if ok and ARGV[12] ~= '' then
+    ok = (redis.call('HGET', KEYS[9], 'w') or '') == ARGV[11]
+  end
+  if not ok then
+    if not held then return {3} end
+    local id = string.sub(held, string.find(held, '|', 1, true) + 1)
+    local holder = redis.call('HMGET', ARGV[20] .. 'job:' .. id, 'r', 'w')
+    return {3, held, holder[1], holder[2]}
+  end
+  if ARGV[12] ~= '' then
+    redis.call('HSET', KEYS[9], 'r', ARGV[12], 'w', ARGV[13])
+    if ARGV[15] == '1' then
+      redis.call('PEXPIREAT', KEYS[9], ARGV[16])
+      redis.call('ZREM', KEYS[4], ARGV[19])
+      redis.call('ZADD', KEYS[5], ARGV[17], ARGV[18])
+    end
+    redis.call('PUBLISH', ARGV[9], ARGV[14])
+  end
+  redis.call('SET', KEYS[8], ARGV[7], 'PXAT', ARGV[6])
 end
 redis.call('HSET', KEYS[1], 'r', ARGV[1], 'w', ARGV[2], 'm', ARGV[3])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], 0, ARGV[3])
 redis.call('ZADD', KEYS[3], 0, ARGV[3])
-if KEYS[5] then redis.call('ZADD', KEYS[5], 0, ARGV[3]) end
+if KEYS[6] ~= '' then redis.call('ZADD', KEYS[6], 0, ARGV[3]) end
+if KEYS[7] ~= '' then redis.call('ZADD', KEYS[7], 0, ARGV[3]) end
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
 redis.call('PUBLISH', ARGV[9], ARGV[8])
-return {1}
+return {2}
 """
 
 # KEYS: job, [due, exp, [hold]]  (the rest only for a finishing write)
 # ARGV: expected token, new token, record, change, channel, has result, result,
-#       id, expire ms, purge score, exp member, succeeded
+#       id, expire ms, purge score, exp member, what becomes of the key under rule
+#       `active`, and under rule `once` (`rules.KeyAfter` values: the hold value
+#       names the rule, Python made both decisions)
 # Answers {0} missing, {1, record, token} someone else wrote, {2} this very write was
 # already applied (a retried command), {3} written.
 TRANSITION = """
@@ -76,9 +127,12 @@ if KEYS[2] then
     if held then
       local bar = string.find(held, '|', 1, true)
       if string.sub(held, bar + 1) == ARGV[8] then
-        if ARGV[12] == '1' and string.sub(held, 1, bar - 1) == 'once' then
+        local rule = string.sub(held, 1, bar - 1)
+        local fate = 'keep'
+        if rule == 'active' then fate = ARGV[12] elseif rule == 'once' then fate = ARGV[13] end
+        if fate == 'done' then
           redis.call('SET', KEYS[4], 'done|' .. ARGV[8])
-        else
+        elseif fate == 'free' then
           redis.call('DEL', KEYS[4])
         end
       end
@@ -97,6 +151,27 @@ if held and string.sub(held, 1, 5) == 'done|' then
   return 1
 end
 return 0
+"""
+
+# KEYS: hold.  ARGV: the key prefix.  Answers {} when the key is not held, else
+# {hold value, the holder's record (nil when gone)}: one consistent read.
+HOLDER = """
+local held = redis.call('GET', KEYS[1])
+if not held then return {} end
+local id = string.sub(held, string.find(held, '|', 1, true) + 1)
+return {held, redis.call('HGET', ARGV[1] .. 'job:' .. id, 'r')}
+"""
+
+# KEYS: doc:<space>.  ARGV: name, data, expected version ("": any; "0": none yet).
+# Answers the new version, or -1 when the stored version is not the expected one.
+PUT_DOC = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local version = 0
+if cur then version = tonumber(string.sub(cur, 1, string.find(cur, '|', 1, true) - 1)) end
+if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= version then return -1 end
+version = version + 1
+redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', version) .. '|' .. ARGV[2])
+return version
 """
 
 

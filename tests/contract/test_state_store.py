@@ -14,13 +14,14 @@ from typing import Any
 
 import anyio
 import anyio.lowlevel
+import msgspec
 import pytest
 import redis.asyncio as aioredis
 
 from asyncproc.backends.memory import MemoryStateStore
 from asyncproc.backends.redis import RedisStateStore
 from asyncproc.errors import BadRequest, JobNotFound, KeyConflict, TransitionRefused
-from asyncproc.interfaces import JobQuery, StateStore
+from asyncproc.interfaces import Created, Doc, JobQuery, StateStore
 from asyncproc.lifecycle import (
     Fail,
     Report,
@@ -31,7 +32,7 @@ from asyncproc.lifecycle import (
     Succeed,
     TimeOut,
 )
-from asyncproc.model import ErrorInfo, JobState, Uniqueness, utcnow
+from asyncproc.model import ErrorInfo, JobState, OnConflict, Uniqueness, utcnow
 from tests.contract import RecordingHub, delete_prefix, new_job
 from tests.support import wait_until
 
@@ -535,5 +536,343 @@ async def test_redis_unfinished_records_keep_a_ttl(
         ttl = await client.pttl(f"{store.prefix}job:{job.id}")
         # At least deadline + retention, so the sweeper can still time it out.
         assert ttl > 70_000
+    finally:
+        await client.aclose()
+
+
+# -- key conflicts (API.md section 6) ----------------------------------------------
+
+RULED = [Uniqueness.ACTIVE, Uniqueness.ONCE]
+
+
+@pytest.mark.parametrize("rule", RULED)
+async def test_reject_names_the_holder_and_stores_nothing(
+    store: StateStore, rule: Uniqueness
+) -> None:
+    holder, _ = await store.create(new_job(key="k"), uniqueness=rule)
+    loser = new_job(key="k")
+    with pytest.raises(KeyConflict) as conflict:
+        await store.insert(loser, uniqueness=rule, on_conflict=OnConflict.REJECT)
+    assert conflict.value.extra["jobId"] == holder.id
+    assert await store.get(loser.id) is None
+    assert await store.key_holder("demo.count", "k") == holder
+
+
+@pytest.mark.parametrize("rule", RULED)
+async def test_existing_answers_the_holder(store: StateStore, rule: Uniqueness) -> None:
+    holder, _ = await store.create(new_job(key="k"), uniqueness=rule)
+    running = await store.transition(holder.id, Start())
+    other = new_job(key="k")
+    outcome = await store.insert(other, uniqueness=rule, on_conflict=OnConflict.EXISTING)
+    assert outcome == Created(running, False)
+    assert await store.get(other.id) is None
+    page = await store.list_jobs(JobQuery(key="k"))
+    assert [job.id for job in page.items] == [holder.id]
+
+
+async def test_existing_answers_a_succeeded_once_holder(store: StateStore) -> None:
+    holder, _ = await store.create(new_job(key="k"), uniqueness=Uniqueness.ONCE)
+    await store.transition(holder.id, Start())
+    done = await store.transition(holder.id, Succeed())
+    outcome = await store.insert(
+        new_job(key="k"), uniqueness=Uniqueness.ONCE, on_conflict=OnConflict.EXISTING
+    )
+    assert outcome == Created(done, False)
+
+
+async def test_existing_on_a_free_key_creates(store: StateStore) -> None:
+    job = new_job(key="k")
+    outcome = await store.insert(job, uniqueness=Uniqueness.ACTIVE, on_conflict=OnConflict.EXISTING)
+    assert outcome == Created(job, True)
+
+
+@pytest.mark.parametrize("rule", RULED)
+async def test_replace_stops_a_queued_holder_at_once(nodes: Nodes, rule: Uniqueness) -> None:
+    store = nodes.store
+    holder, _ = await store.create(new_job(key="k"), uniqueness=rule)
+    job = new_job(key="k")
+    outcome = await store.insert(job, uniqueness=rule, on_conflict=OnConflict.REPLACE)
+    assert outcome.created
+    assert outcome.job == job  # the holder is already terminal: nothing to wait for
+    assert outcome.job.after is None
+    assert outcome.replaced is not None
+    before, after = outcome.replaced
+    assert before == holder
+    assert after.state is JobState.STOPPED
+    assert after.stop_requested
+    assert after.version > holder.version
+    assert await nodes.peer.get(holder.id) == after
+    assert await nodes.peer.get(job.id) == job
+    assert await nodes.peer.key_holder("demo.count", "k") == job
+    # Both writes are published, the holder's too.
+    hub = changes_of(store)
+    await wait_until(tick, lambda _: hub.versions(holder.id)[-1:] == [after.version])
+    await wait_until(tick, lambda _: hub.versions(job.id) == [job.version])
+    # The new job starts like any other.
+    assert (await store.transition(job.id, Start())).state is JobState.RUNNING
+
+
+@pytest.mark.parametrize("rule", RULED)
+async def test_replace_asks_a_running_holder_to_stop(nodes: Nodes, rule: Uniqueness) -> None:
+    holder, _ = await nodes.peer.create(new_job(key="k"), uniqueness=rule)
+    running = await nodes.peer.transition(holder.id, Start())
+    stops: list[bool] = []
+    # The node running the holder hears the stop request through its hub.
+    with nodes.peer.hub.on_stop(holder.id, lambda change: stops.append(change.stop_requested)):
+        job = new_job(key="k")
+        outcome = await nodes.store.insert(job, uniqueness=rule, on_conflict=OnConflict.REPLACE)
+        await wait_until(tick, lambda _: stops == [True])
+    assert outcome.created
+    assert outcome.job.after == holder.id
+    assert outcome.replaced is not None
+    before, after = outcome.replaced
+    assert before == running
+    assert (after.state, after.stop_requested) == (JobState.RUNNING, True)
+    assert await nodes.peer.get(job.id) == outcome.job
+    assert await nodes.peer.key_holder("demo.count", "k") == outcome.job
+    # The new job does not start while the holder runs, nor before the worker vouches
+    # that the holder ended.
+    with pytest.raises(TransitionRefused):
+        await nodes.store.transition(job.id, Start())
+    await nodes.peer.transition(holder.id, Stopped())
+    # The old holder's end leaves the key to the new job.
+    assert await nodes.store.key_holder("demo.count", "k") == outcome.job
+    started = await nodes.store.transition(job.id, Start(after_ended=True))
+    assert started.state is JobState.RUNNING
+
+
+async def test_replace_of_a_holder_already_asked_to_stop_writes_nothing(store: StateStore) -> None:
+    holder, _ = await store.create(new_job(key="k"), uniqueness=Uniqueness.ACTIVE)
+    await store.transition(holder.id, Start())
+    flagged = await store.transition(holder.id, RequestStop())
+    outcome = await store.insert(
+        new_job(key="k"), uniqueness=Uniqueness.ACTIVE, on_conflict=OnConflict.REPLACE
+    )
+    assert outcome.replaced == (flagged, flagged)
+    assert outcome.job.after == holder.id
+    assert await store.get(holder.id) == flagged
+
+
+async def test_replace_chains_each_new_job_after_the_one_it_replaced(store: StateStore) -> None:
+    first, _ = await store.create(new_job(key="k"), uniqueness=Uniqueness.ACTIVE)
+    await store.transition(first.id, Start())
+    replace = OnConflict.REPLACE
+    second = await store.insert(new_job(key="k"), uniqueness=Uniqueness.ACTIVE, on_conflict=replace)
+    # The second is still queued: a third replaces it at once and waits for nobody.
+    third = await store.insert(new_job(key="k"), uniqueness=Uniqueness.ACTIVE, on_conflict=replace)
+    assert second.job.after == first.id
+    assert third.replaced is not None
+    assert third.replaced[1].state is JobState.STOPPED
+    assert third.job.after is None
+    assert await store.key_holder("demo.count", "k") == third.job
+
+
+async def test_replace_under_once_releases_a_succeeded_holder(store: StateStore) -> None:
+    holder, _ = await store.create(new_job(key="k"), uniqueness=Uniqueness.ONCE)
+    await store.transition(holder.id, Start())
+    done = await store.transition(holder.id, Succeed(1, "text/plain"), result=b"x")
+    job = new_job(key="k")
+    outcome = await store.insert(job, uniqueness=Uniqueness.ONCE, on_conflict=OnConflict.REPLACE)
+    assert outcome == Created(job, True)  # nothing to stop: the holder is only released
+    assert outcome.job.after is None
+    assert await store.get(holder.id) == done
+    assert await store.get_result(holder.id) == b"x"
+    assert await store.key_holder("demo.count", "k") == job
+    # The new job holds the key now: it is not the old one's to release.
+    assert not await store.release_key("demo.count", "k")
+
+
+async def test_a_purged_once_holder_still_holds_until_replaced(store: StateStore) -> None:
+    once = Uniqueness.ONCE
+    holder, _ = await store.create(new_job(key="k", retention=0), uniqueness=once)
+    await store.transition(holder.id, Start())
+    await store.transition(holder.id, Succeed())  # zero retention: gone at once
+    assert await store.key_holder("demo.count", "k") is None
+    with pytest.raises(KeyConflict) as conflict:
+        await store.insert(new_job(key="k"), uniqueness=once, on_conflict=OnConflict.EXISTING)
+    assert conflict.value.extra["jobId"] == holder.id
+    job = new_job(key="k")
+    outcome = await store.insert(job, uniqueness=once, on_conflict=OnConflict.REPLACE)
+    assert outcome == Created(job, True)
+    assert await store.key_holder("demo.count", "k") == job
+
+
+@pytest.mark.parametrize("policy", list(OnConflict))
+async def test_a_known_id_answers_before_any_key_rule(
+    store: StateStore, policy: OnConflict
+) -> None:
+    job, _ = await store.create(new_job(key="k"), uniqueness=Uniqueness.ACTIVE)
+    outcome = await store.insert(
+        new_job(job.id, key="k"), uniqueness=Uniqueness.ACTIVE, on_conflict=policy
+    )
+    assert outcome == Created(job, False)
+    assert await store.get(job.id) == job
+
+
+async def test_key_holder(store: StateStore) -> None:
+    assert await store.key_holder("demo.count", "never-used") is None
+    active, _ = await store.create(new_job(key="a"), uniqueness=Uniqueness.ACTIVE)
+    assert await store.key_holder("demo.count", "a") == active
+    assert await store.key_holder("demo.echo", "a") is None  # keys are per kind
+    running = await store.transition(active.id, Start())
+    assert await store.key_holder("demo.count", "a") == running
+    await store.transition(running.id, Fail(BOOM))
+    assert await store.key_holder("demo.count", "a") is None
+    # A job without a rule holds nothing.
+    await store.create(new_job(key="free"))
+    assert await store.key_holder("demo.count", "free") is None
+    once, _ = await store.create(new_job(key="o"), uniqueness=Uniqueness.ONCE)
+    await store.transition(once.id, Start())
+    done = await store.transition(once.id, Succeed())
+    assert await store.key_holder("demo.count", "o") == done
+    assert await store.release_key("demo.count", "o")
+    assert await store.key_holder("demo.count", "o") is None
+    stopped, _ = await store.create(new_job(key="s"), uniqueness=Uniqueness.ONCE)
+    await store.transition(stopped.id, RequestStop())
+    assert await store.key_holder("demo.count", "s") is None
+
+
+# -- listing by parent ------------------------------------------------------------
+
+
+async def test_list_by_parent(store: StateStore) -> None:
+    base = utcnow()
+    parent, _ = await store.create(new_job("p-parent", created_at=base))
+    children = []
+    for n in range(4):
+        child = msgspec.structs.replace(
+            new_job(f"p-child-{n}", key=f"c{n}", created_at=base + timedelta(seconds=n)),
+            parent_id=parent.id,
+        )
+        children.append((await store.create(child))[0])
+    other = msgspec.structs.replace(new_job("p-other", created_at=base), parent_id="someone-else")
+    await store.create(other)
+    await store.transition(children[1].id, Start())
+
+    async def ids(**filters: Any) -> list[str]:
+        found: list[str] = []
+        cursor = None
+        while True:
+            page = await store.list_jobs(JobQuery(limit=2, cursor=cursor, **filters))
+            found += [job.id for job in page.items]
+            cursor = page.next
+            if cursor is None:
+                return found
+
+    assert await ids(parent=parent.id) == [f"p-child-{n}" for n in (3, 2, 1, 0)]
+    assert await ids(parent=parent.id, state=JobState.RUNNING) == ["p-child-1"]
+    assert await ids(parent=parent.id, key="c2") == ["p-child-2"]
+    assert await ids(parent=parent.id, kind="demo.echo") == []
+    assert await ids(parent="someone-else") == ["p-other"]
+    assert await ids(parent="nobody") == []
+
+
+async def test_an_expired_child_leaves_the_parent_listing(store: StateStore) -> None:
+    child = msgspec.structs.replace(new_job(retention=0), parent_id="p")
+    kept = msgspec.structs.replace(new_job(), parent_id="p")
+    await store.create(child)
+    await store.create(kept)
+    await store.transition(child.id, Start())
+    await store.transition(child.id, Succeed())  # zero retention: gone at once
+    await store.purge_expired(utcnow())
+    page = await store.list_jobs(JobQuery(parent="p"))
+    assert [job.id for job in page.items] == [kept.id]
+
+
+# -- documents --------------------------------------------------------------------
+
+
+async def test_documents_compare_and_set(nodes: Nodes) -> None:
+    store, peer = nodes.store, nodes.peer
+    assert await store.get_doc("sched", "a") is None
+    assert await store.put_doc("sched", "a", b"one", expected=0) == 1
+    assert await peer.put_doc("sched", "a", b"two", expected=0) is None  # exists now
+    assert await peer.get_doc("sched", "a") == Doc(b"one", 1)
+    assert await peer.put_doc("sched", "a", b"two", expected=1) == 2
+    assert await store.put_doc("sched", "a", b"stale", expected=1) is None
+    assert await store.put_doc("sched", "a", b"ahead", expected=7) is None
+    assert await store.get_doc("sched", "a") == Doc(b"two", 2)
+    assert await store.put_doc("sched", "a", b"three") == 3  # no expectation: overwrite
+    assert await store.put_doc("sched", "new", b"x") == 1
+    assert await store.put_doc("sched", "never", b"x", expected=3) is None
+    assert await store.get_doc("sched", "never") is None
+
+
+async def test_documents_keep_any_bytes(store: StateStore) -> None:
+    data = b'{"a": "x|y"}|\x00\xff' + bytes(range(256))
+    await store.put_doc("bin", "odd name|with bar", data)
+    assert await store.get_doc("bin", "odd name|with bar") == Doc(data, 1)
+    await store.put_doc("bin", "empty", b"")
+    assert await store.get_doc("bin", "empty") == Doc(b"", 1)
+
+
+async def test_documents_list_in_name_order_per_space(store: StateStore) -> None:
+    assert await store.list_docs("s") == {}
+    for name in ["m", "b", "z", "a"]:
+        await store.put_doc("s", name, name.encode())
+    await store.put_doc("s", "b", b"b2")
+    await store.put_doc("other", "c", b"c")
+    listed = await store.list_docs("s")
+    assert list(listed) == ["a", "b", "m", "z"]
+    assert listed["b"] == Doc(b"b2", 2)
+    assert listed["a"] == Doc(b"a", 1)
+    assert await store.list_docs("other") == {"c": Doc(b"c", 1)}
+
+
+async def test_documents_delete(store: StateStore) -> None:
+    await store.put_doc("s", "a", b"a")
+    await store.put_doc("s", "b", b"b")
+    assert await store.delete_doc("s", "a")
+    assert not await store.delete_doc("s", "a")
+    assert not await store.delete_doc("nowhere", "a")
+    assert await store.get_doc("s", "a") is None
+    assert list(await store.list_docs("s")) == ["b"]
+    # A deleted document starts again at version 1.
+    assert await store.put_doc("s", "a", b"again", expected=0) == 1
+
+
+# -- change() answers before and after --------------------------------------------
+
+
+async def test_change_answers_the_record_before_and_after(nodes: Nodes) -> None:
+    store, peer = nodes.store, nodes.peer
+    job, _ = await store.create(new_job())
+    before, after = await store.change(job.id, Start())
+    assert before == job
+    assert after.state is JobState.RUNNING
+    assert await peer.get(job.id) == after
+    # Another node writes: the before of the next change is what it wrote.
+    _, reported = await peer.change(job.id, Report(percent=10))
+    before, after = await store.change(job.id, Report(percent=20))
+    assert before == reported
+    assert after.progress.percent == 20
+    # A change that changes nothing answers the same record twice.
+    same_before, same_after = await store.change(job.id, Report(percent=20))
+    assert same_before == same_after == after
+    before, requeued = await peer.change(job.id, Retry(BOOM))
+    assert (before, requeued.state) == (after, JobState.QUEUED)
+    # A refusal carries the record it was checked against.
+    with pytest.raises(TransitionRefused) as refused:
+        await store.change(job.id, Stopped())
+    assert refused.value.job == requeued
+
+
+@pytest.mark.redis
+async def test_redis_parent_index_is_trimmed_and_documents_live_under_the_prefix(
+    redis_store: RedisStateStore,
+) -> None:
+    store = redis_store
+    client = aioredis.Redis.from_url(store.url)
+    try:
+        child = msgspec.structs.replace(new_job(retention=0.3), parent_id="p")
+        await store.create(child)
+        assert await client.zcard(f"{store.prefix}idx:parent:p") == 1
+        await store.transition(child.id, Start())
+        await store.transition(child.id, Succeed())
+        await wait_until(lambda: client.exists(f"{store.prefix}job:{child.id}"), lambda n: n == 0)
+        assert await store.purge_expired(utcnow()) == 1
+        assert not await client.exists(f"{store.prefix}idx:parent:p")
+        await store.put_doc("schedules", "nightly", b"{}")
+        assert await client.hgetall(f"{store.prefix}doc:schedules") == {b"nightly": b"1|{}"}
     finally:
         await client.aclose()
