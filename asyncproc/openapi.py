@@ -64,6 +64,31 @@ ID_BODY = {
     "properties": {"id": {"type": "string"}},
 }
 PATH_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+ON_CONFLICT = {"type": "string", "enum": ["reject", "existing", "replace"]}
+
+
+class BatchItem(msgspec.Struct):
+    """One item's outcome: `created`, `existing` (with the status) or `refused` (with the error)."""
+
+    outcome: str
+    status: JobStatus | None
+    error: ErrorDetail | None
+
+
+class BatchAnswer(msgspec.Struct):
+    """The answer of enqueue-batch and of an event: one outcome per item."""
+
+    items: list[BatchItem]
+
+
+class KeyContext(msgspec.Struct):
+    """A key's rule, the job holding it, and its recent jobs."""
+
+    kind: str
+    key: str
+    rule: str
+    holder: JobStatus | None
+    jobs: list[JobStatus]
 
 
 def _post(summary: str, body: dict[str, Any], answers: dict[str, Any], tag: str) -> dict[str, Any]:
@@ -87,6 +112,21 @@ def _kind_paths(kind_name: str, content_ref: dict[str, Any]) -> dict[str, Any]:
             "key": {"type": "string", "minLength": 1, "maxLength": 256},
             "procRouting": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
             "callbackRouting": {"type": "string", "minLength": 1, "maxLength": 255},
+            "onConflict": ON_CONFLICT,
+        },
+    }
+    batch_body = {
+        "type": "object",
+        "properties": {
+            "items": {"type": "array", "items": enqueue_body, "minItems": 1, "maxItems": 1000},
+            "keys": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1, "maxLength": 256},
+                "minItems": 1,
+                "maxItems": 1000,
+            },
+            "content": content_ref,
+            "onConflict": ON_CONFLICT,
         },
     }
     progress_body = {
@@ -113,6 +153,12 @@ def _kind_paths(kind_name: str, content_ref: dict[str, Any]) -> dict[str, Any]:
                 "200": answer("requestId exists: its status", STATUS),
                 "409": answer("requestId of another kind, or key held", ERROR),
             },
+            kind_name,
+        ),
+        f"{base}/enqueue-batch": _post(
+            f"Enqueue many {kind_name} jobs: one outcome per item",
+            batch_body,
+            {"200": answer("One outcome per item, in order", ref("BatchAnswer"))},
             kind_name,
         ),
         f"{base}/progress": _post(
@@ -158,7 +204,7 @@ def _alias_paths() -> dict[str, Any]:
     ]
     list_params = [
         {"name": name, "in": "query", "schema": {"type": "string"}}
-        for name in ("kind", "state", "key", "cursor")
+        for name in ("kind", "state", "key", "parent", "cursor")
     ] + [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}]
     return {
         "/api/jobs": {
@@ -220,6 +266,17 @@ def _alias_paths() -> dict[str, Any]:
                 },
             }
         },
+        "/api/keys/{kind}/{key}": {
+            "get": {
+                "summary": "A key's context: its rule, holder and recent jobs",
+                "tags": ["jobs"],
+                "parameters": [
+                    {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                    for name in ("kind", "key")
+                ],
+                "responses": {"200": answer("The key's context", ref("KeyContext")), **ERRORS},
+            }
+        },
         "/api/kinds": {
             "get": {
                 "summary": "The registered kinds and their content schemas",
@@ -260,7 +317,8 @@ def openapi_document(registry: Registry) -> dict[str, Any]:
     """A complete OpenAPI 3.1 document for the kinds of `registry`."""
     kinds = list(registry)
     hooks = registry.hooks
-    base: list[Any] = [JobStatus, ErrorBody, JobList, *hooks.openapi_types]
+    base: list[Any] = [JobStatus, ErrorBody, JobList, BatchAnswer, KeyContext]
+    base += [t for t in hooks.openapi_types if t not in base]
     types = base + [k.content_type for k in kinds]
     refs, components = msgspec.json.schema_components(types, ref_template=REF)
     paths = _alias_paths()
