@@ -356,7 +356,7 @@ def _triggers_of(request: Request) -> Triggers | None:
 # -- routes --------------------------------------------------------------------------
 
 
-@registry.route("/api/events/{event}", methods=["POST"])
+@registry.route("/api/events/{event:path}", methods=["POST"])
 async def post_event(request: Request) -> Response:
     """POST /api/events/{event}: start the jobs of the triggers listening for it."""
     event = request.path_params["event"]

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiormq
+import anyio
 import httpx
 import msgspec
 import pytest
@@ -14,12 +17,13 @@ from pamqp import commands as spec
 
 from asyncproc.backends.memory import MemoryStateStore
 from asyncproc.config import Settings, load_settings
-from asyncproc.errors import BackendUnavailable, ConfigError
+from asyncproc.errors import BackendUnavailable
 from asyncproc.interfaces import Created, JobQuery
 from asyncproc.model import Job, OnConflict, Uniqueness
 from asyncproc.plugins.triggers import Triggers, request_id
 from asyncproc.server import create_app
-from tests.support import api_client, live_server, wait_until
+from tests.support import api_client, free_port, live_server, wait_until
+from tests.test_rabbitmq_reconnect import close_connections, rabbitmqctl
 
 pytestmark = pytest.mark.anyio
 
@@ -176,12 +180,17 @@ async def test_trigger_list_counts_what_this_node_received() -> None:
     ]
 
 
-async def test_a_trigger_of_an_unknown_kind_stops_start_up() -> None:
-    app = create_app(settings_with({**COUNT, "kind": "no.such.kind"}))
-    with pytest.raises(ConfigError) as caught:
-        async with app.router.lifespan_context(app):
-            pass
-    assert caught.value.key == "triggers[0].kind"
+async def test_a_trigger_of_an_unknown_kind_stops_start_up(tmp_path: Path) -> None:
+    config = tmp_path / "node.toml"
+    config.write_text(
+        f'port = {free_port()}\n[[triggers]]\nname = "t"\nkind = "no.such.kind"\nevent = "e"\n'
+    )
+    with anyio.fail_after(60):
+        ended = await anyio.run_process(
+            [sys.executable, "-m", "asyncproc.cli", "serve", "--config", str(config)], check=False
+        )
+    assert ended.returncode != 0
+    assert "triggers[0].kind" in ended.stderr.decode()
 
 
 async def test_the_routes_are_in_the_openapi_document() -> None:
@@ -376,3 +385,19 @@ async def test_a_message_goes_back_while_the_store_is_down(broker: Broker) -> No
     assert job["id"] == request_id("orders", "m-1")
     declared = await broker.channel.queue_declare(broker.dead, passive=True)
     assert declared.message_count == 0
+
+
+@pytest.mark.rabbitmq
+async def test_consumption_resumes_after_the_broker_closed_the_connection(
+    broker: Broker, unique_prefix: str
+) -> None:
+    ctl = rabbitmqctl()
+    await broker.send(broker.orders, b'{"n": 1}', message_id="m-1")
+    await wait_until(lambda: broker.jobs("demo.echo"), lambda items: len(items) >= 1)
+    # The trigger connection carries the test's prefix in its name.
+    assert await close_connections(ctl, unique_prefix) >= 1
+    await broker.send(broker.orders, b'{"n": 2}', message_id="m-2")
+    jobs = await wait_until(
+        lambda: broker.jobs("demo.echo"), lambda items: len(items) >= 2, timeout=30
+    )
+    assert {job["id"] for job in jobs} == {request_id("orders", "m-1"), request_id("orders", "m-2")}
