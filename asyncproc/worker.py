@@ -200,7 +200,8 @@ class WorkerPool:
             raise _DeadLetter
         await service.transition(job.id, Retry(LOST_ERROR))
         try:
-            started = await service.transition(job.id, Start())
+            # It ran before, so the holder it replaced (if any) had ended.
+            started = await service.transition(job.id, Start(after_ended=True))
         except TransitionRefused:
             return None
         return started if started.state is JobState.RUNNING else None

@@ -151,3 +151,14 @@ def test_status_hides_tech_info_unless_exposed() -> None:
     assert hidden.tech_info is None
     assert shown is not None
     assert shown.tech_info == "Traceback"
+
+
+def test_a_replacing_job_starts_only_when_vouched_for() -> None:
+    waiting = job(after="old")
+    with pytest.raises(TransitionRefused) as refused:
+        apply(waiting, Start(), NOW)
+    assert refused.value.job is waiting
+    started = apply(waiting, Start(after_ended=True), NOW)
+    assert (started.state, started.attempt) == (JobState.RUNNING, 1)
+    # A job with no predecessor starts either way.
+    assert apply(job(), Start(after_ended=True), NOW).state is JobState.RUNNING
