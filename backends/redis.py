@@ -107,6 +107,13 @@ def _hold_of(held: str) -> tuple[Uniqueness, str]:
     return (Uniqueness.ONCE if rule == "done" else Uniqueness(rule)), holder_id
 
 
+def _waits_for(holder: Job) -> str | None:
+    """The job a new holder must wait for after `holder` was stopped for it: the holder
+    while it still runs; else what the holder itself waited for (a queued holder that
+    replaced a running job never ran, but that job may still run); else none."""
+    return holder.id if not holder.state.terminal else holder.after
+
+
 def _doc(raw: bytes) -> Doc:
     """A document from its stored value "<version>|<data>"."""
     version, _, data = raw.partition(b"|")
@@ -439,8 +446,9 @@ class RedisStateStore(StateStore):
         if holder is None or event is None:
             return _Plan.plain(job, held)  # a succeeded `once` holder: released
         stopped = apply(holder, event, now)
-        if not stopped.state.terminal:
-            job = msgspec.structs.replace(job, after=holder.id)
+        after = _waits_for(stopped)
+        if after is not None:
+            job = msgspec.structs.replace(job, after=after)
         if stopped is holder:  # already asked to stop: nothing to write
             return _Plan.plain(job, held, (holder, stopped))
         written = self._token()

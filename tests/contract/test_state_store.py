@@ -653,17 +653,27 @@ async def test_replace_of_a_holder_already_asked_to_stop_writes_nothing(store: S
     assert await store.get(holder.id) == flagged
 
 
-async def test_replace_chains_each_new_job_after_the_one_it_replaced(store: StateStore) -> None:
+async def test_replace_of_a_waiting_holder_waits_for_what_it_waited_for(
+    store: StateStore, backend: tuple[str, str, str], request: pytest.FixtureRequest
+) -> None:
+    if backend[0] == "memory":
+        request.applymarker(
+            pytest.mark.xfail(
+                reason="backends/memory.py sets no `after` when the stopped holder had one",
+                strict=True,
+            )
+        )
     first, _ = await store.create(new_job(key="k"), uniqueness=Uniqueness.ACTIVE)
     await store.transition(first.id, Start())
     replace = OnConflict.REPLACE
     second = await store.insert(new_job(key="k"), uniqueness=Uniqueness.ACTIVE, on_conflict=replace)
-    # The second is still queued: a third replaces it at once and waits for nobody.
-    third = await store.insert(new_job(key="k"), uniqueness=Uniqueness.ACTIVE, on_conflict=replace)
     assert second.job.after == first.id
+    # The second is still queued: a third stops it at once, but the first still runs,
+    # so the third waits for the first (else two jobs of the key would run).
+    third = await store.insert(new_job(key="k"), uniqueness=Uniqueness.ACTIVE, on_conflict=replace)
     assert third.replaced is not None
     assert third.replaced[1].state is JobState.STOPPED
-    assert third.job.after is None
+    assert third.job.after == first.id
     assert await store.key_holder("demo.count", "k") == third.job
 
 
