@@ -1,7 +1,8 @@
-// The page's entry point: a small history.pushState router over three views.
+// The page's entry point: a small history.pushState router over four views.
 //   /            the jobs list
 //   /jobs/{id}   one job, live
 //   /new         the New job form
+//   /schedules   the schedules, their next and recent runs
 // The server answers each of these URLs with index.html, so any of them can
 // be pasted, bookmarked and reloaded.
 
@@ -9,11 +10,13 @@ import { h } from "./dom.js";
 import { listView } from "./joblist.js";
 import { jobView } from "./jobview.js";
 import { newJobView } from "./newjob.js";
+import { schedulesView } from "./schedules.js";
 
 const routes = [
   [/^\/$/, listView],
   [/^\/jobs\/([^/]+)$/, jobView, ["id"]],
   [/^\/new$/, newJobView],
+  [/^\/schedules$/, schedulesView],
 ];
 
 const main = document.getElementById("main");
@@ -82,7 +85,8 @@ document.addEventListener("click", (event) => {
   if (link.getAttribute("href").startsWith("#")) return;
   if (link.origin !== location.origin || !isPage(link.pathname)) return;
   event.preventDefault();
-  navigate(link.pathname + link.search);
+  // The hash goes along: /schedules#schedule-x points at one schedule.
+  navigate(link.pathname + link.search + link.hash);
 });
 
 window.addEventListener("popstate", () => render({ focus: true }));

@@ -105,7 +105,44 @@ export function clampPercent(percent) {
   return Math.min(100, Math.max(0, Number(percent)));
 }
 
-/** The first 8 characters of an id: enough to tell jobs apart in a list. */
+/**
+ * Enough of an id to tell jobs apart in a list: the first 8 characters of a
+ * generated (hex) id; for a longer derived id ("schedule:nightly:20261130T020000Z")
+ * its start and its end, where the tick or item that tells them apart is.
+ */
 export function shortId(id) {
-  return id.length > 8 ? `${id.slice(0, 8)}…` : id;
+  if (/^[0-9a-f]+$/.test(id) || id.length <= 16) return id.length > 8 ? `${id.slice(0, 8)}…` : id;
+  return `${id.slice(0, 6)}…${id.slice(-8)}`;
+}
+
+/** "in 12 s", "in 3 min", "5 min ago", "now" for a time `ms` from now (negative: past). */
+export function formatRelative(ms) {
+  if (!Number.isFinite(ms)) return "";
+  const s = Math.round(Math.abs(ms) / 1000);
+  if (s === 0) return "now";
+  let text;
+  if (s < 60) text = `${s} s`;
+  else if (s < 3600) text = `${Math.round(s / 60)} min`;
+  else if (s < 86400) text = `${Math.round(s / 360) / 10} h`;
+  else text = `${Math.round(s / 8640) / 10} d`;
+  return ms > 0 ? `in ${text}` : `${text} ago`;
+}
+
+/** An interval in seconds for people: "30 s", "15 min", "1 h 30 min", "1 d". */
+export function formatEvery(seconds) {
+  let left = Math.round(Number(seconds));
+  if (!Number.isFinite(left) || left <= 0) return `${seconds} s`;
+  const parts = [];
+  for (const [size, unit] of [
+    [86400, "d"],
+    [3600, "h"],
+    [60, "min"],
+    [1, "s"],
+  ]) {
+    if (left >= size) {
+      parts.push(`${Math.floor(left / size)} ${unit}`);
+      left %= size;
+    }
+  }
+  return parts.join(" ");
 }

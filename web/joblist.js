@@ -1,9 +1,11 @@
-// The jobs list at /: newest first, filtered by kind and state, paged by
+// The jobs list at /: newest first, filtered by kind and state (the form),
+// by key and by parent (from the URL: the job view links here), paged by
 // cursor, kept up to date while it is open.
 
 import { getJSON, watchJob } from "./api.js";
 import { progressBar } from "./bar.js";
 import { STATES, formatPercent, formatTime, h, isTerminal, setText, shortId } from "./dom.js";
+import { jobsListUrl } from "./origin.js";
 
 const PAGE_SIZE = 25;
 // A gentle refresh finds new jobs; the few active jobs on screen are also
@@ -13,13 +15,50 @@ const REFRESH_MS = 5000;
 const WATCHED = 3;
 const WATCH_GAP_MS = 1000;
 
+// The filters of the list, in URL order; key and parent have no form field.
+const FILTERS = ["kind", "state", "key", "parent"];
+
 function listUrl(query) {
-  const params = new URLSearchParams();
-  for (const name of ["kind", "state", "cursor"]) {
-    if (query[name]) params.set(name, query[name]);
+  return jobsListUrl(Object.fromEntries([...FILTERS, "cursor"].map((name) => [name, query[name]])));
+}
+
+/** "Key k-1 ✕" and "Started by job 1a2b… ✕": the URL-only filters, each removable. */
+function urlFilters(query) {
+  const chips = [];
+  const without = (name) => listUrl({ ...query, [name]: "", cursor: "" });
+  if (query.key) {
+    chips.push(
+      h(
+        "li",
+        { class: "chip" },
+        "Key ",
+        h("code", {}, query.key),
+        h("a", { href: without("key"), class: "chip-remove", "aria-label": "Remove the key filter" }, "✕"),
+      ),
+    );
   }
-  const text = params.toString();
-  return text ? `/?${text}` : "/";
+  if (query.parent) {
+    chips.push(
+      h(
+        "li",
+        { class: "chip" },
+        "Started by ",
+        h("a", { href: `/jobs/${encodeURIComponent(query.parent)}` }, "job ", h("code", {}, shortId(query.parent))),
+        h(
+          "a",
+          { href: without("parent"), class: "chip-remove", "aria-label": "Remove the parent filter" },
+          "✕",
+        ),
+      ),
+    );
+  }
+  if (chips.length === 0) return null;
+  return h(
+    "div",
+    { class: "url-filters" },
+    h("span", { class: "muted", id: "url-filters-label" }, "Showing only:"),
+    h("ul", { "aria-labelledby": "url-filters-label" }, chips),
+  );
 }
 
 function jobRow(status) {
@@ -86,6 +125,8 @@ export function listView(root, { query: initial }) {
   let query = {
     kind: initial.kind ?? "",
     state: initial.state ?? "",
+    key: initial.key ?? "",
+    parent: initial.parent ?? "",
     cursor: initial.cursor ?? "",
   };
   // Cursors of the pages before this one, kept in the history entry so Newer
@@ -135,6 +176,7 @@ export function listView(root, { query: initial }) {
   root.replaceChildren(
     h("div", { class: "list-head" }, heading, h("a", { href: "/new", class: "button" }, "New job")),
     filters,
+    urlFilters(query),
     status,
     h("div", { class: "table-wrap" }, table),
     pager,
@@ -161,7 +203,7 @@ export function listView(root, { query: initial }) {
 
   filters.addEventListener("change", () => {
     const data = new FormData(filters);
-    go({ kind: data.get("kind"), state: data.get("state"), cursor: "" }, []);
+    go({ ...query, kind: data.get("kind"), state: data.get("state"), cursor: "" }, []);
   });
   filters.addEventListener("submit", (event) => event.preventDefault());
   newest.addEventListener("click", () => go({ ...query, cursor: "" }, []));
@@ -254,7 +296,7 @@ export function listView(root, { query: initial }) {
     controller.signal.addEventListener("abort", abortAll);
     try {
       const params = new URLSearchParams({ limit: String(PAGE_SIZE) });
-      for (const name of ["kind", "state", "cursor"]) {
+      for (const name of [...FILTERS, "cursor"]) {
         if (query[name]) params.set(name, query[name]);
       }
       const page = await getJSON(`/api/jobs?${params}`, { signal: request.signal });

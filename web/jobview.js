@@ -3,6 +3,7 @@
 
 import { ApiError, getJSON, jobPath, postJSON, serverNow, watchJob } from "./api.js";
 import { progressBar } from "./bar.js";
+import { startedJobs } from "./children.js";
 import {
   formatDuration,
   formatPercent,
@@ -12,6 +13,7 @@ import {
   setAttr,
   setText,
 } from "./dom.js";
+import { originRows } from "./origin.js";
 import { showResult } from "./result.js";
 
 // Progress samples older than this do not count towards the rate, so the ETA
@@ -123,6 +125,7 @@ export function jobView(root, { params }) {
   const notice = h("p", { class: "notice", role: "status" });
   const outcome = h("div", { class: "outcome-slot" });
   const meta = h("dl", { class: "meta" });
+  const children = startedJobs(id, { signal: controller.signal });
 
   const view = h(
     "article",
@@ -141,6 +144,7 @@ export function jobView(root, { params }) {
     h("div", { class: "actions" }, stopButton),
     notice,
     outcome,
+    children.el,
   );
   root.replaceChildren(view);
   setText(notice, "Loading the job…");
@@ -152,7 +156,7 @@ export function jobView(root, { params }) {
       ["Created", formatTime(status.createdAt)],
     ];
     if (status.attempt > 1) rows.push(["Attempt", String(status.attempt)]);
-    if (status.key) rows.push(["Key", status.key]);
+    rows.push(...originRows(status));
     meta.replaceChildren(
       ...rows.flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]),
     );
@@ -200,9 +204,13 @@ export function jobView(root, { params }) {
       const idPart = h("span", { class: "title-id" }, ` job ${status.id.slice(0, 8)}`);
       title.replaceChildren(status.kind, idPart);
       renderMeta(status);
-    } else if (status.attempt !== before.attempt) {
+    } else if (
+      status.attempt !== before.attempt ||
+      status.compensationId !== before.compensationId
+    ) {
       renderMeta(status);
     }
+    children.follow(status);
     document.title = `${status.state} · ${status.kind} · asyncproc`;
     setText(badge, status.state);
     badge.className = `badge state-${status.state}`;
