@@ -6,7 +6,7 @@ refusal is an exception mapped to its status code in `EXCEPTION_HANDLERS`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -384,8 +384,9 @@ async def list_kinds(request: Request) -> Response:
     return json_response(kinds)
 
 
-def api_routes() -> list[BaseRoute]:
-    """The job API routes (the aliases first, so `jobs` is never taken for a kind)."""
+def api_routes(plugin_routes: Sequence[BaseRoute] = ()) -> list[BaseRoute]:
+    """The job API routes (the aliases first, so `jobs` is never taken for a kind), and
+    the plugins' routes ahead of the per-kind ones but enqueue's (so their paths win)."""
     return [
         Route("/api/jobs", list_jobs, methods=["GET"]),
         Route("/api/kinds", list_kinds, methods=["GET"]),
@@ -394,6 +395,7 @@ def api_routes() -> list[BaseRoute]:
         # Enqueue, the hot route, as early as it can be: only the three routes above
         # can match the paths it matches.
         Route("/api/{kind}/enqueue", enqueue, methods=["POST"]),
+        *plugin_routes,
         Route("/api/jobs/{id}/stop", job_stop, methods=["POST"]),
         Route("/api/jobs/{id}/result", job_result, methods=["GET"]),
         Route("/api/jobs/{id}/events", job_events, methods=["GET"]),

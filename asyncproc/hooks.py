@@ -1,7 +1,8 @@
 """The hook layer: how plugins extend a node without special cases in the service.
 
-A plugin's `Registry` carries a `Hooks`: lifespans (background work while the
-node runs), routes (endpoints of its own), before-enqueue hooks (validate,
+A plugin's `Registry` carries a `Hooks`: checks (validate the settings against
+the registered kinds when the app is built, so a bad config stops start-up with
+one line), lifespans (background work while the node runs), routes (endpoints of its own), before-enqueue hooks (validate,
 refuse, rewrite a job about to be stored) and after-change hooks (see every
 stored change with the record before and after it). Before-hooks run in the
 order they were registered, after-hooks in reverse (as dramatiq's middleware
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
     from .registry import JobKind
     from .service import JobService
 
-__all__ = ["AfterChange", "BeforeEnqueue", "Draft", "Hooks", "Lifespan", "Node"]
+__all__ = ["AfterChange", "BeforeEnqueue", "Draft", "Hooks", "Lifespan", "Node", "SettingsCheck"]
 
 log = logging.getLogger("asyncproc.hooks")
 
@@ -54,6 +55,7 @@ class Draft:
         self.on_conflict = on_conflict
 
 
+SettingsCheck = Callable[["Settings", Any], None]
 Lifespan = Callable[[Node], AbstractAsyncContextManager[Any]]
 BeforeEnqueue = Callable[[Draft], Awaitable[None]]
 AfterChange = Callable[[Job | None, Job], Awaitable[None]]
@@ -63,6 +65,7 @@ class Hooks:
     """The hooks of one plugin, or of a whole node once the plugins are included."""
 
     def __init__(self) -> None:
+        self.checks: list[SettingsCheck] = []
         self.lifespans: list[Lifespan] = []
         self.routes: list[BaseRoute] = []
         self.before_enqueue: list[BeforeEnqueue] = []
@@ -73,6 +76,7 @@ class Hooks:
 
     def include(self, other: Hooks) -> None:
         """Add the hooks of `other` after these."""
+        self.checks += other.checks
         self.lifespans += other.lifespans
         self.routes += other.routes
         self.before_enqueue += other.before_enqueue

@@ -20,7 +20,7 @@ import msgspec
 from starlette.routing import Route
 
 from .errors import ConfigError, InvalidContent, PluginError, UnknownKind
-from .hooks import AfterChange, BeforeEnqueue, Hooks, Lifespan
+from .hooks import AfterChange, BeforeEnqueue, Hooks, Lifespan, SettingsCheck
 from .model import OnConflict, Uniqueness
 
 if TYPE_CHECKING:
@@ -226,6 +226,12 @@ class Registry:
         return register
 
     # -- hooks ----------------------------------------------------------------
+
+    def check(self, hook: SettingsCheck) -> SettingsCheck:
+        """Register `hook(settings, registry)`, run when the app is built; its
+        `ConfigError` stops start-up naming the bad key."""
+        self.hooks.checks.append(hook)
+        return hook
 
     def lifespan(self, hook: Lifespan) -> Lifespan:
         """Register `hook(node)`, an async context manager entered while the node runs."""

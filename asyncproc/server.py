@@ -111,6 +111,8 @@ def create_app(
         full.include(registry)
         registry = full
     apply_kind_settings(registry, settings)
+    for check in registry.hooks.checks:
+        check(settings, registry)
     store = store if store is not None else open_store(settings)
     queue = queue if queue is not None else open_queue(settings)
     service = JobService(
@@ -167,8 +169,7 @@ def create_app(
     if settings.role.serves_api:
         routes += [
             Route("/openapi.json", openapi, methods=["GET"]),
-            *api_routes(),
-            *registry.hooks.routes,
+            *api_routes(registry.hooks.routes),
             Route("/", page, methods=["GET"]),
             Route("/jobs/{id}", page, methods=["GET"]),
             Route("/new", page, methods=["GET"]),

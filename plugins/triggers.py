@@ -183,6 +183,7 @@ def enqueue_request(
     )
 
 
+@registry.check
 def check_triggers(settings: Settings, kinds: Registry) -> None:
     """Refuse `[[triggers]]` that name an unknown kind (`ConfigError` naming the key)."""
     for index, trigger in enumerate(settings.triggers):
@@ -190,6 +191,9 @@ def check_triggers(settings: Settings, kinds: Registry) -> None:
             raise ConfigError(f"triggers[{index}].name", "must not be empty")
         if trigger.kind not in kinds:
             raise ConfigError(f"triggers[{index}].kind", f"no job kind {trigger.kind!r}")
+        if trigger.event in {"enqueue", "enqueue-batch"}:
+            # POST /api/events/enqueue is the enqueue route of a kind called `events`.
+            raise ConfigError(f"triggers[{index}].event", f"{trigger.event!r} is reserved")
 
 
 def _reason(text: str) -> str:
