@@ -1,7 +1,331 @@
-"""Built-in plugin: schedules (API.md section 12)."""
+"""Built-in plugin: schedules (API.md section 12).
+
+Routes: `PUT/GET/DELETE /api/schedules/{name}`, `GET /api/schedules`, and
+`POST /api/schedules/{name}/pause|resume|trigger`. A lifespan hook writes the
+`[[schedules]]` of the config at start-up (checked first: a bad one is a
+`ConfigError` naming e.g. `schedules[0].cron`) and, on nodes with
+`scheduler = true`, runs the scheduler loop (`schedule_runner.py`). Schedules
+themselves are stored documents (`schedule_book.py`); timing is
+`asyncproc.schedule_times`.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from asyncproc.api import decode_body, json_response, read_body, service_of, status_response
+from asyncproc.config import ScheduleSettings, Settings, parse_duration
+from asyncproc.errors import BackendUnavailable, ConfigError, InvalidInput, NotFound
+from asyncproc.hooks import Node
+from asyncproc.openapi import ERROR, ERRORS, STATUS, answer, json_content, ref
 from asyncproc.registry import Registry
+from asyncproc.schedule_times import Catchup, Overlap
+from asyncproc.service import BusinessKey
+
+from .schedule_book import (
+    Definition,
+    Schedule,
+    ScheduleBook,
+    ScheduleInvalid,
+    check_name,
+    define,
+    invalid_input,
+)
+from .schedule_runner import Scheduler, set_after, start_job
+
+__all__ = ["ScheduleBody", "ScheduleList", "check_schedules", "config_definitions", "registry"]
+
+log = logging.getLogger("asyncproc.schedules")
 
 registry = Registry()
+registry.before_enqueue(set_after)
+
+
+class ScheduleBody(msgspec.Struct, frozen=True, rename="camel"):
+    """The body of `PUT /api/schedules/{name}` (durations: seconds or `"15m"`)."""
+
+    kind: str
+    content: msgspec.Raw
+    key: BusinessKey | None = None
+    cron: str | None = None
+    every: float | str | None = None
+    timezone: str = "UTC"
+    overlap: Overlap = Overlap.SKIP
+    catchup: Catchup = Catchup.ONE
+    catchup_window: float | str = 3600.0
+    paused: bool = False
+
+
+class ScheduleList(msgspec.Struct, frozen=True):
+    """`GET /api/schedules`: every schedule, by name."""
+
+    items: list[Schedule]
+
+
+# -- configuration and the scheduler -------------------------------------------------
+
+
+def config_definitions(
+    kinds: Registry, schedules: Sequence[ScheduleSettings]
+) -> list[tuple[str, Definition]]:
+    """The checked `[[schedules]]` tables; `ConfigError` naming the first bad key."""
+    checked: list[tuple[str, Definition]] = []
+    for index, table in enumerate(schedules):
+        try:
+            check_name(table.name)
+            if any(name == table.name for name, _ in checked):
+                raise ScheduleInvalid("name", f"{table.name!r} is declared twice")
+            definition = define(
+                kinds,
+                kind=table.kind,
+                content=msgspec.json.encode(table.content),
+                key=table.key,
+                cron=table.cron,
+                every=table.every,
+                timezone=table.timezone,
+                overlap=table.overlap,
+                catchup=table.catchup,
+                catchup_window=table.catchup_window,
+                paused=table.paused,
+            )
+        except ScheduleInvalid as exc:
+            raise ConfigError(f"schedules[{index}].{exc.field}", exc.message) from None
+        checked.append((table.name, definition))
+    return checked
+
+
+@registry.check
+def check_schedules(settings: Settings, kinds: Registry) -> None:
+    """Refuse bad `[[schedules]]` when the app is built (`ConfigError` naming the key)."""
+    config_definitions(kinds, settings.schedules)
+
+
+async def _write_config(book: ScheduleBook, definitions: list[tuple[str, Definition]]) -> None:
+    for name, definition in definitions:
+        await book.put(name, definition, "config")
+
+
+async def _write_config_later(
+    book: ScheduleBook, definitions: list[tuple[str, Definition]]
+) -> None:
+    """Retry writing the config's schedules until the store answers."""
+    while True:
+        await anyio.sleep(1.0)
+        try:
+            await _write_config(book, definitions)
+        except BackendUnavailable:
+            continue
+        return
+
+
+@registry.lifespan
+@asynccontextmanager
+async def scheduling(node: Node) -> AsyncIterator[None]:
+    """Write the config's schedules, then fire schedules while the node runs."""
+    book = ScheduleBook(node.service)
+    definitions = config_definitions(node.service.registry, node.settings.schedules)
+    async with anyio.create_task_group() as tasks:
+        try:
+            await _write_config(book, definitions)
+        except BackendUnavailable as exc:
+            log.warning("schedules: cannot write the configured schedules yet: %s", exc)
+            tasks.start_soon(_write_config_later, book, definitions)
+        if node.settings.scheduler:
+            tasks.start_soon(Scheduler(book).run)
+        try:
+            yield
+        finally:
+            tasks.cancel_scope.cancel()
+
+
+# -- routes ----------------------------------------------------------------------------
+
+
+def _book(request: Request) -> ScheduleBook:
+    return ScheduleBook(service_of(request))
+
+
+def _not_found(name: str) -> NotFound:
+    return NotFound(f"no schedule {name!r}")
+
+
+def _seconds(field: str, value: float | str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as exc:
+        raise InvalidInput(f"{field}: {exc}", field=field) from None
+
+
+@registry.route("/api/schedules", methods=["GET"])
+async def list_schedules(request: Request) -> Response:
+    """GET /api/schedules"""
+    items = [schedule.public() for schedule in await _book(request).read_all()]
+    return json_response(ScheduleList(items))
+
+
+@registry.route("/api/schedules/{name}", methods=["GET", "PUT", "DELETE"])
+async def schedule(request: Request) -> Response:
+    """GET, PUT and DELETE /api/schedules/{name}"""
+    book = _book(request)
+    name = request.path_params["name"]
+    if request.method == "PUT":
+        return await _put(request, book, name)
+    if request.method == "DELETE":
+        if not await book.delete(name):
+            raise _not_found(name)
+        return Response(status_code=204)
+    found = await book.get(name)
+    if found is None:
+        raise _not_found(name)
+    return json_response(found.public())
+
+
+async def _put(request: Request, book: ScheduleBook, name: str) -> Response:
+    body = decode_body(await read_body(request), ScheduleBody)
+    try:
+        check_name(name)
+        definition = define(
+            book.service.registry,
+            kind=body.kind,
+            content=bytes(body.content),
+            key=body.key,
+            cron=body.cron,
+            every=_seconds("every", body.every),
+            timezone=body.timezone,
+            overlap=body.overlap,
+            catchup=body.catchup,
+            catchup_window=_seconds("catchupWindow", body.catchup_window) or 0.0,
+            paused=body.paused,
+        )
+    except ScheduleInvalid as exc:
+        raise invalid_input(exc) from None
+    stored, created = await book.put(name, definition, "api")
+    return json_response(stored.public(), 201 if created else 200)
+
+
+@registry.route("/api/schedules/{name}/pause", methods=["POST"])
+async def pause(request: Request) -> Response:
+    """POST /api/schedules/{name}/pause: no ticks until resumed."""
+    return await _set_paused(request, paused=True)
+
+
+@registry.route("/api/schedules/{name}/resume", methods=["POST"])
+async def resume(request: Request) -> Response:
+    """POST /api/schedules/{name}/resume: ticks again from the next one after now."""
+    return await _set_paused(request, paused=False)
+
+
+async def _set_paused(request: Request, *, paused: bool) -> Response:
+    name = request.path_params["name"]
+    changed = await _book(request).set_paused(name, paused)
+    if changed is None:
+        raise _not_found(name)
+    return json_response(changed.public())
+
+
+@registry.route("/api/schedules/{name}/trigger", methods=["POST"])
+async def trigger(request: Request) -> Response:
+    """POST /api/schedules/{name}/trigger: start a job now, under the overlap rule."""
+    book = _book(request)
+    name = request.path_params["name"]
+    found = await book.get(name)
+    if found is None:
+        raise _not_found(name)
+    now = book.clock()
+    run, job = await start_job(book.service, found, request_id=None, at=now)
+    if run.outcome == "skipped":
+        return status_response(request, job, 200)
+    await book.record(name, [run])
+    response = status_response(request, job, 202)
+    response.headers["Location"] = f"/api/jobs/{job.id}"
+    return response
+
+
+# -- OpenAPI ---------------------------------------------------------------------------
+
+_NAME = [
+    {
+        "name": "name",
+        "in": "path",
+        "required": True,
+        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
+    }
+]
+_SCHEDULE = ref("Schedule")
+_NOT_FOUND = {"404": answer("No schedule of this name", ERROR)}
+
+
+def _call(summary: str, answers: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {"summary": summary, "tags": ["schedules"], "responses": answers, **more}
+
+
+registry.hooks.openapi_types += [Schedule, ScheduleBody, ScheduleList]
+registry.hooks.openapi_paths.update(
+    {
+        "/api/schedules": {
+            "get": _call(
+                "Every schedule, by name",
+                {"200": answer("The schedules", ref("ScheduleList")), **ERRORS},
+            )
+        },
+        "/api/schedules/{name}": {
+            "get": _call(
+                "One schedule",
+                {"200": answer("The schedule", _SCHEDULE), **ERRORS, **_NOT_FOUND},
+                parameters=_NAME,
+            ),
+            "put": _call(
+                "Create or replace a schedule",
+                {
+                    "201": answer("Created", _SCHEDULE),
+                    "200": answer("Replaced", _SCHEDULE),
+                    **ERRORS,
+                },
+                parameters=_NAME,
+                requestBody={"required": True, "content": json_content(ref("ScheduleBody"))},
+            ),
+            "delete": _call(
+                "Delete a schedule",
+                {"204": answer("Deleted"), **ERRORS, **_NOT_FOUND},
+                parameters=_NAME,
+            ),
+        },
+        "/api/schedules/{name}/pause": {
+            "post": _call(
+                "Pause: no ticks until resumed",
+                {"200": answer("The schedule", _SCHEDULE), **ERRORS, **_NOT_FOUND},
+                parameters=_NAME,
+            )
+        },
+        "/api/schedules/{name}/resume": {
+            "post": _call(
+                "Resume from the next tick after now",
+                {"200": answer("The schedule", _SCHEDULE), **ERRORS, **_NOT_FOUND},
+                parameters=_NAME,
+            )
+        },
+        "/api/schedules/{name}/trigger": {
+            "post": _call(
+                "Start a job now, under the overlap rule",
+                {
+                    "202": answer("The new job", STATUS),
+                    "200": answer("overlap skip: the active job", STATUS),
+                    "409": answer("The job's key is held", ERROR),
+                    **ERRORS,
+                    **_NOT_FOUND,
+                },
+                parameters=_NAME,
+            )
+        },
+    }
+)
