@@ -168,6 +168,8 @@ export function listView(root, { query: initial }) {
     tbody,
   );
   const heading = h("h1", { tabindex: "-1" }, "Jobs");
+  // The key and parent filters, redrawn with each query so their Remove links keep the rest.
+  const chips = h("div", {}, urlFilters(query));
   const newest = h("button", { type: "button", class: "secondary", hidden: true }, "Newest");
   const newer = h("button", { type: "button", class: "secondary", hidden: true }, "← Newer");
   const older = h("button", { type: "button", class: "secondary", hidden: true }, "Older →");
@@ -176,7 +178,7 @@ export function listView(root, { query: initial }) {
   root.replaceChildren(
     h("div", { class: "list-head" }, heading, h("a", { href: "/new", class: "button" }, "New job")),
     filters,
-    urlFilters(query),
+    chips,
     status,
     h("div", { class: "table-wrap" }, table),
     pager,
@@ -194,6 +196,7 @@ export function listView(root, { query: initial }) {
     query = nextQuery;
     cursors = stack;
     history.pushState({ cursors }, "", listUrl(query));
+    chips.replaceChildren(urlFilters(query) ?? "");
     stopWatchers();
     rows.clear();
     tbody.replaceChildren();

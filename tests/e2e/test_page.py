@@ -9,124 +9,17 @@ Every test also asserts the page logged no console errors.
 from __future__ import annotations
 
 import json
-import os
 import re
-from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
-from asyncproc.config import load_settings
-from asyncproc.server import create_app
-from tests.support import IN_CI, live_server, wait_until
+from tests.e2e.browsing import Browsing
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.browser, pytest.mark.anyio]
-
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-# Generous: two shared cores, and chromium is not the only thing running.
-LONG = 20_000
-
-
-@dataclass
-class Browsing:
-    """A page in headless chromium, the server's base URL, an API client, console errors."""
-
-    page: Page
-    base: str
-    api: httpx.AsyncClient
-    errors: list[str] = field(default_factory=list)
-
-    async def enqueue(self, kind: str, content: dict[str, Any]) -> str:
-        """Start a job through the API; its id."""
-        response = await self.api.post(f"/api/{kind}/enqueue", json={"content": content})
-        assert response.status_code == 202, response.text
-        job_id: str = response.json()["id"]
-        return job_id
-
-    async def status(self, job_id: str) -> dict[str, Any]:
-        """The job's status from the API."""
-        response = await self.api.get(f"/api/jobs/{job_id}")
-        assert response.status_code == 200, response.text
-        status: dict[str, Any] = response.json()
-        return status
-
-    async def finished(self, job_id: str) -> dict[str, Any]:
-        """Wait until the job is terminal; its status."""
-        return await wait_until(
-            lambda: self.status(job_id),
-            lambda s: s["state"] in {"succeeded", "failed", "stopped"},
-            timeout=30,
-        )
-
-    def assert_no_console_errors(self, *allowed: str) -> None:
-        """No console error, except browser reports of the expected HTTP refusals."""
-        unexpected = [e for e in self.errors if not any(a in e for a in allowed)]
-        assert unexpected == []
-
-
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    """Module-wide, so one chromium serves every test of the module."""
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-def chromium() -> str:
-    """Debian's chromium; skip without it, except in CI where it must be there."""
-    if not os.access(CHROMIUM, os.X_OK):
-        message = f"{CHROMIUM} is missing (apt-get install chromium)"
-        if IN_CI:
-            pytest.fail(message)
-        pytest.skip(message)
-    return CHROMIUM
-
-
-@pytest.fixture(scope="module")
-async def browser(anyio_backend: str, chromium: str) -> AsyncIterator[Browser]:
-    """One headless chromium for the module; each test gets its own context."""
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-@pytest.fixture
-async def browsing(browser: Browser) -> AsyncIterator[Browsing]:
-    """A fresh in-memory app served on loopback and a new browser page pointed at it."""
-    app = create_app(load_settings(environ={}))
-    async with live_server(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as api:
-        context = await browser.new_context(viewport={"width": 1280, "height": 900})
-        try:
-            page = await context.new_page()
-            page.set_default_timeout(LONG)
-            browsing = Browsing(page=page, base=base, api=api)
-
-            def on_console(message: ConsoleMessage) -> None:
-                if message.type == "error":
-                    browsing.errors.append(f"{message.text} ({message.location.get('url')})")
-
-            page.on("console", on_console)
-            page.on("pageerror", lambda error: browsing.errors.append(f"uncaught: {error}"))
-            yield browsing
-        finally:
-            # Closed before the server stops, so no open stream delays its exit.
-            await context.close()
 
 
 async def bar_value(page: Page) -> float | None:
@@ -404,3 +297,140 @@ async def test_unknown_job_url_says_not_found(browsing: Browsing) -> None:
     await page.goto(f"{browsing.base}/jobs/{'0' * 32}")
     await expect(page.get_by_role("heading", level=1)).to_have_text("Job not found")
     browsing.assert_no_console_errors("status of 404")
+
+
+async def test_selection_lists_the_jobs_it_started(browsing: Browsing, tmp_path: Path) -> None:
+    """A demo.select job's page lists the jobs it started (key, state, link) and links to
+    the filtered list; a child's page says it came from the selection and links back."""
+    page = browsing.page
+    selection = await browsing.enqueue("demo.select", {"count": 3})
+    assert (await browsing.finished(selection))["state"] == "succeeded"
+
+    await page.goto(f"{browsing.base}/jobs/{selection}")
+    await expect(page.get_by_text("Started by hand")).to_be_visible()
+    started = page.get_by_role("region", name="Started jobs")
+    rows = started.locator("tbody tr")
+    await expect(rows).to_have_count(3)
+    # Newest first: the selection yields k-1, k-2, k-3 in that order.
+    await expect(started.get_by_role("cell").filter(has_text=re.compile(r"^k-\d$"))).to_have_text(
+        ["k-3", "k-2", "k-1"]
+    )
+    await expect(rows.filter(has_text="succeeded")).to_have_count(3, timeout=30_000)
+    await page.screenshot(path=tmp_path / "selection-desktop.png", full_page=True)
+    await browsing.no_sideways_scroll(390)
+    await page.screenshot(path=tmp_path / "selection-390.png", full_page=True)
+
+    # The whole set in the jobs list, filtered by parent, and the filter says so.
+    await started.get_by_role("link", name="See all started jobs").click()
+    await expect(page).to_have_url(f"{browsing.base}/?parent={selection}")
+    await expect(page.locator("table.jobs tbody tr")).to_have_count(3)
+    await expect(page.get_by_text(re.compile(rf"Started by job {selection[:8]}"))).to_be_visible()
+    await page.go_back()
+
+    child_row = started.locator("tbody tr").filter(has_text="k-2")
+    await child_row.get_by_role("link").click()
+    await expect(page).to_have_url(re.compile(r"/jobs/[^/]+$"))
+    await expect(page.get_by_role("heading", level=1)).to_contain_text("demo.keyed")
+    origin = page.locator(".meta")
+    await expect(origin).to_contain_text("Started by selection demo.select")
+    await expect(origin.get_by_role("link", name="demo.select")).to_have_attribute(
+        "href", f"/jobs/{selection}"
+    )
+    await expect(origin.get_by_role("link", name=re.compile(r"^job "))).to_have_attribute(
+        "href", f"/jobs/{selection}"
+    )
+    # A job that started nothing has no such section.
+    await expect(page.get_by_role("region", name="Started jobs")).to_be_hidden()
+    await origin.get_by_role("link", name=re.compile(r"^job ")).click()
+    await expect(page).to_have_url(f"{browsing.base}/jobs/{selection}")
+    await expect(page.get_by_role("region", name="Started jobs").locator("tbody tr")).to_have_count(
+        3
+    )
+    browsing.assert_no_console_errors()
+
+
+async def test_keyed_job_links_to_the_jobs_of_its_key(browsing: Browsing, tmp_path: Path) -> None:
+    """A keyed job's page shows its key as a link to the list filtered by kind and key; the
+    list says which filter is on, and removing it shows every job again."""
+    page = browsing.page
+    other = await browsing.enqueue("demo.keyed", {"seconds": 0}, key="order-7")
+    await browsing.finished(other)
+    first = await browsing.enqueue("demo.keyed", {"seconds": 0}, key="order-42")
+    await browsing.finished(first)
+    second = await browsing.enqueue("demo.keyed", {"seconds": 0}, key="order-42")
+    await browsing.finished(second)
+
+    await page.goto(f"{browsing.base}/jobs/{second}")
+    meta = page.locator(".meta")
+    await expect(meta).to_contain_text("Started by hand")
+    key_link = meta.get_by_role("link", name="order-42")
+    await expect(key_link).to_have_attribute("href", "/?kind=demo.keyed&key=order-42")
+    await page.screenshot(path=tmp_path / "keyed-desktop.png", full_page=True)
+    await key_link.click()
+
+    await expect(page).to_have_url(f"{browsing.base}/?kind=demo.keyed&key=order-42")
+    rows = page.locator("table.jobs tbody tr")
+    await expect(rows).to_have_count(2)
+    await expect(rows.first).to_contain_text(second[:8])
+    await expect(rows.last).to_contain_text(first[:8])
+    await expect(page.get_by_label("Kind")).to_have_value("demo.keyed")
+    chip = page.locator(".chip").filter(has_text="Key")
+    await expect(chip).to_have_text(re.compile(r"Key\s*order-42"))
+    await browsing.no_sideways_scroll(390)
+    await page.screenshot(path=tmp_path / "key-filter-390.png", full_page=True)
+
+    # A state filter keeps the key filter.
+    await page.get_by_label("State").select_option("succeeded")
+    await expect(page).to_have_url(f"{browsing.base}/?kind=demo.keyed&state=succeeded&key=order-42")
+    await expect(rows).to_have_count(2)
+    await page.get_by_role("link", name="Remove the key filter").click()
+    await expect(page).to_have_url(f"{browsing.base}/?kind=demo.keyed&state=succeeded")
+    await expect(rows).to_have_count(3)
+    await expect(page.locator(".chip")).to_have_count(0)
+    browsing.assert_no_console_errors()
+
+
+@pytest.mark.parametrize(
+    ("trigger", "parent", "says", "link"),
+    [
+        (
+            {"type": "event", "name": "order-paid"},
+            False,
+            "Started by event trigger order-paid",
+            None,
+        ),
+        ({"type": "message", "name": "orders"}, False, "Started by message trigger orders", None),
+        ({"type": "batch", "name": None}, False, "Started in a batch", None),
+        ({"type": "compensation", "name": None}, True, "Started to compensate job", "parent"),
+        (
+            {"type": "schedule", "name": "nightly"},
+            False,
+            "Started by schedule nightly",
+            "/schedules#schedule-nightly",
+        ),
+    ],
+)
+async def test_job_page_says_how_the_job_started(
+    browsing: Browsing, trigger: dict[str, Any], parent: bool, says: str, link: str | None
+) -> None:
+    """Each way of starting a job reads as a sentence on its page (the status is the
+    API's, with its `trigger` and `parentId` set as those starts set them)."""
+    page = browsing.page
+    parent_id = await browsing.enqueue("demo.bytes", {"text": "parent"})
+    job_id = await browsing.enqueue("demo.bytes", {"text": "child"})
+    status = await browsing.finished(job_id)
+    body = json.dumps({**status, "trigger": trigger, "parentId": parent_id if parent else None})
+    await page.route(
+        re.compile(rf"/api/jobs/{job_id}(\?.*)?$"),
+        lambda route: route.fulfill(status=200, content_type="application/json", body=body),
+    )
+    await page.goto(f"{browsing.base}/jobs/{job_id}")
+    origin = page.locator(".meta .trigger")
+    await expect(origin).to_have_text(re.compile(rf"^{re.escape(says)}"))
+    if link == "parent":
+        await expect(origin.get_by_role("link")).to_have_attribute("href", f"/jobs/{parent_id}")
+    elif link:
+        await expect(origin.get_by_role("link")).to_have_attribute("href", link)
+    else:
+        await expect(origin.get_by_role("link")).to_have_count(0)
+    browsing.assert_no_console_errors()
