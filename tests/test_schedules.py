@@ -19,6 +19,7 @@ import anyio
 import httpx
 import msgspec
 import pytest
+from openapi_spec_validator import validate
 
 from asyncproc import JobContext, Registry
 from asyncproc.backends.memory import MemoryQueue, MemoryStateStore
@@ -368,6 +369,41 @@ async def test_trigger_answers_a_refused_enqueue_like_an_enqueue() -> None:
         await client.post(f"/api/jobs/{held.json()['id']}/stop")
 
 
+async def test_a_refused_tick_is_recorded_with_its_reason(
+    store_factory: Callable[[], StateStore],
+) -> None:
+    async with served(store_factory()) as client:
+        held = await client.post("/api/t.keyed/enqueue", json={"content": {}, "key": "busy"})
+        assert held.status_code == 202
+        await put(client, "refused", kind="t.keyed", key="busy", every=1)
+
+        async def recent() -> list[dict[str, Any]]:
+            return list((await client.get("/api/schedules/refused")).json()["recent"])
+
+        runs = await wait_until(recent, lambda runs: len(runs) >= 2, timeout=15)
+        await client.post("/api/schedules/refused/pause")
+        await client.post(f"/api/jobs/{held.json()['id']}/stop")
+    assert len({run["at"] for run in runs}) == len(runs)
+    for run in runs:
+        assert run["outcome"] == "refused"
+        assert run["jobId"] is None
+        assert run["error"]["code"] == "key_conflict"
+        assert run["error"]["jobId"] == held.json()["id"]
+
+
+async def test_the_schedule_routes_are_in_the_openapi_document() -> None:
+    async with served(MemoryStateStore(), scheduler=False) as client:
+        document = (await client.get("/openapi.json")).json()
+    validate(document)
+    paths = document["paths"]
+    assert set(paths["/api/schedules/{name}"]) == {"get", "put", "delete"}
+    for action in ("pause", "resume", "trigger"):
+        assert "post" in paths[f"/api/schedules/{{name}}/{action}"]
+    schemas = document["components"]["schemas"]
+    assert {"Schedule", "ScheduleBody", "ScheduleList", "Run"} <= set(schemas)
+    assert "catchupWindow" in schemas["Schedule"]["properties"]
+
+
 async def test_pause_and_resume(store_factory: Callable[[], StateStore]) -> None:
     async with served(store_factory()) as client:
         created = await put(client, "p", every=1, paused=True, overlap="allow")
@@ -626,6 +662,18 @@ def test_config_file_durations_of_a_schedule(tmp_path: Path) -> None:
     settings = load_settings(path, environ={})
     assert settings.schedules[0].every == 90.0
     assert settings.schedules[0].catchup_window == 7200.0
+
+
+async def test_only_nodes_with_scheduler_on_fire_schedules() -> None:
+    store = MemoryStateStore()
+    async with served(store, scheduler=False) as client:
+        await put(client, "idle", every=1, overlap="allow")
+        assert (await client.get("/api/schedules/idle")).status_code == 200
+        # The era document is what a running scheduler stamps on every pass.
+        assert await store.get_doc("scheduler", "era") is None
+    async with served(store) as client:
+        jobs = await wait_until(lambda: jobs_of(client, "t.quick"), lambda jobs: len(jobs) >= 1)
+    assert jobs[0]["trigger"] == {"type": "schedule", "name": "idle"}
 
 
 async def test_a_bad_config_schedule_exits_2_with_one_line(tmp_path: Path) -> None:

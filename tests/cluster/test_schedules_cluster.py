@@ -1,0 +1,175 @@
+"""Three real nodes (Redis + RabbitMQ) fire one `every = "1s"` schedule: one job per tick.
+
+Every node runs the scheduler; one is killed with SIGKILL half-way. What is
+asserted comes from the jobs listed through the API: their requestIds name their
+ticks, and every tick between the first and the last has exactly one job.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis
+
+from asyncproc.backends.rabbitmq import RabbitMQQueue
+from asyncproc.schedule_times import tick_request_id
+from tests.support import free_port, wait_until
+
+pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.redis, pytest.mark.rabbitmq]
+
+ROOT = Path(__file__).resolve().parents[2]
+KIND = "demo.count"
+CONFIG = f"""
+concurrency = 4
+shutdown_grace = "2s"
+
+[[schedules]]
+name = "every-second"
+kind = "{KIND}"
+content = {{ n = 0 }}
+every = "1s"
+overlap = "allow"
+"""
+
+
+class Node:
+    """One `python app.py` process of role `all` (it runs the scheduler)."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (log_dir / f"node-{self.port}.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "app.py", "--port", str(self.port)],
+            cwd=ROOT,
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"node exited with {self.process.returncode}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"node not healthy within {timeout}s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.log.close()
+
+
+@asynccontextmanager
+async def three_nodes(
+    redis_url: str, amqp_url: str, prefix: str, tmp_path: Path
+) -> AsyncIterator[list[Node]]:
+    config = tmp_path / "cluster.toml"
+    config.write_text(CONFIG)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "ASYNCPROC_CONFIG": str(config),
+        "ASYNCPROC_STATE": "redis",
+        "ASYNCPROC_QUEUE": "rabbitmq",
+        "ASYNCPROC_REDIS_URL": redis_url,
+        "ASYNCPROC_AMQP_URL": amqp_url,
+        "ASYNCPROC_KEY_PREFIX": prefix,
+        "ASYNCPROC_ROLE": "all",
+    }
+    nodes = [Node(env, tmp_path)]
+    try:
+        nodes[0].wait_healthy()  # the first node declares the queues
+        nodes += [Node(env, tmp_path) for _ in range(2)]
+        for node in nodes[1:]:
+            node.wait_healthy()
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+        client = redis.Redis.from_url(redis_url)
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+        client.close()
+        queue = RabbitMQQueue(amqp_url, prefix=prefix)
+        await queue.delete(["default"])
+        await queue.aclose()
+
+
+async def scheduled_jobs(client: httpx.AsyncClient) -> list[dict[str, Any]]:
+    """Every job of the schedule's kind, through the API (all pages)."""
+    jobs: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params: dict[str, Any] = {"kind": KIND, "limit": 200}
+        if cursor:
+            params["cursor"] = cursor
+        response = await client.get("/api/jobs", params=params)
+        assert response.status_code == 200, response.text
+        page = response.json()
+        jobs += page["items"]
+        cursor = page["next"]
+        if cursor is None:
+            return jobs
+
+
+def tick_of(job_id: str) -> datetime:
+    stamp = job_id.rsplit(":", 1)[1].rstrip("Z")
+    return datetime.strptime(stamp, "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+
+
+async def test_three_schedulers_start_one_job_per_tick_even_when_one_is_killed(
+    redis_url: str, amqp_url: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    async with three_nodes(redis_url, amqp_url, unique_prefix, tmp_path) as nodes:
+        victim, survivor = nodes[1], nodes[2]
+        async with httpx.AsyncClient(base_url=survivor.url, timeout=30) as client:
+            before = await wait_until(
+                lambda: scheduled_jobs(client), lambda jobs: len(jobs) >= 10, timeout=60
+            )
+            victim.process.kill()  # SIGKILL, mid-run: no cleanup at all
+            victim.process.wait()
+            jobs = await wait_until(
+                lambda: scheduled_jobs(client),
+                lambda jobs: len(jobs) >= len(before) + 12,
+                timeout=60,
+            )
+            paused = await client.post("/api/schedules/every-second/pause")
+            assert paused.status_code == 200
+            jobs = await scheduled_jobs(client)
+            schedule = (await client.get("/api/schedules/every-second")).json()
+
+    assert all(job["trigger"] == {"type": "schedule", "name": "every-second"} for job in jobs)
+    ticks = sorted(tick_of(job["id"]) for job in jobs)
+    for job in jobs:
+        assert job["id"] == tick_request_id("every-second", tick_of(job["id"]))
+    # No tick twice, and none missed between the first and the last, across the kill.
+    assert len(set(ticks)) == len(ticks) == len(jobs)
+    assert ticks == [ticks[0] + timedelta(seconds=i) for i in range(len(ticks))]
+    assert schedule["source"] == "config"
+    recent = schedule["recent"]
+    assert len({run["at"] for run in recent}) == len(recent)
+    assert all(run["outcome"] == "created" for run in recent)
