@@ -7,7 +7,8 @@ keeps the indexes, the key holder and the expiry, and publishes the `Change`,
 so a write and its notification are one atomic step.
 
 The keys and the scripts are in `redis_scripts`; the batched writes in
-`redis_pipeline`.
+`redis_pipeline`; the change listener in `redis_listener`; what an insert does
+about a held key (the rules applied to what the script read) in `redis_keys`.
 
 Records expire with Redis TTLs (API.md section 4); `purge_expired` only trims
 the indexes of records Redis has dropped. The scripts touch several keys at once,
@@ -16,9 +17,7 @@ so the store needs one Redis server (or a primary with replicas), not Redis Clus
 
 from __future__ import annotations
 
-import asyncio
 import itertools
-import logging
 import os
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -28,26 +27,24 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import msgspec
 import redis.asyncio as aioredis
-from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff, NoBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import NoScriptError
 
 from asyncproc.changes import Change, ChangeHub
 from asyncproc.errors import (
     BackendUnavailable,
     JobNotFound,
-    KeyConflict,
     TransitionRefused,
 )
 from asyncproc.interfaces import Created, Doc, JobQuery, Page, StateStore, cursor_of
 from asyncproc.lifecycle import Event, Succeed, apply
 from asyncproc.model import Job, OnConflict, Uniqueness, decode_job, encode_job, utcnow
-from asyncproc.rules import expired, holds_key, key_after, replace_event
+from asyncproc.rules import expired, holds_key, key_after
 
+from .redis_keys import Free, decide, hold_of
+from .redis_listener import ChangeListener
 from .redis_pipeline import UNAVAILABLE, Arg, Pipeliner
 from .redis_scripts import (
     CREATE,
@@ -64,8 +61,6 @@ if TYPE_CHECKING:
 
 __all__ = ["RedisStateStore"]
 
-log = logging.getLogger("asyncproc.redis")
-
 # An unfinished record outlives its deadline by at least this much, so the sweeper
 # can always still mark it timed out (even with a tiny retention).
 _UNFINISHED_MARGIN = 3600.0
@@ -74,9 +69,6 @@ _UNFINISHED_MARGIN = 3600.0
 _CACHE_SIZE = 1024
 _CACHE_MAX_CONTENT = 64 * 1024
 _LIST_BATCH = 100
-_CHANGES = msgspec.msgpack.Decoder(Change)
-# Seconds of silence on the change listener's connection before it sends a PING.
-_IDLE_PING = 5.0
 
 
 # ARGV 11..19 of CREATE when the key's holder is not written.
@@ -99,19 +91,6 @@ class _Plan(NamedTuple):
         """Create `job` if the hold value is `expected` ("?": the key is free), writing
         no other record."""
         return cls(job, [expected, *_NO_HOLDER_WRITE], "", replaced)
-
-
-def _hold_of(held: str) -> tuple[Uniqueness, str]:
-    """The rule and the holder's id of a hold value ("<rule>|<id>", "done|<id>")."""
-    rule, _, holder_id = held.partition("|")
-    return (Uniqueness.ONCE if rule == "done" else Uniqueness(rule)), holder_id
-
-
-def _waits_for(holder: Job) -> str | None:
-    """The job a new holder must wait for after `holder` was stopped for it: the holder
-    while it still runs; else what the holder itself waited for (a queued holder that
-    replaced a running job never ran, but that job may still run); else none."""
-    return holder.id if not holder.state.terminal else holder.after
 
 
 def _doc(raw: bytes) -> Doc:
@@ -184,9 +163,7 @@ class RedisStateStore(StateStore):
         self._put_doc = self._redis.register_script(PUT_DOC)
         self._cache: OrderedDict[str, tuple[Job, bytes]] = OrderedDict()
         self._writes = itertools.count()
-        self._listener: asyncio.Task[None] | None = None
-        self._tried: asyncio.Event | None = None
-        self.listening = False
+        self._listener = ChangeListener(self._sub_redis, self._channel, self.hub, self._resync)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStateStore:
@@ -237,96 +214,23 @@ class RedisStateStore(StateStore):
         An unreachable server does not fail start-up: the listener keeps trying and
         `ping` reports the outage.
         """
-        if self._listener is not None:
-            return
-        self._tried = asyncio.Event()
-        self._listener = asyncio.create_task(self._listen(), name="asyncproc-redis-listener")
-        try:
-            await asyncio.wait_for(self._tried.wait(), 5.0)
-        except TimeoutError:
-            pass
+        await self._listener.start()
+
+    @property
+    def listening(self) -> bool:
+        """True while the change listener is subscribed."""
+        return self._listener.listening
 
     async def aclose(self) -> None:
         """Stop the listener and close the connection pools; idempotent."""
-        listener, self._listener = self._listener, None
-        if listener is not None:
-            listener.cancel()
-            # `wait`, not `await listener`: a cancellation of our own caller still raises.
-            await asyncio.wait({listener})
+        await self._listener.aclose()
         await self._pipeliner.aclose()
         await self._pipe_redis.aclose()
         await self._sub_redis.aclose()
         await self._redis.aclose()
 
-    async def _listen(self) -> None:
-        """Deliver every published change to this node's hub; reconnect with backoff."""
-        delay = 0.05
-        down = False
-        while True:
-            pubsub = self._sub_redis.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self._channel)
-                self.listening = True
-                if down:
-                    log.info("redis change listener reconnected")
-                delay, down = 0.05, False
-                if self._tried is not None:
-                    self._tried.set()
-                # Changes published while we were away are lost: re-read what we watch.
-                await self._resync()
-                await self._pump(pubsub)
-            except (RedisError, OSError, BackendUnavailable) as exc:
-                # Once per outage: the retries below would repeat it every two seconds.
-                if not down:
-                    log.warning("redis change listener lost its connection: %s", exc)
-                down = True
-            finally:
-                self.listening = False
-                await pubsub.aclose()  # type: ignore[no-untyped-call]
-            if self._tried is not None:
-                self._tried.set()
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 2.0)
-
-    async def _pump(self, pubsub: PubSub) -> None:
-        """Read the subscribed connection's messages until it fails.
-
-        Straight from the connection: `get_message` costs several times the
-        delivery itself, and the listener sees every change of every node.
-        """
-        connection = pubsub.connection
-        if connection is None:
-            raise RedisConnectionError("the pub/sub connection is not open")
-        pinged = False
-        while True:
-            # With a timeout, an idle read answers None instead of raising.
-            # push_request: the messages are RESP3 pushes (redis-py 8 speaks RESP3).
-            reply = await connection.read_response(timeout=_IDLE_PING, push_request=True)
-            if reply is None:
-                if pinged:
-                    raise RedisTimeoutError("no answer to PING on the change listener")
-                # Quiet: a PING shows whether the connection is still there (the
-                # answer, a "pong" message, is skipped below).
-                await connection.send_command("PING", check_health=False)
-                pinged = True
-                continue
-            pinged = False
-            if isinstance(reply, list) and len(reply) == 3 and reply[0] == b"message":
-                self._deliver(reply[2])
-
-    def _deliver(self, data: bytes) -> None:
-        try:
-            change = _CHANGES.decode(data)
-        except msgspec.DecodeError:
-            log.warning("ignoring a malformed change message on %s", self._channel)
-            return
-        try:
-            self.hub.publish(change)
-        except Exception:
-            # A failing stop handler must not silence every later change on this node.
-            log.exception("change handler failed for job %s", change.job_id)
-
     async def _resync(self) -> None:
+        """Re-read what this node watches: changes published while away are lost."""
         for job_id in self.hub.watched_ids():
             job = await self.get(job_id)
             if job is not None:
@@ -361,9 +265,9 @@ class RedisStateStore(StateStore):
         """See `StateStore.insert`.
 
         One script call when the key is free (or not ruled); when it is held the
-        script answers the hold and its holder's record, Python decides what the
-        policy does (`rules`), and the next call writes both records only if neither
-        changed meanwhile (else it answers the new values and Python decides again).
+        script answers the hold and its holder's record, `redis_keys.decide` applies
+        the policy, and the next call writes both records only if neither changed
+        meanwhile (else it answers the new values and Python decides again).
         """
         prefix = self.prefix
         ruled = job.key is not None and uniqueness is not Uniqueness.NONE
@@ -409,59 +313,37 @@ class RedisStateStore(StateStore):
             if answer[0] in (0, 1):  # the id exists (1: this very create, sent twice)
                 stored = decode_job(answer[1])
                 return Created(stored, answer[0] == 1, plan.replaced if answer[0] else None)
-            decided = self._decide(job, on_conflict, answer[1:])
+            decided = self._plan(job, on_conflict, answer[1:])
             if isinstance(decided, Created):
                 return decided
             plan = decided
 
-    def _decide(self, job: Job, on_conflict: OnConflict, seen: list[Any]) -> _Plan | Created:
-        """What `insert` does about the hold the script saw: `seen` is [hold value,
-        holder record, holder token], or [] when the key is free.
-
-        The same decisions as the memory store: a hold whose job no longer holds the
-        key is free, a `once` hold outlives its purged job, then `on_conflict`.
-        """
-        if not seen:
-            return _Plan.plain(job, "")
-        held = cast("bytes", seen[0]).decode()
-        rule, holder_id = _hold_of(held)
-        now = utcnow()
-        holder = decode_job(seen[1]) if seen[1] is not None else None
-        if holder is not None and (
-            (holder.id, holder.kind, holder.key) != (holder_id, job.kind, job.key)
-            or expired(holder, now)
-        ):
-            holder = None  # purged, or the id was used again since
-        if holder is not None:
-            if not holds_key(rule, holder.state):
-                return _Plan.plain(job, held)  # a stale hold: the key is free
-        elif rule is not Uniqueness.ONCE:
-            return _Plan.plain(job, held)
-        # Held, by `holder` or by a succeeded `once` job purged since.
-        if on_conflict is OnConflict.EXISTING and holder is not None:
-            return Created(holder, False)
-        if on_conflict is not OnConflict.REPLACE:
-            raise KeyConflict(f"key {job.key!r} is held by job {holder_id}", jobId=holder_id)
-        event = replace_event(holder) if holder is not None else None
-        if holder is None or event is None:
-            return _Plan.plain(job, held)  # a succeeded `once` holder: released
-        stopped = apply(holder, event, now)
-        after = _waits_for(stopped)
-        if after is not None:
-            job = msgspec.structs.replace(job, after=after)
-        if stopped is holder:  # already asked to stop: nothing to write
-            return _Plan.plain(job, held, (holder, stopped))
+    def _plan(self, job: Job, on_conflict: OnConflict, seen: list[Any]) -> _Plan | Created:
+        """The next attempt of `insert` after the script saw the key held (or not as
+        expected): `seen` is [hold value, holder record, holder token], or []."""
+        held, record, token = (
+            (cast("bytes", seen[0]).decode(), seen[1], seen[2]) if seen else (None, None, None)
+        )
+        decision = decide(job, on_conflict, held, record, token, utcnow())
+        if isinstance(decision, Created):
+            return decision
+        if isinstance(decision, Free):
+            return _Plan.plain(job, decision.expected)
+        replaced = (decision.holder, decision.stopped)
+        stopped = decision.stopped
+        if stopped is decision.holder:  # already asked to stop: nothing to write
+            return _Plan.plain(decision.job, decision.expected, replaced)
         written = self._token()
         args: list[Arg] = [
-            held,
-            cast("bytes", seen[2] or b""),
+            decision.expected,
+            decision.token,
             encode_job(stopped),
             written,
             self._change(stopped),
             *self._finishing(stopped),
             stopped.id,
         ]
-        return _Plan(job, args, self._job_key(holder.id), (holder, stopped), (stopped, written))
+        return _Plan(decision.job, args, self._job_key(stopped.id), replaced, (stopped, written))
 
     def _finishing(self, job: Job) -> tuple[Arg, Arg, Arg, bytes]:
         """What the scripts need to expire a record that finished: a flag ("1"), the
@@ -479,7 +361,7 @@ class RedisStateStore(StateStore):
         answer = await self._eval(self._holder, [self._hold_key(kind, key)], [self.prefix])
         if not answer or answer[1] is None:
             return None
-        rule, holder_id = _hold_of(cast("bytes", answer[0]).decode())
+        rule, holder_id = hold_of(cast("bytes", answer[0]).decode())
         job = decode_job(answer[1])
         if (
             (job.id, job.kind, job.key) != (holder_id, kind, key)
