@@ -20,6 +20,7 @@ __all__ = [
     "key_after",
     "replace_event",
     "retries_left",
+    "waits_for",
 ]
 
 
@@ -57,6 +58,13 @@ def replace_event(holder: Job) -> Event | None:
     if holder.state in (JobState.QUEUED, JobState.RUNNING):
         return RequestStop()
     return None  # a succeeded `once` holder is simply released
+
+
+def waits_for(stopped_holder: Job) -> str | None:
+    """The job a new holder must not run beside, once the old holder was stopped for it:
+    the old holder while it still runs; else what the old holder itself waited for (a
+    queued holder that replaced a running job never ran, but that job may still run)."""
+    return stopped_holder.id if not stopped_holder.state.terminal else stopped_holder.after
 
 
 def retries_left(job: Job, retries: int) -> bool:

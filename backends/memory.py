@@ -29,7 +29,7 @@ from asyncproc.interfaces import (
 )
 from asyncproc.lifecycle import Event, Succeed, apply
 from asyncproc.model import Job, OnConflict, Uniqueness, utcnow
-from asyncproc.rules import KeyAfter, expired, holds_key, key_after, replace_event
+from asyncproc.rules import KeyAfter, expired, holds_key, key_after, replace_event, waits_for
 
 __all__ = ["MemoryQueue", "MemoryStateStore"]
 
@@ -112,8 +112,9 @@ class MemoryStateStore(StateStore):
                 event = replace_event(holder) if holder is not None else None
                 if holder is not None and event is not None:
                     replaced = (holder, self._write(holder, event, None, utcnow()))
-                    if not replaced[1].state.terminal:
-                        job = msgspec.structs.replace(job, after=holder.id)
+                    after = waits_for(replaced[1])
+                    if after is not None:
+                        job = msgspec.structs.replace(job, after=after)
             self._holders[(job.kind, key)] = (job.id, uniqueness)
         self._jobs[job.id] = job
         self._unfinished[job.id] = job.deadline

@@ -17,9 +17,9 @@ from asyncproc.errors import KeyConflict
 from asyncproc.interfaces import Created
 from asyncproc.lifecycle import apply
 from asyncproc.model import Job, OnConflict, Uniqueness, decode_job
-from asyncproc.rules import expired, holds_key, replace_event
+from asyncproc.rules import expired, holds_key, replace_event, waits_for
 
-__all__ = ["Free", "Replace", "decide", "hold_of", "waits_for"]
+__all__ = ["Free", "Replace", "decide", "hold_of"]
 
 
 class Free(NamedTuple):
@@ -43,13 +43,6 @@ def hold_of(held: str) -> tuple[Uniqueness, str]:
     """The rule and the holder's id of a hold value ("<rule>|<id>", "done|<id>")."""
     rule, _, holder_id = held.partition("|")
     return (Uniqueness.ONCE if rule == "done" else Uniqueness(rule)), holder_id
-
-
-def waits_for(holder: Job) -> str | None:
-    """The job a new holder must not run beside, once `holder` was stopped for it: the
-    holder while it still runs; else what the holder itself waited for (a queued
-    holder that replaced a running job never ran, but that job may still run)."""
-    return holder.id if not holder.state.terminal else holder.after
 
 
 def decide(

@@ -42,14 +42,6 @@ SETTINGS = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 
-# The memory store lets a job that replaced a queued holder start at once even when
-# that holder was itself waiting for a running job (it sets no `after`), so two jobs
-# of the key run together; the Redis store waits for what the holder waited for.
-# tests/contract/test_state_store.py keeps the gap as a strict xfail; a failing
-# hypothesis test cannot be an xfail here (its failure report imports libcst, whose
-# DeprecationWarning pytest's `filterwarnings = error` turns into an INTERNALERROR).
-MEMORY_AFTER_GAP = "backends/memory.py: replacing a queued holder that has `after` drops the wait"
-
 rules = st.sampled_from([Uniqueness.ACTIVE, Uniqueness.ONCE])
 policies = st.lists(st.sampled_from(list(OnConflict)), min_size=2, max_size=8)
 # The key's holder before the race: none, or one in this state.
@@ -237,8 +229,6 @@ async def test_jobs_of_one_key_never_run_at_the_same_time(
     policies: list[OnConflict],
     state: JobState | None,
 ) -> None:
-    if isinstance(nodes[0], MemoryStateStore):
-        pytest.skip(MEMORY_AFTER_GAP)
     key = uuid.uuid4().hex
     first = await holder_before(nodes[0], key, rule, state) if state is not None else None
     race = Race(nodes, key, rule)

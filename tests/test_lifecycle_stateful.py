@@ -122,10 +122,6 @@ class LifecycleMachine(RuleBasedStateMachine):
     """The model is a dict of records made by `apply`; `store` (if any) must agree."""
 
     portal: ClassVar[BlockingPortal]
-    # A job replacing a queued holder that itself waited for a running job waits for
-    # that job too (`after` passes on). False for the memory store until it does so
-    # (it sets no `after`; then two jobs of a key may run at once).
-    passes_after_on: ClassVar[bool] = True
     open_store: ClassVar[Callable[[], Awaitable[StateStore]] | None]
     close_store: ClassVar[Callable[[StateStore], Awaitable[None]]]
 
@@ -203,9 +199,9 @@ class LifecycleMachine(RuleBasedStateMachine):
                 got.replaced[1].finished_at if isinstance(got, Created) and got.replaced else None
             )
             stopped = apply(holder, event, stamped or now)
-            after = holder.id if not stopped.state.terminal else None
-            if after is None and self.passes_after_on:
-                after = holder.after
+            # A job replacing a queued holder that itself waited for a running job
+            # waits for that job too (`after` passes on).
+            after = holder.id if not stopped.state.terminal else holder.after
             if after is not None:
                 job = msgspec.structs.replace(job, after=after)
             expected = Created(job, True, (holder, stopped))
@@ -422,8 +418,6 @@ class LifecycleMachine(RuleBasedStateMachine):
 
     @invariant()
     def one_job_of_a_key_runs_at_a_time(self) -> None:
-        if not self.passes_after_on:
-            return
         running = [
             (job.kind, job.key)
             for job in self.jobs.values()
@@ -485,8 +479,6 @@ def test_lifecycle_state_machine(backend: str, request: pytest.FixtureRequest) -
                 "portal": portal,
                 "open_store": staticmethod(open_store) if open_store else None,
                 "close_store": staticmethod(close_store),
-                # See `passes_after_on`: backends/memory.py does not pass `after` on yet.
-                "passes_after_on": backend != "memory",
             },
         )
         try:

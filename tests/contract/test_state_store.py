@@ -654,15 +654,8 @@ async def test_replace_of_a_holder_already_asked_to_stop_writes_nothing(store: S
 
 
 async def test_replace_of_a_waiting_holder_waits_for_what_it_waited_for(
-    store: StateStore, backend: tuple[str, str, str], request: pytest.FixtureRequest
+    store: StateStore,
 ) -> None:
-    if backend[0] == "memory":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="backends/memory.py sets no `after` when the stopped holder had one",
-                strict=True,
-            )
-        )
     first, _ = await store.create(new_job(key="k"), uniqueness=Uniqueness.ACTIVE)
     await store.transition(first.id, Start())
     replace = OnConflict.REPLACE
