@@ -1,12 +1,17 @@
-"""Helpers shared by the tests: a real uvicorn server on a free port, deadlines."""
+"""Helpers shared by the tests: a real uvicorn server on a free port, node processes,
+deadlines."""
 
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -87,3 +92,88 @@ async def api_client(app: Any) -> AsyncIterator[httpx.AsyncClient]:
         httpx.AsyncClient(base_url=base_url, timeout=30) as client,
     ):
         yield client
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class NodeProcess:
+    """One `python app.py --port N [args]` process, its output in `log_dir`."""
+
+    def __init__(
+        self, env: Mapping[str, str], log_dir: Path, name: str = "node", args: Sequence[str] = ()
+    ) -> None:
+        self.name = name
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_dir / f"{name}-{self.port}.log"
+        self.log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "app.py", "--port", str(self.port), *args],
+            cwd=ROOT,
+            env=dict(env),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    @property
+    def pid(self) -> int:
+        """The process id."""
+        return self.process.pid
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        """Return once /health answers 200; fail with the node's log if it exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                log = self.log_path.read_text(errors="replace")
+                raise AssertionError(f"{self.name} exited with {self.process.returncode}: {log}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"{self.name} not healthy within {timeout}s")
+
+    def kill(self) -> None:
+        """SIGKILL: no cleanup at all."""
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 20 s; idempotent."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+
+
+TERMINAL = frozenset({"succeeded", "failed", "stopped"})
+
+
+async def job_status(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
+    """The job's status through `GET /api/jobs/{id}` (asserting 200)."""
+    response = await client.get(f"/api/jobs/{job_id}")
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+async def job_finished(
+    client: httpx.AsyncClient, job_id: str, timeout: float = 10.0
+) -> dict[str, Any]:
+    """The job's status once it is terminal."""
+    return await wait_until(
+        lambda: job_status(client, job_id), lambda s: s["state"] in TERMINAL, timeout=timeout
+    )
+
+
+async def post_json(client: httpx.AsyncClient, path: str, body: Any, expect: int) -> Any:
+    """POST `body` as JSON, assert the status code, and answer the decoded body (or None)."""
+    response = await client.post(path, json=body)
+    assert response.status_code == expect, response.text
+    return response.json() if response.content else None

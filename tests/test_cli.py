@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import msgspec
 import pytest
 
 from asyncproc.cli import EXIT_FAILED, EXIT_OK, EXIT_STOPPED, EXIT_UNAVAILABLE, EXIT_USAGE
-from tests.support import free_port, wait_until
+from tests.support import NodeProcess, free_port, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -44,36 +43,12 @@ def clean_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def server_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`python app.py --port N` in a subprocess, once /health answers."""
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    log = tmp_path_factory.mktemp("server") / "server.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "app.py", "--port", str(port)],
-            cwd=REPO,
-            env=clean_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    server = NodeProcess(clean_env(), tmp_path_factory.mktemp("server"), "server")
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not start: {log.read_text(errors='replace')}")
-            time.sleep(0.05)
-        yield url
+        server.wait_healthy(30)
+        yield server.url
     finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        server.stop()
 
 
 async def cli(

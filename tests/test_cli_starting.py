@@ -3,18 +3,14 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import msgspec
 import pytest
 
-from tests.support import free_port
-from tests.test_cli import EXIT_OK, REPO, clean_env, cli, text, until_state
+from tests.support import NodeProcess
+from tests.test_cli import EXIT_OK, clean_env, cli, text, until_state
 
 pytestmark = pytest.mark.anyio
 
@@ -40,36 +36,12 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = tmp_path_factory.mktemp("starting")
     config = folder / "config.toml"
     config.write_text(CONFIG)
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    log = folder / "server.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [sys.executable, "app.py", "--config", str(config), "--port", str(port)],
-            cwd=REPO,
-            env=clean_env(),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    server = NodeProcess(clean_env(), folder, "server", ["--config", str(config)])
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"server did not start: {log.read_text(errors='replace')}")
-            time.sleep(0.05)
-        yield base
+        server.wait_healthy(30)
+        yield server.url
     finally:
-        server.terminate()
-        try:
-            server.wait(15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        server.stop()
 
 
 async def test_submit_with_a_key_and_a_conflict_policy(url: str) -> None:

@@ -20,10 +20,12 @@ from asyncproc.errors import ConfigError
 from asyncproc.registry import load_plugins
 from asyncproc.server import create_app
 from tests.support import api_client, wait_until
+from tests.support import job_finished as finished
+from tests.support import job_status as status
+from tests.support import post_json as post
 
 pytestmark = pytest.mark.anyio
 
-TERMINAL = {"succeeded", "failed", "stopped"}
 test_kinds = Registry()
 
 
@@ -61,23 +63,6 @@ def make_app(**overrides: Any) -> Any:
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with api_client(make_app()) as client:
         yield client
-
-
-async def status(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
-    response = await client.get(f"/api/jobs/{job_id}")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def finished(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
-    return await wait_until(lambda: status(client, job_id), lambda s: s["state"] in TERMINAL)
-
-
-async def post(client: httpx.AsyncClient, path: str, body: Any, expect: int) -> Any:
-    response = await client.post(path, json=body)
-    assert response.status_code == expect, response.text
-    return response.json() if response.content else None
 
 
 # -- how a job started ----------------------------------------------------------------

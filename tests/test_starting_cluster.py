@@ -14,10 +14,11 @@ from asyncproc.config import load_settings
 from asyncproc.server import create_app
 from tests.contract import delete_prefix
 from tests.support import api_client, wait_until
+from tests.support import job_finished as finished
+from tests.support import job_status as status
+from tests.support import post_json as post
 
 pytestmark = [pytest.mark.anyio, pytest.mark.redis, pytest.mark.rabbitmq]
-
-TERMINAL = {"succeeded", "failed", "stopped"}
 
 
 @pytest.fixture
@@ -42,23 +43,6 @@ async def client(
         queue = RabbitMQQueue(amqp_url, prefix=unique_prefix)
         await queue.delete(["default"])
         await queue.aclose()
-
-
-async def status(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
-    response = await client.get(f"/api/jobs/{job_id}")
-    assert response.status_code == 200, response.text
-    body: dict[str, Any] = response.json()
-    return body
-
-
-async def finished(client: httpx.AsyncClient, job_id: str) -> dict[str, Any]:
-    return await wait_until(lambda: status(client, job_id), lambda s: s["state"] in TERMINAL)
-
-
-async def post(client: httpx.AsyncClient, path: str, body: Any, expect: int) -> Any:
-    response = await client.post(path, json=body)
-    assert response.status_code == expect, response.text
-    return response.json() if response.content else None
 
 
 async def test_conflict_policies_and_the_key_context(client: httpx.AsyncClient) -> None:

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,62 +20,17 @@ import pytest
 import redis
 
 from asyncproc.backends.rabbitmq import RabbitMQQueue
-from tests.support import free_port, wait_until
+from tests.support import ROOT, NodeProcess, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
 
-ROOT = Path(__file__).resolve().parents[2]
 TERMINAL = {"succeeded", "failed", "stopped"}
-
-
-class Node:
-    """One `python app.py` process."""
-
-    def __init__(self, role: str, env: dict[str, str], log_dir: Path) -> None:
-        self.role = role
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = (log_dir / f"{role}-{self.port}.log").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "app.py", "--port", str(self.port)],
-            cwd=ROOT,
-            env={**env, "ASYNCPROC_ROLE": role},
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def wait_healthy(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"{self.role} node exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"{self.role} node not healthy within {timeout}s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
 
 
 @asynccontextmanager
 async def cluster(
     redis_url: str, amqp_url: str, prefix: str, tmp_path: Path, workers: int = 2
-) -> AsyncIterator[tuple[Node, list[Node]]]:
+) -> AsyncIterator[tuple[NodeProcess, list[NodeProcess]]]:
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "PYTHONPATH": str(ROOT),
@@ -94,9 +45,11 @@ async def cluster(
         "CLUSTER_TEST_REDIS_URL": redis_url,
         "CLUSTER_TEST_RUNS_KEY": f"{prefix}test:runs",
     }
-    api = Node("api", env, tmp_path)
+    api = NodeProcess({**env, "ASYNCPROC_ROLE": "api"}, tmp_path, "api")
     api.wait_healthy()  # the first node declares the queues
-    nodes = [Node("worker", env, tmp_path) for _ in range(workers)]
+    nodes = [
+        NodeProcess({**env, "ASYNCPROC_ROLE": "worker"}, tmp_path, "worker") for _ in range(workers)
+    ]
     try:
         for node in nodes:
             node.wait_healthy()
@@ -168,8 +121,7 @@ async def test_killed_worker_loses_no_job(
                 return running_on_victim()
 
             await wait_until(probe, lambda running: len(running) >= 2, timeout=60)
-            victim.process.kill()  # SIGKILL: no cleanup at all
-            victim.process.wait()
+            victim.kill()
             in_flight = running_on_victim()
 
             statuses = await wait_until(

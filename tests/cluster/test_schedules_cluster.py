@@ -8,10 +8,6 @@ ticks, and every tick between the first and the last has exactly one job.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -24,11 +20,10 @@ import redis
 
 from asyncproc.backends.rabbitmq import RabbitMQQueue
 from asyncproc.schedule_times import tick_request_id
-from tests.support import free_port, wait_until
+from tests.support import ROOT, NodeProcess, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.redis, pytest.mark.rabbitmq]
 
-ROOT = Path(__file__).resolve().parents[2]
 KIND = "demo.count"
 CONFIG = f"""
 concurrency = 4
@@ -43,49 +38,10 @@ overlap = "allow"
 """
 
 
-class Node:
-    """One `python app.py` process of role `all` (it runs the scheduler)."""
-
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = (log_dir / f"node-{self.port}.log").open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "app.py", "--port", str(self.port)],
-            cwd=ROOT,
-            env=env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def wait_healthy(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"node exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise AssertionError(f"node not healthy within {timeout}s")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log.close()
-
-
 @asynccontextmanager
 async def three_nodes(
     redis_url: str, amqp_url: str, prefix: str, tmp_path: Path
-) -> AsyncIterator[list[Node]]:
+) -> AsyncIterator[list[NodeProcess]]:
     config = tmp_path / "cluster.toml"
     config.write_text(CONFIG)
     env = {
@@ -99,10 +55,10 @@ async def three_nodes(
         "ASYNCPROC_KEY_PREFIX": prefix,
         "ASYNCPROC_ROLE": "all",
     }
-    nodes = [Node(env, tmp_path)]
+    nodes = [NodeProcess(env, tmp_path)]
     try:
         nodes[0].wait_healthy()  # the first node declares the queues
-        nodes += [Node(env, tmp_path) for _ in range(2)]
+        nodes += [NodeProcess(env, tmp_path) for _ in range(2)]
         for node in nodes[1:]:
             node.wait_healthy()
         yield nodes
@@ -150,8 +106,7 @@ async def test_three_schedulers_start_one_job_per_tick_even_when_one_is_killed(
             before = await wait_until(
                 lambda: scheduled_jobs(client), lambda jobs: len(jobs) >= 10, timeout=60
             )
-            victim.process.kill()  # SIGKILL, mid-run: no cleanup at all
-            victim.process.wait()
+            victim.kill()  # SIGKILL, mid-run: no cleanup at all
             jobs = await wait_until(
                 lambda: scheduled_jobs(client),
                 lambda jobs: len(jobs) >= len(before) + 12,
