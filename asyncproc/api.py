@@ -390,11 +390,11 @@ def api_routes(plugin_routes: Sequence[BaseRoute] = ()) -> list[BaseRoute]:
     return [
         Route("/api/jobs", list_jobs, methods=["GET"]),
         Route("/api/kinds", list_kinds, methods=["GET"]),
-        Route("/api/keys/{kind}/{key:path}", key_context, methods=["GET"]),
         Route("/api/jobs/{id}", job_status, methods=["GET"]),
         # Enqueue, the hot route, as early as it can be: only the three routes above
         # can match the paths it matches.
         Route("/api/{kind}/enqueue", enqueue, methods=["POST"]),
+        Route("/api/keys/{kind}/{key:path}", key_context, methods=["GET"]),
         *plugin_routes,
         Route("/api/jobs/{id}/stop", job_stop, methods=["POST"]),
         Route("/api/jobs/{id}/result", job_result, methods=["GET"]),

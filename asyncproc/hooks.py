@@ -69,6 +69,8 @@ class Hooks:
         self.lifespans: list[Lifespan] = []
         self.routes: list[BaseRoute] = []
         self.before_enqueue: list[BeforeEnqueue] = []
+        # Before-enqueue hooks of one kind only (no cost to other kinds' enqueues).
+        self.before_enqueue_of: dict[str, list[BeforeEnqueue]] = {}
         self.after_change: list[AfterChange] = []
         # The OpenAPI paths of `routes`, and the Structs their `$ref`s name.
         self.openapi_paths: dict[str, Any] = {}
@@ -80,13 +82,18 @@ class Hooks:
         self.lifespans += other.lifespans
         self.routes += other.routes
         self.before_enqueue += other.before_enqueue
+        for kind, hooks in other.before_enqueue_of.items():
+            self.before_enqueue_of.setdefault(kind, []).extend(hooks)
         self.after_change += other.after_change
         self.openapi_paths.update(other.openapi_paths)
         self.openapi_types += [t for t in other.openapi_types if t not in self.openapi_types]
 
     async def emit_before_enqueue(self, draft: Draft) -> None:
-        """Run the before-enqueue hooks in order; an exception refuses the enqueue."""
+        """Run the before-enqueue hooks in order, then those of the draft's kind; an
+        exception refuses the enqueue."""
         for hook in self.before_enqueue:
+            await hook(draft)
+        for hook in self.before_enqueue_of.get(draft.kind.name, ()):
             await hook(draft)
 
     async def emit_after_change(self, before: Job | None, after: Job) -> None:

@@ -220,7 +220,7 @@ class Registry:
             job_kind.selection = target
             self.add(job_kind)
             key_of = key if key is not None else (lambda _params: kind)
-            self.hooks.before_enqueue.append(selection_key_hook({kind: key_of}))
+            self.hooks.before_enqueue_of.setdefault(kind, []).append(selection_key_hook(key_of))
             return generate
 
         return register
@@ -238,10 +238,18 @@ class Registry:
         self.hooks.lifespans.append(hook)
         return hook
 
-    def before_enqueue(self, hook: BeforeEnqueue) -> BeforeEnqueue:
-        """Register `hook(draft)`, run before a job is stored; it may rewrite or refuse."""
-        self.hooks.before_enqueue.append(hook)
-        return hook
+    def before_enqueue(self, hook: BeforeEnqueue | None = None, *, kind: str | None = None) -> Any:
+        """Register `hook(draft)`, run before a job (of `kind`, else of any kind) is
+        stored; it may rewrite or refuse. Use bare or as `@registry.before_enqueue(kind=...)`."""
+
+        def register(hook: BeforeEnqueue) -> BeforeEnqueue:
+            if kind is None:
+                self.hooks.before_enqueue.append(hook)
+            else:
+                self.hooks.before_enqueue_of.setdefault(kind, []).append(hook)
+            return hook
+
+        return register(hook) if hook is not None else register
 
     def after_change(self, hook: AfterChange) -> AfterChange:
         """Register `hook(before, after)`, run after each stored change made on this node."""

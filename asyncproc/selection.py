@@ -90,15 +90,12 @@ def _request(
     )
 
 
-def selection_key_hook(
-    kinds: dict[str, Callable[[Any], str]],
-) -> Callable[[Draft], Any]:
-    """A before-enqueue hook giving a selection job its own key when it has none, so
-    that two runs of one selection never overlap (its rule is `active`)."""
+def selection_key_hook(key_of: Callable[[Any], str]) -> Callable[[Draft], Any]:
+    """The before-enqueue hook of a selection kind: its job gets its own key when it has
+    none, so that two runs of one selection never overlap (its rule is `active`)."""
 
     async def hook(draft: Draft) -> None:
-        key_of = kinds.get(draft.kind.name)
-        if key_of is None or draft.job.key is not None:
+        if draft.job.key is not None:
             return
         params = draft.kind.decoder.decode(draft.job.content)
         draft.job = msgspec.structs.replace(draft.job, key=key_of(params))

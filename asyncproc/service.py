@@ -134,9 +134,11 @@ class JobService:
         trigger: Trigger = API_TRIGGER,
         parent_id: str | None = None,
         check_depth: bool = True,
+        after: str | None = None,
     ) -> tuple[Job, bool]:
         """Validate, store and queue a job; `(job, False)` when a job answers for it
-        (its `requestId` exists, or the key's holder under `onConflict: existing`)."""
+        (its `requestId` exists, or the key's holder under `onConflict: existing`).
+        With `after` (a job id), the job does not start before that job is terminal."""
         kind = self.registry.get(kind_name)
         kind.decode_content(request.content)
         routing = request.proc_routing or "default"
@@ -160,9 +162,10 @@ class JobService:
             incoming_at=incoming_at or now,
             trigger=trigger,
             parent_id=parent_id,
+            after=after,
         )
         on_conflict = request.on_conflict or kind.on_conflict
-        if self.hooks.before_enqueue:
+        if self.hooks.before_enqueue or kind.name in self.hooks.before_enqueue_of:
             draft = Draft(kind, job, on_conflict)
             await self.hooks.emit_before_enqueue(draft)
             job, on_conflict = draft.job, draft.on_conflict

@@ -17,21 +17,19 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable
-from contextvars import ContextVar
 from datetime import datetime
 
 import anyio
 import msgspec
 
 from asyncproc.errors import BackendUnavailable, JobNotFound, JobStateConflict, ServiceError
-from asyncproc.hooks import Draft
 from asyncproc.model import Job, OnConflict, Trigger, TriggerType, Uniqueness
 from asyncproc.schedule_times import Era, Overlap, next_era, plan, tick_request_id
 from asyncproc.service import EnqueueRequest, JobService
 
 from .schedule_book import Run, ScheduleBook, StoredSchedule
 
-__all__ = ["Scheduler", "set_after", "start_job"]
+__all__ = ["Scheduler", "start_job"]
 
 log = logging.getLogger("asyncproc.schedules")
 
@@ -39,21 +37,8 @@ POLL = 0.2  # seconds between polls: a tick's job is enqueued well within 1 s
 BEAT = 1.0  # seconds between two stamps of one scheduler
 ERA = ("scheduler", "era")
 
-# The job a schedule's new job must wait for (`overlap: replace` with no key rule),
-# handed to the before-enqueue hook through the enqueuing task's context.
-_after: ContextVar[str | None] = ContextVar("asyncproc_schedule_after", default=None)
-
-
 _era_decoder = msgspec.json.Decoder(Era)
 _era_encoder = msgspec.json.Encoder()
-
-
-async def set_after(draft: Draft) -> None:
-    """Before-enqueue hook: a replacing schedule job starts only once the job it
-    replaces is terminal (the worker honours `after`)."""
-    after = _after.get()
-    if after is not None and draft.job.trigger.type is TriggerType.SCHEDULE:
-        draft.job = msgspec.structs.replace(draft.job, after=after)
 
 
 async def start_job(
@@ -82,13 +67,10 @@ async def start_job(
         key=schedule.key,
         on_conflict=on_conflict,
     )
-    token = _after.set(after)
-    try:
-        job, created = await service.enqueue(
-            schedule.kind, request, trigger=Trigger(TriggerType.SCHEDULE, schedule.name)
-        )
-    finally:
-        _after.reset(token)
+    # With `after`, the worker starts the new job only once the previous one is terminal.
+    job, created = await service.enqueue(
+        schedule.kind, request, trigger=Trigger(TriggerType.SCHEDULE, schedule.name), after=after
+    )
     if after is not None:
         with contextlib.suppress(JobStateConflict, JobNotFound):
             await service.stop(after)

@@ -39,14 +39,13 @@ from .schedule_book import (
     define,
     invalid_input,
 )
-from .schedule_runner import Scheduler, set_after, start_job
+from .schedule_runner import Scheduler, start_job
 
 __all__ = ["ScheduleBody", "ScheduleList", "check_schedules", "config_definitions", "registry"]
 
 log = logging.getLogger("asyncproc.schedules")
 
 registry = Registry()
-registry.before_enqueue(set_after)
 
 
 class ScheduleBody(msgspec.Struct, frozen=True, rename="camel"):
