@@ -250,6 +250,7 @@ class RabbitMQQueue(Queue):
         self._publishing: Channel | None = None
         self._admin: Channel | None = None
         self._declared: set[str] = set()
+        self._declaring: dict[str, asyncio.Lock] = {}
         self._channel_lock = asyncio.Lock()
         self._consumers: set[_Consumer] = set()
 
@@ -319,10 +320,15 @@ class RabbitMQQueue(Queue):
         """The publishing channel, once `routing`'s queue is declared on this connection."""
         publishing, admin = await self._channels(deadline)
         if routing not in self._declared:
-            generation = self._generation
-            await self.declare_routing(admin, routing)
-            if generation == self._generation:
-                self._declared.add(routing)
+            # One declaration for everyone: a batch's publishes arrive together, and
+            # each declaring on its own cost a round trip apiece (seconds for 1,000).
+            lock = self._declaring.setdefault(routing, asyncio.Lock())
+            async with lock:
+                if routing not in self._declared:
+                    generation = self._generation
+                    await self.declare_routing(admin, routing)
+                    if generation == self._generation:
+                        self._declared.add(routing)
         return publishing
 
     async def _retrying(self, deadline: float, error: BaseException) -> None:

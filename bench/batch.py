@@ -1,0 +1,90 @@
+"""Batch ingest: `JobService.enqueue_many` of N-item batches, nobody consuming.
+
+Prints jobs/s accepted (stored and, with RabbitMQ, confirmed by the broker) and the
+time of one batch, p50 and p99. No worker runs, so this is the cost of getting
+jobs in, the path of `POST /api/{kind}/enqueue-batch` minus HTTP.
+
+    python bench/batch.py                                  # memory backends
+    python bench/batch.py --state redis --queue rabbitmq   # the cluster backends
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+import uuid
+
+import anyio
+import msgspec
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from asyncproc.config import load_settings  # noqa: E402
+from asyncproc.model import Trigger, TriggerType  # noqa: E402
+from asyncproc.registry import Registry  # noqa: E402
+from asyncproc.server import open_queue, open_store  # noqa: E402
+from asyncproc.service import EnqueueRequest, JobService  # noqa: E402
+from bench import noop_plugin  # noqa: E402
+from bench.inprocess import clean  # noqa: E402
+
+BATCH = Trigger(TriggerType.BATCH)
+
+
+async def main(args: argparse.Namespace) -> None:
+    """Run `args.batches` batches of `args.size` items and print the figures."""
+    prefix = f"asyncproc-bench-{uuid.uuid4().hex[:10]}:"
+    settings = load_settings(
+        environ={}, state=args.state, queue=args.queue, key_prefix=prefix, plugins=[]
+    )
+    registry = Registry()
+    registry.include(noop_plugin.registry)
+    kind = next(iter(registry)).name
+    store, queue = open_store(settings), open_queue(settings)
+    await store.start()
+    await queue.start()
+    service = JobService(
+        registry=registry,
+        store=store,
+        queue=queue,
+        processing_timeout=settings.processing_timeout,
+        retention=settings.retention,
+    )
+    times: list[float] = []
+    try:
+        began = time.perf_counter()
+        for _ in range(args.batches):
+            requests = [
+                EnqueueRequest(content=msgspec.Raw(b"{}"), key=f"k{i}") for i in range(args.size)
+            ]
+            start = time.perf_counter()
+            outcomes = await service.enqueue_many(kind, requests, trigger=BATCH)
+            times.append(time.perf_counter() - start)
+            if args.verbose:
+                print(f"batch {len(times)}: {times[-1] * 1000:.1f} ms")
+            assert all(item.outcome == "created" for item in outcomes), outcomes[:3]
+        elapsed = time.perf_counter() - began
+    finally:
+        await queue.aclose()
+        await store.aclose()
+        await clean(settings)
+    jobs = args.batches * args.size
+    times.sort()
+    p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
+    print(
+        f"batch ingest {args.state}/{args.queue}: {jobs / elapsed:,.0f} jobs/s accepted "
+        f"({args.batches} batches of {args.size}); one batch p50 "
+        f"{statistics.median(times) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
+    )
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state", choices=["memory", "redis"], default="memory")
+    parser.add_argument("--queue", choices=["memory", "rabbitmq"], default="memory")
+    parser.add_argument("--size", type=int, default=1000, help="items per batch (<= 1000)")
+    parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--verbose", action="store_true", help="print each batch's time")
+    anyio.run(main, parser.parse_args())
