@@ -22,13 +22,13 @@ import msgspec
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from asyncproc.config import load_settings  # noqa: E402
-from asyncproc.model import Trigger, TriggerType  # noqa: E402
-from asyncproc.registry import Registry  # noqa: E402
-from asyncproc.server import open_queue, open_store  # noqa: E402
-from asyncproc.service import EnqueueRequest, JobService  # noqa: E402
-from bench import noop_plugin  # noqa: E402
-from bench.inprocess import clean  # noqa: E402
+from asyncproc.config import load_settings
+from asyncproc.model import Trigger, TriggerType
+from asyncproc.registry import Registry
+from asyncproc.server import open_queue, open_store
+from asyncproc.service import EnqueueRequest, JobService
+from bench import noop_plugin
+from bench.inprocess import clean
 
 BATCH = Trigger(TriggerType.BATCH)
 
