@@ -4,7 +4,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+import inspect
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -54,6 +55,8 @@ def encode_result(value: Any) -> tuple[bytes | None, str | None]:
 
 
 Reporter = Callable[[Report], Awaitable[None]]
+# (step name, its JSON result) -> stored with the job.
+StepStore = Callable[[str, bytes], Coroutine[Any, Any, None]]
 # (kind, requests, trigger, parent id) -> one outcome per request: `JobService.enqueue_many`.
 Starter = Callable[..., Awaitable[list["ItemOutcome"]]]
 
@@ -64,6 +67,8 @@ class JobContext:
     __slots__ = (
         "_report",
         "_starter",
+        "_step_store",
+        "_steps",
         "_stop",
         "attempt",
         "headers",
@@ -84,6 +89,8 @@ class JobContext:
         report: Reporter,
         key: str | None = None,
         starter: Starter | None = None,
+        steps: Mapping[str, bytes] | None = None,
+        step_store: StepStore | None = None,
     ) -> None:
         self.id = job_id
         self.kind = kind
@@ -93,7 +100,33 @@ class JobContext:
         self.key = key
         self._report = report
         self._starter = starter
+        self._steps = dict(steps or {})
+        self._step_store = step_store
         self._stop = False
+
+    async def step(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(*args)` (a plain or async function) as the durable step `name`.
+
+        Its result, which must be JSON-encodable, is stored with the job before this
+        returns; when the job runs again (a retry, or a redelivery after a lost node)
+        a completed step returns its stored result without running `fn`. Either way
+        the value returned is the JSON-decoded result, so every attempt sees the same.
+        """
+        stored = self._steps.get(name)
+        if stored is None:
+            value = fn(*args)
+            if inspect.isawaitable(value):
+                value = await value
+            stored = _json_encoder.encode(value)
+            if self._step_store is not None:
+                await self._step_store(name, stored)
+            self._steps[name] = stored
+        return msgspec.json.decode(stored)
+
+    @property
+    def completed_steps(self) -> list[str]:
+        """The names of the steps completed so far (this attempt or an earlier one)."""
+        return list(self._steps)
 
     async def start_jobs(
         self, kind: str, requests: Sequence[EnqueueRequest], *, trigger: Trigger
@@ -159,6 +192,18 @@ class BlockingJobContext:
     def key(self) -> str | None:
         """The job's business key."""
         return self._ctx.key
+
+    def step(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """`JobContext.step` from the handler's thread: `fn` runs here, in this thread,
+        and the call returns once its result is stored."""
+        ctx = self._ctx
+        stored = ctx._steps.get(name)
+        if stored is None:
+            stored = _json_encoder.encode(fn(*args))
+            if ctx._step_store is not None:
+                anyio.from_thread.run(ctx._step_store, name, stored)
+            ctx._steps[name] = stored
+        return msgspec.json.decode(stored)
 
     @property
     def headers(self) -> dict[str, str]:

@@ -158,6 +158,13 @@ class StateStore(_Closable, ABC):
         return outcome.job, outcome.created
 
     @abstractmethod
+    async def forget(self, job: Job) -> bool:
+        """Delete a `queued` record as if it had never been stored (its indexes and its
+        key hold with it), atomically: for an enqueue whose message could not be queued,
+        so that the same request can be sent again. False (nothing deleted) when the
+        record is gone or no longer the one given (its `version` moved on)."""
+
+    @abstractmethod
     async def key_holder(self, kind: str, key: str) -> Job | None:
         """The job that holds `key` of `kind` under its rule now, or None."""
 
@@ -263,8 +270,10 @@ class Queue(_Closable, ABC):
         """Return when the broker answers; raise `BackendUnavailable` when it does not."""
 
     @abstractmethod
-    async def publish(self, job_id: str, routing: str) -> None:
-        """Queue `job_id` on `routing`; returns once the broker holds it durably."""
+    async def publish(self, job_id: str, routing: str, *, delay: float = 0.0) -> None:
+        """Queue `job_id` on `routing`, delivered no earlier than `delay` seconds from now;
+        returns once the broker holds it durably (a delayed message too). A delayed
+        message waits in the broker, not in a worker."""
 
     @abstractmethod
     def consume(
@@ -278,4 +287,5 @@ class Queue(_Closable, ABC):
 
     @abstractmethod
     async def depth(self, routing: str) -> int:
-        """Messages waiting (not delivered) on `routing`."""
+        """Messages ready and waiting (not delivered) on `routing`; delayed ones not yet due
+        are not counted."""

@@ -15,21 +15,25 @@ from datetime import datetime
 import msgspec
 
 from .errors import TransitionRefused
-from .model import ErrorInfo, Job, JobState, Progress
+from .model import ErrorInfo, Job, JobState, Progress, Step
 
 __all__ = [
+    "DEAD_LETTER",
     "TRANSITIONS",
     "Event",
     "Fail",
     "Report",
     "RequestStop",
     "Retry",
+    "Revive",
     "Start",
+    "StepDone",
     "Stopped",
     "Succeed",
     "TimeOut",
     "allowed_from",
     "apply",
+    "startable",
 ]
 
 Q, R = JobState.QUEUED, JobState.RUNNING
@@ -40,12 +44,15 @@ class Start(msgspec.Struct, frozen=True, tag=True):
     """A worker takes a queued job: queued -> running, attempt + 1.
 
     Past the job's deadline it becomes a `TimeOut` instead: queued -> failed. A job
-    that replaced its key's holder (`after` set) is refused until the worker vouches
-    with `after_ended` that the holder is terminal (terminal stays terminal, so the
-    check need not be atomic with the start).
+    that may not start yet is refused (`startable`).
     """
 
     after_ended: bool = False
+
+
+# `attempt` on the events a running attempt sends is its fencing token: given, the
+# event is refused unless it is the job's current attempt, so a lost attempt's late
+# progress or outcome changes nothing once the job runs again.
 
 
 class Report(msgspec.Struct, frozen=True, tag=True):
@@ -54,6 +61,15 @@ class Report(msgspec.Struct, frozen=True, tag=True):
     percent: float | None = None
     biz_step: str | None = None
     message: str | None = None
+    attempt: int | None = None
+
+
+class StepDone(msgspec.Struct, frozen=True, tag=True):
+    """A durable step completed: its JSON result is kept, a later attempt reuses it."""
+
+    name: str
+    result: msgspec.Raw
+    attempt: int | None = None
 
 
 class Succeed(msgspec.Struct, frozen=True, tag=True):
@@ -61,18 +77,27 @@ class Succeed(msgspec.Struct, frozen=True, tag=True):
 
     result_size: int | None = None
     result_mime: str | None = None
+    attempt: int | None = None
 
 
 class Fail(msgspec.Struct, frozen=True, tag=True):
-    """The handler raised, or the job could not be run: -> failed."""
+    """The handler raised, or the job could not be run: -> failed.
+
+    `compensation_id` names the job that compensates it (set with this change).
+    """
 
     error: ErrorInfo
+    attempt: int | None = None
+    compensation_id: str | None = None
 
 
 class Retry(msgspec.Struct, frozen=True, tag=True):
-    """Run the job again (retryable error, or its worker was lost): running -> queued."""
+    """Run the job again (retryable error, or its worker was lost): running -> queued,
+    not to start before `not_before` (a backoff)."""
 
     error: ErrorInfo | None = None
+    not_before: datetime | None = None
+    attempt: int | None = None
 
 
 class RequestStop(msgspec.Struct, frozen=True, tag=True):
@@ -82,29 +107,51 @@ class RequestStop(msgspec.Struct, frozen=True, tag=True):
 class Stopped(msgspec.Struct, frozen=True, tag=True):
     """The handler of a job with a stop request has exited: running -> stopped."""
 
+    attempt: int | None = None
+
+
+class Revive(msgspec.Struct, frozen=True, tag=True):
+    """An operator requeues a dead letter: failed (`dead_letter`) -> queued, its attempt
+    count kept, as if its last delivery had not happened (API.md section 13)."""
+
 
 class TimeOut(msgspec.Struct, frozen=True, tag=True):
     """The processing deadline passed: queued | running -> failed (`timeout`)."""
 
 
-Event = Start | Report | Succeed | Fail | Retry | RequestStop | Stopped | TimeOut
+Event = (
+    Start | Report | StepDone | Succeed | Fail | Retry | RequestStop | Stopped | Revive | TimeOut
+)
 
 TRANSITIONS: dict[type[Event], dict[JobState, JobState]] = {
     Start: {Q: R},
     Report: {R: R},
+    StepDone: {R: R},
     Succeed: {R: OK},
     Fail: {Q: KO, R: KO},
     Retry: {R: Q},
     RequestStop: {Q: ST, R: R, ST: ST},
     Stopped: {R: ST},
+    Revive: {KO: Q},
     TimeOut: {Q: KO, R: KO},
 }
+
+DEAD_LETTER = "dead_letter"
 
 TIMEOUT_ERROR = ErrorInfo(
     error_id="timeout",
     biz_msg="The job did not finish in time.",
     tech_msg="processing timeout exceeded",
 )
+
+
+def startable(job: Job, event: Start, now: datetime) -> bool:
+    """Whether `event` may start queued `job` now: not before its `notBefore`, and,
+    for a job that replaced its key's holder, only once the worker vouches that the
+    holder has ended (terminal stays terminal, so that need not be atomic)."""
+    if job.not_before is not None and now < job.not_before and now < job.deadline:
+        return False
+    return job.after is None or event.after_ended
 
 
 def allowed_from(event_type: type[Event]) -> frozenset[JobState]:
@@ -121,7 +168,9 @@ def apply(job: Job, event: Event, now: datetime) -> Job:
     if (
         target is None
         or (isinstance(event, Stopped) and not job.stop_requested)
-        or (isinstance(event, Start) and job.after is not None and not event.after_ended)
+        or (isinstance(event, Start) and not startable(job, event, now))
+        or (getattr(event, "attempt", None) not in (None, job.attempt))
+        or (isinstance(event, Revive) and (job.error is None or job.error.error_id != DEAD_LETTER))
     ):
         raise TransitionRefused(job, type(event).__name__)
     replace = msgspec.structs.replace
@@ -132,9 +181,18 @@ def apply(job: Job, event: Event, now: datetime) -> Job:
                 # Taken from the queue too late: it times out there and never starts.
                 return apply(job, TimeOut(), now)
             return replace(
-                job, state=target, attempt=job.attempt + 1, started_at=now, version=version
+                job,
+                state=target,
+                attempt=job.attempt + 1,
+                started_at=now,
+                not_before=None,
+                version=version,
             )
-        case Report(percent, biz_step, message):
+        case StepDone(name, result):
+            steps = (*(s for s in job.steps if s.name != name), Step(name, now))
+            results = {**job.step_results, name: result}
+            return replace(job, steps=steps, step_results=results, version=version)
+        case Report(percent, biz_step, message, _):
             old = job.progress
             progress = Progress(
                 percent=old.percent if percent is None else min(100.0, max(0.0, float(percent))),
@@ -144,7 +202,7 @@ def apply(job: Job, event: Event, now: datetime) -> Job:
             if progress == old:
                 return job
             return replace(job, progress=progress, version=version)
-        case Succeed(size, mime):
+        case Succeed(size, mime, _):
             progress = replace(job.progress, percent=100.0)
             return replace(
                 job,
@@ -156,10 +214,17 @@ def apply(job: Job, event: Event, now: datetime) -> Job:
                 finished_at=now,
                 version=version,
             )
-        case Fail(error):
-            return replace(job, state=target, error=error, finished_at=now, version=version)
-        case Retry(error):
-            return replace(job, state=target, error=error, version=version)
+        case Fail(error, _, compensation_id):
+            return replace(
+                job,
+                state=target,
+                error=error,
+                finished_at=now,
+                compensation_id=compensation_id or job.compensation_id,
+                version=version,
+            )
+        case Retry(error, not_before):
+            return replace(job, state=target, error=error, not_before=not_before, version=version)
         case RequestStop():
             if job.state is JobState.STOPPED or job.stop_requested:
                 return job
@@ -170,6 +235,17 @@ def apply(job: Job, event: Event, now: datetime) -> Job:
             return replace(job, stop_requested=True, version=version)
         case Stopped():
             return replace(job, state=target, finished_at=now, version=version)
+        case Revive():
+            # A fresh processing window: the old deadline has likely passed.
+            window = job.deadline - (job.not_before or job.created_at)
+            return replace(
+                job,
+                state=target,
+                finished_at=None,
+                deadline=now + window,
+                not_before=None,
+                version=version,
+            )
         case TimeOut():
             return replace(job, state=target, error=TIMEOUT_ERROR, finished_at=now, version=version)
     raise AssertionError(event)  # pragma: no cover - the match is exhaustive

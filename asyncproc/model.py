@@ -178,6 +178,8 @@ class Job(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True, gc=Fa
     trigger: Trigger = API_TRIGGER
     owner: str | None = None
     steps: tuple[Step, ...] = ()
+    # The completed steps' JSON results, by name (for later attempts and compensation).
+    step_results: dict[str, msgspec.Raw] = {}
     compensation_id: str | None = None
     # The key's previous holder, replaced by this job (`onConflict: replace`): this
     # job does not start before that one is terminal.

@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from .errors import ConfigError, InvalidContent, PluginError, UnknownKind
 from .hooks import AfterChange, BeforeEnqueue, Hooks, Lifespan, SettingsCheck
-from .model import OnConflict, Uniqueness
+from .model import ErrorInfo, OnConflict, Uniqueness
 
 if TYPE_CHECKING:
     from .config import Settings
@@ -46,6 +46,7 @@ class JobKind:
 
     __slots__ = (
         "check",
+        "compensation",
         "content_type",
         "decoder",
         "description",
@@ -60,6 +61,7 @@ class JobKind:
         "retries",
         "retry_delay",
         "retry_max_delay",
+        "retry_on",
         "selection",
         "title",
         "uniqueness",
@@ -79,6 +81,9 @@ class JobKind:
         unique: Uniqueness | str = Uniqueness.NONE,
         on_conflict: OnConflict | str = OnConflict.REJECT,
         check: Check | None = None,
+        retry_delay: float = 1.0,
+        retry_max_delay: float = 300.0,
+        retry_on: tuple[type[BaseException], ...] = (),
     ) -> None:
         if not KIND_NAME.fullmatch(name):
             raise PluginError(f"kind name {name!r} does not match {KIND_NAME.pattern}")
@@ -98,9 +103,12 @@ class JobKind:
         self.uniqueness = Uniqueness(unique)
         self.on_conflict = OnConflict(on_conflict)
         self.check = check
-        # Set by `[kinds."<kind>"]` in the config; enforced by the reliability layer.
-        self.retry_delay: float | None = None
-        self.retry_max_delay: float | None = None
+        self.retry_delay = retry_delay
+        self.retry_max_delay = retry_max_delay
+        self.retry_on = retry_on
+        # The kind compensating this one's final failures (`<kind>.compensate`), if any.
+        self.compensation: str | None = None
+        # Set by `[kinds."<kind>"]` in the config; not enforced yet.
         self.max_concurrency: int | None = None
         self.rate_limit: str | None = None
         # For a selection kind (section 11): the kind its items start.
@@ -129,6 +137,16 @@ def _content_message(text: str) -> str:
     return "content: " + text.replace("`$", "`$.content", 1)
 
 
+class Compensation(msgspec.Struct, frozen=True, rename="camel"):
+    """What a compensation handler gets: the failed job, its content, its last error and
+    the JSON results of its completed durable steps (by name, oldest first)."""
+
+    job_id: str
+    content: Any
+    error: ErrorInfo | None
+    steps: dict[str, Any]
+
+
 class Registry:
     """A set of job kinds; plugins fill one, the app includes them in its own."""
 
@@ -147,36 +165,60 @@ class Registry:
         processing_timeout: float | None = None,
         retention: float | None = None,
         retries: int = 0,
+        retry_delay: float = 1.0,
+        retry_max_delay: float = 300.0,
+        retry_on: tuple[type[BaseException], ...] = (),
         unique: Uniqueness | str = Uniqueness.NONE,
         on_conflict: OnConflict | str = OnConflict.REJECT,
         check: Check | None = None,
+        compensate: Handler | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register the decorated function as the handler of `kind`.
 
         `content` is the msgspec type the JSON content is validated into;
         `processing_timeout` and `retention` (seconds) override the settings;
-        `retries` is how many more attempts a `RetryableJobError` gets; `unique`
-        is the key rule (`none`, `active`, `once`) and `on_conflict` what an enqueue
-        meeting the key's holder does (`reject`, `existing`, `replace`);
-        `check(content)` is a pre-start validation whose ValueError becomes a 422.
+        `retries` is how many more attempts a retryable failure gets (a
+        `RetryableJobError`, or an exception of a type in `retry_on`), each after a
+        backoff of `retry_delay` seconds doubling up to `retry_max_delay` (±25 %
+        jitter); `unique` is the key rule (`none`, `active`, `once`) and
+        `on_conflict` what an enqueue meeting the key's holder does (`reject`,
+        `existing`, `replace`); `check(content)` is a pre-start validation whose
+        ValueError becomes a 422; `compensate(ctx, compensation)` undoes a job that
+        failed for good: it runs as kind `<kind>.compensate` with a `Compensation`.
         """
 
         def register(handler: Handler) -> Handler:
-            self.add(
-                JobKind(
-                    kind,
-                    handler,
-                    content=content,
-                    title=title,
-                    description=description,
-                    processing_timeout=processing_timeout,
-                    retention=retention,
-                    retries=retries,
-                    unique=unique,
-                    on_conflict=on_conflict,
-                    check=check,
-                )
+            job_kind = JobKind(
+                kind,
+                handler,
+                content=content,
+                title=title,
+                description=description,
+                processing_timeout=processing_timeout,
+                retention=retention,
+                retries=retries,
+                unique=unique,
+                on_conflict=on_conflict,
+                check=check,
+                retry_delay=retry_delay,
+                retry_max_delay=retry_max_delay,
+                retry_on=retry_on,
             )
+            self.add(job_kind)
+            if compensate is not None:
+                undo = JobKind(
+                    f"{kind}.compensate",
+                    compensate,
+                    content=Compensation,
+                    title=f"Compensate {job_kind.title}",
+                    description=inspect.getdoc(compensate) or "",
+                    retention=retention,
+                    retries=max(3, retries),
+                    retry_delay=retry_delay,
+                    retry_max_delay=retry_max_delay,
+                )
+                self.add(undo)
+                job_kind.compensation = undo.name
             return handler
 
         return register
@@ -358,7 +400,9 @@ def apply_kind_settings(registry: Registry, settings: Settings) -> None:
             kind.uniqueness = Uniqueness(options.unique)
         if options.on_conflict is not None:
             kind.on_conflict = OnConflict(options.on_conflict)
-        kind.retry_delay = options.retry_delay
-        kind.retry_max_delay = options.retry_max_delay
+        if options.retry_delay is not None:
+            kind.retry_delay = options.retry_delay
+        if options.retry_max_delay is not None:
+            kind.retry_max_delay = options.retry_max_delay
         kind.max_concurrency = options.max_concurrency
         kind.rate_limit = options.rate_limit

@@ -17,9 +17,11 @@ __all__ = [
     "KeyAfter",
     "expired",
     "holds_key",
+    "inherited_wait",
     "key_after",
     "replace_event",
     "retries_left",
+    "retry_backoff",
     "waits_for",
 ]
 
@@ -44,13 +46,30 @@ class KeyAfter(enum.StrEnum):
     KEEP = "keep"  # still unfinished: it holds the key as before
     DONE = "done"  # a succeeded `once` job: holds it until released
     FREE = "free"  # anyone may take the key
+    WAIT = "wait"  # anyone may take it, but must wait for the job the holder waited for
 
 
 def key_after(rule: Uniqueness, job: Job) -> KeyAfter:
-    """Whether the key's holder `job` still holds it after its latest change."""
+    """Whether the key's holder `job` still holds it after its latest change.
+
+    A holder that ends without having run while it waited for a replaced job
+    (`after`) leaves that wait on the key (`WAIT`): the key is free, but the next
+    holder waits for that job too, or it could run beside the replaced job that is
+    still stopping.
+    """
     if not job.state.terminal:
         return KeyAfter.KEEP
-    return KeyAfter.DONE if holds_key(rule, job.state) else KeyAfter.FREE
+    if holds_key(rule, job.state):
+        return KeyAfter.DONE
+    return KeyAfter.WAIT if inherited_wait(job) is not None else KeyAfter.FREE
+
+
+def inherited_wait(previous: Job) -> str | None:
+    """The job a new holder of a free key must wait for, given the key's last holder:
+    what that holder waited for, when it ended without ever running."""
+    if previous.state.terminal and previous.started_at is None:
+        return previous.after
+    return None
 
 
 def replace_event(holder: Job) -> Event | None:
@@ -70,3 +89,12 @@ def waits_for(stopped_holder: Job) -> str | None:
 def retries_left(job: Job, retries: int) -> bool:
     """True when a retryable failure of `job`'s current attempt may run again."""
     return job.attempt <= retries
+
+
+def retry_backoff(attempt: int, first: float, cap: float, jitter: float) -> float:
+    """Seconds before attempt `attempt + 1` runs: `first` doubling per attempt, capped at
+    `cap`, times `1 + jitter` where the caller draws `jitter` from [-0.25, 0.25]."""
+    if first <= 0:
+        return 0.0
+    base = min(cap, first * 2.0 ** max(0, attempt - 1))
+    return max(0.0, base * (1.0 + max(-0.25, min(0.25, jitter))))

@@ -8,6 +8,7 @@ callback exchange, ...) with the record before and after it.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -19,6 +20,7 @@ import msgspec
 
 from .errors import (
     BackendUnavailable,
+    InvalidInput,
     JobNotFound,
     JobStateConflict,
     Overloaded,
@@ -28,9 +30,9 @@ from .errors import (
 )
 from .hooks import Draft
 from .interfaces import JobQuery, Page, Queue, StateStore
-from .lifecycle import Event, Fail, RequestStop, TimeOut
-from .model import API_TRIGGER, ErrorInfo, Job, JobState, OnConflict, Trigger, utcnow
-from .registry import Registry
+from .lifecycle import TIMEOUT_ERROR, Event, Fail, RequestStop, TimeOut
+from .model import API_TRIGGER, Job, JobState, OnConflict, Trigger, TriggerType, utcnow
+from .registry import Compensation, Registry
 
 __all__ = ["EnqueueRequest", "ItemOutcome", "JobService"]
 
@@ -40,6 +42,11 @@ RoutingName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 CallbackRouting = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 HIDDEN_HEADERS = frozenset({"authorization", "cookie"})
+
+
+def compensation_id(job_id: str) -> str:
+    """The id of the job compensating `job_id` (the same however often it is asked)."""
+    return "comp-" + hashlib.sha256(job_id.encode()).hexdigest()[:32]
 
 
 def new_job_id() -> str:
@@ -79,6 +86,18 @@ class EnqueueRequest(msgspec.Struct, frozen=True, rename="camel"):
     proc_routing: RoutingName | None = None
     callback_routing: CallbackRouting | None = None
     on_conflict: OnConflict | None = None
+    delay: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    not_before: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+
+    def start_at(self, now: datetime) -> datetime | None:
+        """When the job may start (`delay` or `notBefore`), None for at once; 422 for both."""
+        if self.delay is not None and self.not_before is not None:
+            raise InvalidInput("give delay or notBefore, not both")
+        if self.delay:
+            return now + timedelta(seconds=self.delay)
+        if self.not_before is not None and self.not_before > now:
+            return self.not_before
+        return None
 
 
 class ItemOutcome(msgspec.Struct, frozen=True):
@@ -135,22 +154,27 @@ class JobService:
         parent_id: str | None = None,
         check_depth: bool = True,
         after: str | None = None,
+        publish: bool = True,
     ) -> tuple[Job, bool]:
         """Validate, store and queue a job; `(job, False)` when a job answers for it
         (its `requestId` exists, or the key's holder under `onConflict: existing`).
-        With `after` (a job id), the job does not start before that job is terminal."""
+        With `after` (a job id), the job does not start before that job is terminal;
+        with `publish=False` the caller queues it (`publish`) once it is ready to."""
         kind = self.registry.get(kind_name)
         kind.decode_content(request.content)
         routing = request.proc_routing or "default"
         if check_depth:
             await self._check_depth(routing)
         now = utcnow()
+        start_at = request.start_at(now) if request.delay or request.not_before else None
         job = Job(
             id=request.request_id or new_job_id(),
             kind=kind.name,
             state=JobState.QUEUED,
             created_at=now,
-            deadline=now + timedelta(seconds=kind.processing_timeout or self.processing_timeout),
+            deadline=(start_at or now)
+            + timedelta(seconds=kind.processing_timeout or self.processing_timeout),
+            not_before=start_at,
             retention=kind.retention if kind.retention is not None else self.retention,
             key=request.key,
             proc_routing=routing,
@@ -183,15 +207,26 @@ class JobService:
             if outcome.replaced is not None:
                 await self.hooks.emit_after_change(*outcome.replaced)
             await self.hooks.emit_after_change(None, stored)
-        try:
-            await self.queue.publish(stored.id, routing)
-        except BackendUnavailable:
-            # Do not leave a queued record that no message will ever run.
-            error = ErrorInfo(error_id="enqueue_failed", tech_msg="the queue was unreachable")
-            with contextlib.suppress(TransitionRefused, BackendUnavailable):
-                await self.transition(stored.id, Fail(error))
-            raise
+        if publish:
+            await self.publish(stored)
         return stored, True
+
+    async def publish(self, job: Job) -> None:
+        """Queue a stored job's message (delayed to its `notBefore`); when the queue
+        cannot take it, forget the record, so that nothing is kept and the same request
+        can simply be sent again (API.md section 1, 503)."""
+        delay = 0.0
+        if job.not_before is not None:
+            delay = max(0.0, (job.not_before - utcnow()).total_seconds())
+        try:
+            if delay > 0:
+                await self.queue.publish(job.id, job.proc_routing, delay=delay)
+            else:
+                await self.queue.publish(job.id, job.proc_routing)
+        except BackendUnavailable:
+            with contextlib.suppress(BackendUnavailable):
+                await self.store.forget(job)
+            raise
 
     async def _check_depth(self, routing: str) -> None:
         if self.max_queue_depth and await self.queue.depth(routing) >= self.max_queue_depth:
@@ -351,8 +386,51 @@ class JobService:
         late = await self.store.overdue(now - timedelta(seconds=grace))
         for job_id in late:
             with contextlib.suppress(TransitionRefused, JobNotFound):
-                await self.transition(job_id, TimeOut())
+                job = await self.get(job_id)
+                await self.fail_for_good(job, TimeOut())
         return len(late)
+
+    # -- failing for good -----------------------------------------------------
+
+    async def fail_for_good(self, job: Job, event: Fail | TimeOut) -> Job:
+        """Fail `job` for good; when its kind compensates, the compensation job is stored
+        first (its id derives from the job's, so a repeat finds it), the failure then
+        names it in `compensationId`, and only then is it queued. A job that did not
+        fail after all (stopped, finished meanwhile) gets no compensation."""
+        kind = self.registry.get(job.kind) if job.kind in self.registry else None
+        if kind is None or kind.compensation is None:
+            return await self.transition(job.id, event)
+        error = event.error if isinstance(event, Fail) else TIMEOUT_ERROR
+        compensation = Compensation(
+            job_id=job.id,
+            content=msgspec.json.decode(job.content),
+            error=error,
+            steps={name: msgspec.json.decode(raw) for name, raw in job.step_results.items()},
+        )
+        request = EnqueueRequest(
+            content=msgspec.Raw(msgspec.json.encode(compensation)),
+            request_id=compensation_id(job.id),
+            proc_routing=job.proc_routing,
+            callback_routing=job.callback_routing,
+        )
+        undo, _ = await self.enqueue(
+            kind.compensation,
+            request,
+            trigger=Trigger(TriggerType.COMPENSATION, job.kind),
+            parent_id=job.id,
+            check_depth=False,
+            publish=False,
+        )
+        attempt = event.attempt if isinstance(event, Fail) else None
+        try:
+            failed = await self.transition(job.id, Fail(error, attempt, undo.id))
+        except (TransitionRefused, JobNotFound):
+            with contextlib.suppress(BackendUnavailable):
+                await self.store.forget(undo)
+            raise
+        if undo.state is JobState.QUEUED:
+            await self.queue.publish(undo.id, undo.proc_routing)
+        return failed
 
     async def run_sweeper(self, interval: float) -> None:
         """Sweep every `interval` seconds until cancelled; a failing sweep is retried."""

@@ -8,6 +8,7 @@ job's terminal (or re-queued) state is stored.
 
 from __future__ import annotations
 
+import random
 import traceback
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -15,6 +16,7 @@ from typing import Any
 
 import anyio
 import anyio.to_thread
+import msgspec
 
 from .changes import Change
 from .context import BlockingJobContext, JobContext, encode_result
@@ -28,10 +30,10 @@ from .errors import (
     UnknownKind,
 )
 from .interfaces import Delivery
-from .lifecycle import Event, Fail, Report, Retry, Start, Stopped, Succeed, TimeOut
+from .lifecycle import Event, Fail, Report, Retry, Start, StepDone, Stopped, Succeed, TimeOut
 from .model import ErrorInfo, Job, JobState, utcnow
 from .registry import JobKind
-from .rules import retries_left
+from .rules import retries_left, retry_backoff
 from .service import JobService
 
 __all__ = ["WorkerPool"]
@@ -188,6 +190,18 @@ class WorkerPool:
             return None  # a message whose record expired or never was: drop it
         except TransitionRefused as refused:
             job = refused.job
+        if job.state is JobState.QUEUED and job.not_before is not None:
+            wait = (job.not_before - utcnow()).total_seconds()
+            if wait > 0:
+                # Delivered early (a clock ahead, a requeue): back to the queue until then.
+                await service.queue.publish(job.id, job.proc_routing, delay=wait)
+                return None
+            if job.after is None:
+                try:  # its time came between the refusal and now
+                    started = await service.transition(job.id, Start())
+                except TransitionRefused:
+                    return None
+                return started if started.state is JobState.RUNNING else None
         if job.state is JobState.QUEUED and job.after is not None:
             return await self._start_after(job)
         if not (job.state is JobState.RUNNING and delivery.redelivered):
@@ -244,11 +258,17 @@ class WorkerPool:
             await self._finish(job, Fail(error))
             return
 
+        attempt = job.attempt
+
         async def report(event: Report) -> None:
             try:
-                await service.transition(job.id, event)
+                await service.transition(job.id, msgspec.structs.replace(event, attempt=attempt))
             except TransitionRefused:
                 pass  # the job ended meanwhile; its cancellation is on its way
+
+        async def store_step(name: str, result: bytes) -> None:
+            # Refused (the job ended, or another attempt owns it): this attempt stops here.
+            await service.transition(job.id, StepDone(name, msgspec.Raw(result), attempt))
 
         ctx = JobContext(
             job_id=job.id,
@@ -259,6 +279,8 @@ class WorkerPool:
             report=report,
             key=job.key,
             starter=service.enqueue_many,
+            steps=job.step_results,
+            step_store=store_step,
         )
         # A blocking handler cannot be cancelled: `_call_blocking` flags it at the deadline.
         deadline = job.deadline if kind.is_async else None
@@ -307,7 +329,12 @@ class WorkerPool:
             return Retry(_job_error(exc)), None
         except JobError as exc:
             return Fail(_job_error(exc)), None
+        except TransitionRefused:
+            # A step could not be stored: the job ended or moved on without this attempt.
+            return TimeOut(), None
         except Exception as exc:
+            if kind.retry_on and isinstance(exc, kind.retry_on):
+                return Retry(_exception_error(exc, "retryable")), None
             return Fail(
                 ErrorInfo(
                     error_id="unhandled",
@@ -361,16 +388,37 @@ class WorkerPool:
             return
         if isinstance(event, Retry):
             if retries_left(job, kind.retries):
-                try:
-                    await self.service.transition(job.id, event)
-                except TransitionRefused:
-                    return
-                await self.service.queue.publish(job.id, job.proc_routing)
+                backoff = retry_backoff(
+                    job.attempt, kind.retry_delay, kind.retry_max_delay, random.uniform(-0.25, 0.25)
+                )
+                not_before = utcnow() + timedelta(seconds=backoff) if backoff > 0 else None
+                retry = Retry(event.error, not_before, job.attempt)
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await self.service.transition(job.id, retry)
+                    except (TransitionRefused, JobNotFound):
+                        return
+                    if backoff > 0:
+                        await self.service.queue.publish(job.id, job.proc_routing, delay=backoff)
+                    else:
+                        await self.service.queue.publish(job.id, job.proc_routing)
                 return
             event = Fail(event.error or ErrorInfo(error_id="failed"))
+        if isinstance(event, Fail | TimeOut):
+            with anyio.CancelScope(shield=True):
+                try:
+                    if isinstance(event, Fail):
+                        event = msgspec.structs.replace(event, attempt=job.attempt)
+                    current = await self.service.get(job.id)
+                    await self.service.fail_for_good(current, event)
+                except (TransitionRefused, JobNotFound):
+                    pass  # stopped, timed out or purged meanwhile: that outcome stands
+            return
         await self._finish(job, event)
 
     async def _finish(self, job: Job, event: Event, result: bytes | None = None) -> None:
+        if isinstance(event, Succeed | Stopped):
+            event = msgspec.structs.replace(event, attempt=job.attempt)
         with anyio.CancelScope(shield=True):
             try:
                 await self.service.transition(job.id, event, result=result)
@@ -383,6 +431,14 @@ def _job_error(exc: JobError) -> ErrorInfo:
         error_id=exc.error_id,
         biz_msg=exc.biz_msg,
         tech_msg=exc.tech_msg,
+        tech_info=traceback.format_exc(),
+    )
+
+
+def _exception_error(exc: BaseException, error_id: str) -> ErrorInfo:
+    return ErrorInfo(
+        error_id=error_id,
+        tech_msg=str(exc) or type(exc).__name__,
         tech_info=traceback.format_exc(),
     )
 

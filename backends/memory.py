@@ -6,6 +6,7 @@ between a read and its write.
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
@@ -29,7 +30,14 @@ from asyncproc.interfaces import (
 )
 from asyncproc.lifecycle import Event, Succeed, apply
 from asyncproc.model import Job, OnConflict, Uniqueness, utcnow
-from asyncproc.rules import KeyAfter, expired, holds_key, key_after, replace_event, waits_for
+from asyncproc.rules import (
+    KeyAfter,
+    expired,
+    holds_key,
+    key_after,
+    replace_event,
+    waits_for,
+)
 
 __all__ = ["MemoryQueue", "MemoryStateStore"]
 
@@ -48,6 +56,8 @@ class MemoryStateStore(StateStore):
         # (kind, key) -> (holder job id, its rule); see `create`.
         self._holders: dict[tuple[str, str], tuple[str, Uniqueness]] = {}
         self._docs: dict[str, dict[str, Doc]] = {}
+        # (kind, key) -> the job a free key's next holder waits for (`KeyAfter.WAIT`).
+        self._waits: dict[tuple[str, str], str] = {}
 
     async def ping(self) -> None:
         """Always answers: the store is this process."""
@@ -85,8 +95,11 @@ class MemoryStateStore(StateStore):
         entry = self._holders.get((job.kind, job.key))
         if entry is None or entry[0] != job.id:
             return
-        if key_after(entry[1], job) is KeyAfter.FREE:
+        fate = key_after(entry[1], job)
+        if fate is KeyAfter.FREE or fate is KeyAfter.WAIT:
             del self._holders[(job.kind, job.key)]
+        if fate is KeyAfter.WAIT and job.after is not None:
+            self._waits[(job.kind, job.key)] = job.after
 
     async def insert(
         self,
@@ -115,11 +128,26 @@ class MemoryStateStore(StateStore):
                     after = waits_for(replaced[1])
                     if after is not None:
                         job = msgspec.structs.replace(job, after=after)
+            wait = self._waits.pop((job.kind, key), None)
+            if wait is not None and job.after is None and (job.kind, key) not in self._holders:
+                job = msgspec.structs.replace(job, after=wait)
             self._holders[(job.kind, key)] = (job.id, uniqueness)
         self._jobs[job.id] = job
         self._unfinished[job.id] = job.deadline
         self._publish(job)
         return Created(job, True, replaced)
+
+    async def forget(self, job: Job) -> bool:
+        """See `StateStore.forget`."""
+        current = self._jobs.get(job.id)
+        if current is None or current.version != job.version:
+            return False
+        self._drop(job.id)
+        if current.key is not None:
+            entry = self._holders.get((current.kind, current.key))
+            if entry is not None and entry[0] == job.id:
+                del self._holders[(current.kind, current.key)]
+        return True
 
     async def key_holder(self, kind: str, key: str) -> Job | None:
         """See `StateStore.key_holder`."""
@@ -307,6 +335,8 @@ class MemoryQueue(Queue):
         self._waiting: dict[str, deque[tuple[str, bool]]] = {}
         self._consumers: dict[str, set[_Consumer]] = {}
         self.dead_letters: list[tuple[str, str]] = []
+        # Delayed messages: the event loop's own timer heap, no task per message.
+        self._timers: set[asyncio.TimerHandle] = set()
 
     def waiting(self, routing: str) -> deque[tuple[str, bool]]:
         """The messages waiting on `routing`: (job id, redelivered)."""
@@ -318,10 +348,26 @@ class MemoryQueue(Queue):
     async def ping(self) -> None:
         """Always answers: the queue is this process."""
 
-    async def publish(self, job_id: str, routing: str) -> None:
+    async def publish(self, job_id: str, routing: str, *, delay: float = 0.0) -> None:
         """See `Queue.publish`."""
+        if delay > 0:
+
+            def due() -> None:
+                self._timers.discard(timer)
+                self.waiting(routing).append((job_id, False))
+                self._wake(routing)
+
+            timer = asyncio.get_running_loop().call_later(delay, due)
+            self._timers.add(timer)
+            return
         self.waiting(routing).append((job_id, False))
         self._wake(routing)
+
+    async def aclose(self) -> None:
+        """Drop the delayed messages' timers (the queue goes with the process)."""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
 
     def put_back(self, job_id: str, routing: str) -> None:
         """Return a message to the head of its queue, flagged redelivered."""

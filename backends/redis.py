@@ -48,6 +48,7 @@ from .redis_listener import ChangeListener
 from .redis_pipeline import UNAVAILABLE, Arg, Pipeliner
 from .redis_scripts import (
     CREATE,
+    FORGET,
     HOLDER,
     PUT_DOC,
     RELEASE,
@@ -159,6 +160,7 @@ class RedisStateStore(StateStore):
         )
         self._pipeliner = Pipeliner(self._pipe_redis, timeout)
         self._release = self._redis.register_script(RELEASE)
+        self._forget = self._redis.register_script(FORGET)
         self._holder = self._redis.register_script(HOLDER)
         self._put_doc = self._redis.register_script(PUT_DOC)
         self._cache: OrderedDict[str, tuple[Job, bytes]] = OrderedDict()
@@ -328,7 +330,7 @@ class RedisStateStore(StateStore):
         if isinstance(decision, Created):
             return decision
         if isinstance(decision, Free):
-            return _Plan.plain(job, decision.expected)
+            return _Plan.plain(decision.job, decision.expected)
         replaced = (decision.holder, decision.stopped)
         stopped = decision.stopped
         if stopped is decision.holder:  # already asked to stop: nothing to write
@@ -364,12 +366,35 @@ class RedisStateStore(StateStore):
         rule, holder_id = hold_of(cast("bytes", answer[0]).decode())
         job = decode_job(answer[1])
         if (
-            (job.id, job.kind, job.key) != (holder_id, kind, key)
+            rule is None  # a wait left on a free key
+            or (job.id, job.kind, job.key) != (holder_id, kind, key)
             or expired(job, utcnow())
             or not holds_key(rule, job.state)
         ):
             return None
         return job
+
+    async def forget(self, job: Job) -> bool:
+        """See `StateStore.forget`."""
+        current = self._cache.get(job.id)
+        if current is None or current[0].version != job.version:
+            current = await self._read(job.id)
+        if current is None or current[0].version != job.version:
+            return False
+        prefix = self.prefix
+        keys = [
+            self._job_key(job.id),
+            f"{prefix}idx",
+            f"{prefix}idx:kind:{job.kind}",
+            f"{prefix}due",
+            f"{prefix}idx:key:{job.key}" if job.key is not None else "",
+            f"{prefix}idx:parent:{job.parent_id}" if job.parent_id is not None else "",
+            self._hold_key(job.kind, job.key) if job.key is not None else "",
+        ]
+        args: list[Arg] = [current[1], index_member(job.created_at, job.id), job.id]
+        forgotten = await self._eval(self._forget, keys, args)
+        self._cache.pop(job.id, None)
+        return bool(forgotten)
 
     async def _read(self, job_id: str) -> tuple[Job, bytes] | None:
         with _guard():
@@ -458,6 +483,8 @@ class RedisStateStore(StateStore):
                 # What becomes of the key under either rule; the hold value names it.
                 key_after(Uniqueness.ACTIVE, new),
                 key_after(Uniqueness.ONCE, new),
+                # For `wait`: the job the next holder must wait for.
+                new.after or "",
             ]
         answer: list[Any] = await self._eval(self._transition, keys, args)
         return answer

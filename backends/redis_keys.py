@@ -23,9 +23,10 @@ __all__ = ["Free", "Replace", "decide", "hold_of"]
 
 
 class Free(NamedTuple):
-    """Create the job, provided the hold value is still `expected` ("": no hold)."""
+    """Create `job`, provided the hold value is still `expected` ("": no hold)."""
 
     expected: str
+    job: Job
 
 
 class Replace(NamedTuple):
@@ -39,9 +40,12 @@ class Replace(NamedTuple):
     token: bytes
 
 
-def hold_of(held: str) -> tuple[Uniqueness, str]:
-    """The rule and the holder's id of a hold value ("<rule>|<id>", "done|<id>")."""
+def hold_of(held: str) -> tuple[Uniqueness | None, str]:
+    """The rule and the holder's id of a hold value ("<rule>|<id>", "done|<id>"); for
+    "wait|<id>" (a free key whose next holder waits for job <id>) None and that id."""
     rule, _, holder_id = held.partition("|")
+    if rule == "wait":
+        return None, holder_id
     return (Uniqueness.ONCE if rule == "done" else Uniqueness(rule)), holder_id
 
 
@@ -61,8 +65,10 @@ def decide(
     `KeyConflict`, `replace` stops the holder (`rules.replace_event`).
     """
     if held is None:
-        return Free("")
+        return Free("", job)
     rule, holder_id = hold_of(held)
+    if rule is None:  # free, but the last holder left a wait: inherit it
+        return Free(held, msgspec.structs.replace(job, after=holder_id))
     holder = decode_job(record) if record is not None else None
     if holder is not None and (
         (holder.id, holder.kind, holder.key) != (holder_id, job.kind, job.key)
@@ -71,9 +77,9 @@ def decide(
         holder = None  # purged, or the id was used again since
     if holder is not None:
         if not holds_key(rule, holder.state):
-            return Free(held)  # a stale hold: the key is free
+            return Free(held, job)  # a stale hold: the key is free
     elif rule is not Uniqueness.ONCE:
-        return Free(held)
+        return Free(held, job)
     # Held, by `holder` or by a succeeded `once` job purged since.
     if on_conflict is OnConflict.EXISTING and holder is not None:
         return Created(holder, False)
@@ -81,7 +87,7 @@ def decide(
         raise KeyConflict(f"key {job.key!r} is held by job {holder_id}", jobId=holder_id)
     event = replace_event(holder) if holder is not None else None
     if holder is None or event is None:
-        return Free(held)  # a succeeded `once` holder: released
+        return Free(held, job)  # a succeeded `once` holder: released
     stopped = apply(holder, event, now)
     after = waits_for(stopped)
     if after is not None:

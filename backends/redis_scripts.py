@@ -34,6 +34,7 @@ from asyncproc.errors import BadRequest
 
 __all__ = [
     "CREATE",
+    "FORGET",
     "HOLDER",
     "PUT_DOC",
     "RELEASE",
@@ -134,6 +135,8 @@ if KEYS[2] then
           redis.call('SET', KEYS[4], 'done|' .. ARGV[8])
         elseif fate == 'free' then
           redis.call('DEL', KEYS[4])
+        elseif fate == 'wait' then
+          redis.call('SET', KEYS[4], 'wait|' .. ARGV[14], 'KEEPTTL')
         end
       end
     end
@@ -141,6 +144,26 @@ if KEYS[2] then
 end
 redis.call('PUBLISH', ARGV[5], ARGV[4])
 return {3}
+"""
+
+# KEYS: job, idx, idx:kind, due, idx:key or '', idx:parent or '', hold or ''
+# ARGV: expected token, member, id
+# Deletes a record nobody wrote since (the token), its index entries and its hold.
+FORGET = """
+if redis.call('HGET', KEYS[1], 'w') ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('ZREM', KEYS[4], ARGV[3])
+if KEYS[5] ~= '' then redis.call('ZREM', KEYS[5], ARGV[2]) end
+if KEYS[6] ~= '' then redis.call('ZREM', KEYS[6], ARGV[2]) end
+if KEYS[7] ~= '' then
+  local held = redis.call('GET', KEYS[7])
+  if held and string.sub(held, string.find(held, '|', 1, true) + 1) == ARGV[3] then
+    redis.call('DEL', KEYS[7])
+  end
+end
+return 1
 """
 
 # KEYS: hold.  Frees a key held by a succeeded `once` job.

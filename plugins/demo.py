@@ -1,5 +1,5 @@
 """The demo kinds of API.md section 9: count, report, fail, sleep, echo, bytes, keyed, once,
-select."""
+select, flaky, saga."""
 
 from __future__ import annotations
 
@@ -10,7 +10,15 @@ from typing import Annotated, Any, Literal
 import anyio
 import msgspec
 
-from asyncproc import BlockingJobContext, JobContext, JobError, Registry, Result
+from asyncproc import (
+    BlockingJobContext,
+    JobContext,
+    JobError,
+    Registry,
+    Result,
+    RetryableJobError,
+)
+from asyncproc.registry import Compensation
 
 registry = Registry()
 
@@ -162,3 +170,59 @@ async def select(ctx: JobContext, params: Select) -> AsyncIterator[tuple[str, di
     """Starts a demo.keyed job for each of `count` keys."""
     for i in range(1, params.count + 1):
         yield f"{params.prefix}-{i}", {"seconds": params.seconds}
+
+
+class Flaky(msgspec.Struct, forbid_unknown_fields=True):
+    """Fail (retryably) on the first `failures` attempts, then succeed."""
+
+    failures: NonNegativeInt
+
+
+@registry.job("demo.flaky", content=Flaky, title="Flaky", retries=3, retry_delay=0.2)
+async def flaky(ctx: JobContext, content: Flaky) -> dict[str, int]:
+    """Fails with a temporary error on attempts 1..failures, then succeeds."""
+    if ctx.attempt <= content.failures:
+        raise RetryableJobError(
+            "temporary failure", tech_msg=f"attempt {ctx.attempt}", error_id="demo.transient"
+        )
+    return {"attempts": ctx.attempt}
+
+
+class Saga(msgspec.Struct, forbid_unknown_fields=True, rename="camel"):
+    """Durable steps step-1..step-<steps>; fail for good at `failAt`, crash once at `crashAt`."""
+
+    steps: Annotated[int, msgspec.Meta(ge=1, le=20)] = 3
+    fail_at: int | None = None
+    crash_at: int | None = None
+    delay: NonNegativeFloat = 0.05
+
+
+async def _undo(ctx: JobContext, compensation: Compensation) -> dict[str, list[str]]:
+    """Undoes the failed saga's completed steps, newest first."""
+    undone = list(reversed(compensation.steps))
+    for name in undone:
+        await ctx.progress(biz_step="undoing", message=name)
+    return {"undone": undone}
+
+
+@registry.job("demo.saga", content=Saga, title="Saga", retries=2, retry_delay=0.1, compensate=_undo)
+async def saga(ctx: JobContext, content: Saga) -> dict[str, Any]:
+    """Runs durable steps in order; a final failure is compensated by demo.saga.compensate."""
+    ran: dict[str, int] = {}
+    for i in range(1, content.steps + 1):
+        name = f"step-{i}"
+        await ctx.progress(percent=100.0 * (i - 1) / content.steps, biz_step=name)
+        if i == content.fail_at:
+            raise JobError(
+                f"{name} failed", tech_msg="demo saga failure", error_id="demo.saga_failed"
+            )
+        if i == content.crash_at and ctx.attempt == 1:
+            raise RetryableJobError(f"crashed at {name}", error_id="demo.saga_crashed")
+
+        async def work(attempt: int = ctx.attempt) -> dict[str, int]:
+            await anyio.sleep(content.delay)
+            return {"ranOnAttempt": attempt}
+
+        stored = await ctx.step(name, work)
+        ran[name] = stored["ranOnAttempt"]
+    return {"done": list(ran), "ranOnAttempt": ran}

@@ -132,6 +132,8 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.results: dict[str, bytes] = {}
         # (kind, key) -> (holder id, rule): the uniqueness rules of API.md section 6.
         self.holders: dict[tuple[str, str], tuple[str, Uniqueness]] = {}
+        # (kind, key) -> the job a free key's next holder must wait for (KeyAfter.WAIT).
+        self.waits: dict[tuple[str, str], str | None] = {}
         self.stopped_while_queued: set[str] = set()
         self.finals: dict[str, Job] = {}
         self.store = self.call(self.open_store) if self.open_store is not None else None
@@ -183,6 +185,11 @@ class LifecycleMachine(RuleBasedStateMachine):
             except KeyConflict as conflict:
                 got = f"conflict {conflict.extra['jobId']}"
         expected: Created | str
+        wait = self.waits.get((kind, key)) if key is not None else None
+        if holding is None and wait is not None and rule_ is not Uniqueness.NONE:
+            # The key is free, but its last holder waited for a replaced job that may
+            # still be stopping: the new holder waits for it too.
+            job = msgspec.structs.replace(job, after=wait)
         if existing is not None:
             expected = Created(existing, False)
         elif holding is None:
@@ -217,6 +224,7 @@ class LifecycleMachine(RuleBasedStateMachine):
         self.stopped_while_queued.discard(job_id)
         if key is not None and rule_ is not Uniqueness.NONE:
             self.holders[(kind, key)] = (job_id, rule_)
+            self.waits.pop((kind, key), None)
 
     @rule(data=st.data(), policy=st.sampled_from(list(OnConflict)), keep=st.booleans())
     def contend(self, data: st.DataObject, policy: OnConflict, keep: bool) -> None:
@@ -329,8 +337,13 @@ class LifecycleMachine(RuleBasedStateMachine):
             self.finals.setdefault(job_id, new)
         if new.key is not None:
             held = self.holders.get((new.kind, new.key))
-            if held is not None and held[0] == job_id and key_after(held[1], new) is KeyAfter.FREE:
-                del self.holders[(new.kind, new.key)]
+            if held is not None and held[0] == job_id:
+                fate = key_after(held[1], new)
+                if fate in (KeyAfter.FREE, KeyAfter.WAIT):
+                    del self.holders[(new.kind, new.key)]
+                if fate is KeyAfter.WAIT:
+                    # Free, but the next holder waits for what this one waited for.
+                    self.waits[(new.kind, new.key)] = new.after
 
     @rule(job_id=st.sampled_from(IDS))
     def start_after(self, job_id: str) -> None:

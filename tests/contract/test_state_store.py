@@ -879,3 +879,19 @@ async def test_redis_parent_index_is_trimmed_and_documents_live_under_the_prefix
         assert await client.hgetall(f"{store.prefix}doc:schedules") == {b"nightly": b"1|{}"}
     finally:
         await client.aclose()
+
+
+async def test_forget_deletes_a_queued_record_and_frees_its_key(store: StateStore) -> None:
+    job, _ = await store.create(new_job(key="k"), uniqueness=Uniqueness.ACTIVE)
+    assert await store.forget(job)
+    assert await store.get(job.id) is None
+    assert await store.key_holder(job.kind, "k") is None
+    assert (await store.list_jobs(JobQuery(key="k"))).items == []
+    # The same id can be stored again, and holds the key again.
+    again, created = await store.create(new_job(job.id, key="k"), uniqueness=Uniqueness.ACTIVE)
+    assert created
+    assert (await store.key_holder(job.kind, "k")) == again
+    # A record that moved on is not forgotten.
+    await store.transition(again.id, Start())
+    assert not await store.forget(again)
+    assert (await store.get(again.id)) is not None
