@@ -5,9 +5,13 @@ Topology, every name under the key prefix `P`:
     P + "jobs"         durable direct exchange; routing key = procRouting
     P + "jobs." + r    durable queue of routing r, bound with key r; dead-letters to P + "dead"
     P + "dead"         durable fanout exchange and its durable queue: rejected messages
+    P + "delay." + ms + "." + r
+                       durable TTL queue of delayed messages of r, dead-lettering into
+                       P + "jobs" with key r (see `amqp_delay`)
 
 A message is the job id (UTF-8), persistent; `publish` returns once the broker
-confirmed it. The queue keeps two connections, one to publish and one to
+confirmed it, and gives up with `BackendUnavailable` after `outage_timeout`
+(a broker that is down, frozen or cut off: the confirm included). The queue keeps two connections, one to publish and one to
 consume: RabbitMQ's flow control blocks a publishing connection, and acks must
 not wait behind it. Each reconnects with backoff on its own; consumers re-declare
 and re-consume on the new connection.
@@ -32,6 +36,14 @@ from asyncproc.config import Settings
 from asyncproc.errors import BackendUnavailable
 from asyncproc.interfaces import Delivery, Queue
 
+from .amqp_delay import (
+    BUCKETS_MS,
+    REDECLARE_AFTER,
+    bucket_for,
+    delay_arguments,
+    delay_ms,
+    delay_queue_name,
+)
 from .amqp_link import (
     BACKOFF_MIN,
     FAILED,
@@ -224,10 +236,12 @@ class _Consumer:
 
 
 class RabbitMQQueue(Queue):
-    """Job ids on durable RabbitMQ queues, one per routing, with a dead-letter queue.
+    """Job ids on durable RabbitMQ queues, one per routing, with a dead-letter queue
+    and TTL queues for delayed messages.
 
-    `outage_timeout` bounds how long `publish` and `depth` wait for a lost
-    connection to come back before raising `BackendUnavailable`.
+    `outage_timeout` bounds how long `publish` and `depth` wait, for a lost
+    connection to come back or for a broker that does not answer, before raising
+    `BackendUnavailable`.
     """
 
     name = "rabbitmq"
@@ -250,6 +264,8 @@ class RabbitMQQueue(Queue):
         self._publishing: Channel | None = None
         self._admin: Channel | None = None
         self._declared: set[str] = set()
+        # Delay queue name -> loop time of its last declare on this connection.
+        self._delays_declared: dict[str, float] = {}
         self._declaring: dict[str, asyncio.Lock] = {}
         self._channel_lock = asyncio.Lock()
         self._consumers: set[_Consumer] = set()
@@ -298,6 +314,7 @@ class RabbitMQQueue(Queue):
                 self._generation = self.publisher_link.generation
                 self._publishing = self._admin = None
                 self._declared = set()
+                self._delays_declared = {}
             if self._publishing is None or self._publishing.is_closed:
                 self._publishing = await open_channel(connection, confirms=True)
             if self._admin is None or self._admin.is_closed:
@@ -331,6 +348,29 @@ class RabbitMQQueue(Queue):
                         self._declared.add(routing)
         return publishing
 
+    async def _ensure_delay(self, routing: str, bucket: int, deadline: float) -> str:
+        """The name of `routing`'s delay queue for `bucket`, declared recently enough
+        that the broker cannot expire it under a message published now."""
+        name = delay_queue_name(self.prefix, routing, bucket)
+        loop = asyncio.get_running_loop()
+        declared = self._delays_declared.get(name)
+        if declared is None or loop.time() - declared > REDECLARE_AFTER:
+            lock = self._declaring.setdefault(name, asyncio.Lock())
+            async with lock:
+                declared = self._delays_declared.get(name)
+                if declared is None or loop.time() - declared > REDECLARE_AFTER:
+                    _, admin = await self._channels(deadline)
+                    generation = self._generation
+                    started = loop.time()
+                    await admin.queue_declare(
+                        name,
+                        durable=True,
+                        arguments=delay_arguments(self.exchange, routing, bucket),
+                    )
+                    if generation == self._generation:
+                        self._delays_declared[name] = started
+        return name
+
     async def _retrying(self, deadline: float, error: BaseException) -> None:
         """Wait before the next try, or raise `BackendUnavailable` past `deadline`."""
         if aborted(error):
@@ -354,8 +394,8 @@ class RabbitMQQueue(Queue):
         deadline = asyncio.get_running_loop().time() + within
         while True:
             try:
-                _, admin = await self._channels(deadline)
                 async with asyncio.timeout_at(deadline):
+                    _, admin = await self._channels(deadline)
                     await admin.exchange_declare(
                         self.exchange, exchange_type="direct", durable=True
                     )
@@ -363,30 +403,55 @@ class RabbitMQQueue(Queue):
             except FAILED as exc:
                 await self._retrying(deadline, exc)
 
-    async def publish(self, job_id: str, routing: str) -> None:
+    async def publish(self, job_id: str, routing: str, *, delay: float = 0.0) -> None:
         """See `Queue.publish`: persistent, confirmed by the broker.
 
-        While the connection is down it waits up to `outage_timeout` for it to come
-        back, then raises `BackendUnavailable`. A publish cut off before its confirm
-        is sent again: a job may be delivered twice, never lost.
+        A delayed message goes to a TTL queue that dead-letters it to `routing`'s
+        queue once due (`amqp_delay`: never early, late by less than a bucket's width
+        only behind a later-due message of the same bucket).
+
+        Everything, the confirm included, is bounded by `outage_timeout`: past it
+        (the connection down, the broker frozen or cut off) it raises
+        `BackendUnavailable`. A publish cut off before its confirm is sent again: a
+        job may be delivered twice, never lost; one that timed out may still arrive.
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.outage_timeout
         body = job_id.encode()
+        ms = delay_ms(delay)
+        bucket = bucket_for(ms) if ms else 0
         while True:
+            delay_queue: str | None = None
             try:
-                channel = await self._ensure_routing(routing, deadline)
-                await channel.basic_publish(
-                    body,
-                    exchange=self.exchange,
-                    routing_key=routing,
-                    properties=spec.Basic.Properties(delivery_mode=2),
-                    mandatory=True,  # an unroutable message comes back instead of vanishing
-                    wait=False,  # the confirm is what we wait for
-                )
+                async with asyncio.timeout_at(deadline):
+                    # The routing's queue first: a due message with nowhere to go is dropped.
+                    channel = await self._ensure_routing(routing, deadline)
+                    if bucket:
+                        delay_queue = await self._ensure_delay(routing, bucket, deadline)
+                        await channel.basic_publish(
+                            body,
+                            routing_key=delay_queue,  # the default exchange: straight there
+                            properties=spec.Basic.Properties(
+                                delivery_mode=2, expiration=str(min(ms, bucket))
+                            ),
+                            mandatory=True,
+                            wait=False,
+                        )
+                    else:
+                        await channel.basic_publish(
+                            body,
+                            exchange=self.exchange,
+                            routing_key=routing,
+                            properties=spec.Basic.Properties(delivery_mode=2),
+                            mandatory=True,  # an unroutable message comes back, not vanishes
+                            wait=False,  # the confirm is what we wait for
+                        )
                 return
             except PublishError as exc:
-                self._declared.discard(routing)  # its queue was deleted: declare it again
+                # Its queue was deleted (or expired): declare it again.
+                self._declared.discard(routing)
+                if delay_queue is not None:
+                    self._delays_declared.pop(delay_queue, None)
                 await self._retrying(deadline, exc)
             except FAILED as exc:
                 await self._retrying(deadline, exc)
@@ -418,10 +483,11 @@ class RabbitMQQueue(Queue):
         deadline = asyncio.get_running_loop().time() + self.outage_timeout
         while True:
             try:
-                await self._ensure_routing(routing, deadline)
-                _, admin = await self._channels(deadline)
-                ok = await admin.queue_declare(self.queue_name(routing), passive=True)
-                return ok.message_count or 0
+                async with asyncio.timeout_at(deadline):
+                    await self._ensure_routing(routing, deadline)
+                    _, admin = await self._channels(deadline)
+                    ok = await admin.queue_declare(self.queue_name(routing), passive=True)
+                    return ok.message_count or 0
             except ChannelNotFoundEntity as exc:
                 self._declared.discard(routing)
                 await self._retrying(deadline, exc)
@@ -429,12 +495,17 @@ class RabbitMQQueue(Queue):
                 await self._retrying(deadline, exc)
 
     async def delete(self, routings: Sequence[str]) -> None:
-        """Delete the queues of `routings`, the dead-letter queue and both exchanges."""
+        """Delete the queues of `routings` and their delay queues (whoever declared
+        them), the dead-letter queue and both exchanges."""
         deadline = asyncio.get_running_loop().time() + self.outage_timeout
         _, admin = await self._channels(deadline)
         for routing in routings:
             await admin.queue_delete(self.queue_name(routing))
+            # Every bucket's name: AMQP cannot list queues, and deleting a missing one is fine.
+            for bucket in BUCKETS_MS:
+                await admin.queue_delete(delay_queue_name(self.prefix, routing, bucket))
         await admin.queue_delete(self.dead_letter)
         await admin.exchange_delete(self.exchange)
         await admin.exchange_delete(self.dead_letter)
         self._declared = set()
+        self._delays_declared = {}

@@ -12,7 +12,9 @@ from contextlib import asynccontextmanager
 import aiormq
 import anyio
 import pytest
+from aiormq.exceptions import ChannelNotFoundEntity
 
+from asyncproc.backends.amqp_delay import bucket_for, delay_ms, delay_queue_name
 from asyncproc.backends.memory import MemoryQueue
 from asyncproc.backends.rabbitmq import RabbitMQQueue
 from asyncproc.interfaces import Delivery, Queue
@@ -308,3 +310,138 @@ async def dead_letters_raw(queue: RabbitMQQueue) -> list[bytes]:
             if not message.body:
                 return found
             found.append(message.body)
+
+
+# -- delayed messages ----------------------------------------------------------
+# A delay long enough that the checks made while it runs (a quiet moment, a few
+# round trips) end well before it on a busy machine.
+DELAY = 2.0
+
+
+@pytest.mark.anyio
+async def test_delayed_message_comes_after_its_delay_not_before(queue: Queue) -> None:
+    await queue.publish("later", "alpha", delay=DELAY)
+    await queue.publish("now", "alpha")
+    async with taking(queue, ["alpha"], 4) as taken:
+        (now,) = await taken.count(1)
+        assert now.job_id == "now"
+        await now.ack()
+        # "later" was published first and still waits: not delivered, not counted.
+        assert await taken.stays(1)
+        assert await queue.depth("alpha") == 0
+        later = (await taken.count(2))[1]
+        # It arrives like a fresh publish: a worker must not take it for a lost run.
+        assert (later.job_id, later.routing, later.redelivered) == ("later", "alpha", False)
+        await later.ack()
+        assert await taken.stays(2)
+
+
+@pytest.mark.anyio
+async def test_delayed_messages_arrive_in_the_order_they_fall_due(queue: Queue) -> None:
+    # Published out of order, over different delay ranges and within one range.
+    await queue.publish("third", "alpha", delay=1.5)
+    await queue.publish("first", "alpha", delay=0.3)
+    await queue.publish("second", "alpha", delay=0.9)
+    await queue.publish("fourth", "alpha", delay=1.51)
+    async with taking(queue, ["alpha"], 10) as taken:
+        for delivery in await taken.count(4):
+            await delivery.ack()
+        assert taken.ids == ["first", "second", "third", "fourth"]
+
+
+@pytest.mark.anyio
+async def test_delay_zero_is_an_ordinary_publish(queue: Queue) -> None:
+    await queue.publish("zero", "alpha", delay=0)
+    await queue.publish("negative", "alpha", delay=-5)
+    await wait_until(lambda: queue.depth("alpha"), lambda n: n == 2)
+    async with taking(queue, ["alpha"], 4) as taken:
+        for delivery in await taken.count(2):
+            await delivery.ack()
+        assert taken.ids == ["zero", "negative"]
+
+
+@pytest.mark.anyio
+async def test_delayed_message_survives_its_consumer_going_away(queue: Queue) -> None:
+    async with taking(queue, ["alpha"], 4) as first:
+        await queue.publish("waiting", "alpha", delay=1.0)
+        assert await first.stays(0)
+    async with taking(queue, ["beta"], 4) as other:
+        # Nobody consumes alpha now; it falls due meanwhile and waits, ready.
+        await wait_until(lambda: queue.depth("alpha"), lambda n: n == 1)
+        assert await other.stays(0)
+    async with taking(queue, ["alpha"], 4) as second:
+        (delivery,) = await second.count(1)
+        assert (delivery.job_id, delivery.redelivered) == ("waiting", False)
+        await delivery.ack()
+    assert await queue.depth("alpha") == 0
+
+
+@pytest.mark.anyio
+async def test_depth_counts_a_delayed_message_once_it_is_due(queue: Queue) -> None:
+    await queue.publish("due-later", "alpha", delay=1.0)
+    await queue.publish("ready", "beta")
+    await wait_until(lambda: queue.depth("beta"), lambda n: n == 1)
+    assert await queue.depth("alpha") == 0
+    await wait_until(lambda: queue.depth("alpha"), lambda n: n == 1)
+    assert await queue.depth("beta") == 1
+
+
+@pytest.mark.anyio
+async def test_delayed_message_is_settled_like_any_other(queue: Queue) -> None:
+    await queue.publish("retry-me", "alpha", delay=0.2)
+    await queue.publish("reject-me", "alpha", delay=0.3)
+    async with taking(queue, ["alpha"], 1) as taken:
+        (first,) = await taken.count(1)
+        assert first.job_id == "retry-me"
+        await first.requeue()
+        again = (await taken.count(2))[1]
+        assert (again.job_id, again.redelivered) == ("retry-me", True)
+        await again.ack()
+        bad = (await taken.count(3))[2]
+        assert (bad.job_id, bad.redelivered) == ("reject-me", False)
+        await bad.reject()
+        assert await taken.stays(3)
+    seen: list[str] = []
+
+    async def probe() -> list[str]:
+        seen.extend(await dead_letters(queue))
+        return seen
+
+    # Its trip through a delay queue does not keep it from the dead letters, once.
+    assert await wait_until(probe, lambda ids: "reject-me" in ids) == ["reject-me"]
+    assert await queue.depth("alpha") == 0
+
+
+@pytest.mark.anyio
+@pytest.mark.rabbitmq
+async def test_delete_removes_the_delay_queues_of_any_publisher(
+    amqp_url: str, unique_prefix: str
+) -> None:
+    publisher = RabbitMQQueue(amqp_url, prefix=unique_prefix)
+    delay_queues = [
+        delay_queue_name(unique_prefix, routing, bucket_for(delay_ms(delay)))
+        for routing, delay in [("alpha", 60.0), ("alpha", 0.5), ("beta", 3600.0)]
+    ]
+    try:
+        await publisher.publish("a-minute", "alpha", delay=60)
+        await publisher.publish("half-second", "alpha", delay=0.5)
+        await publisher.publish("an-hour", "beta", delay=3600)
+        assert [await queue_exists(amqp_url, name) for name in delay_queues] == [True] * 3
+    finally:
+        await publisher.aclose()
+    # Another instance (a test's clean-up, another node) knows nothing of them.
+    async with RabbitMQQueue(amqp_url, prefix=unique_prefix) as cleanup:
+        await cleanup.delete(ROUTINGS)
+    assert [await queue_exists(amqp_url, name) for name in delay_queues] == [False] * 3
+    assert not await queue_exists(amqp_url, f"{unique_prefix}jobs.alpha")
+
+
+async def queue_exists(amqp_url: str, name: str) -> bool:
+    """Whether the broker has a queue `name` (a passive declare)."""
+    async with aiormq.connect(amqp_url) as connection:
+        channel = await connection.channel()
+        try:
+            await channel.queue_declare(name, passive=True)
+        except ChannelNotFoundEntity:
+            return False
+        return True
