@@ -354,6 +354,7 @@ BUILTIN_PLUGINS = (
     "asyncproc.plugins.callbacks",
     "asyncproc.plugins.schedules",
     "asyncproc.plugins.triggers",
+    "asyncproc.plugins.dead_letters",
 )
 
 

@@ -49,12 +49,14 @@ from .amqp_link import (
     open_channel,
 )
 
-__all__ = ["MessageHandler", "TriggerConsumer"]
+__all__ = ["DeadHandler", "MessageHandler", "TriggerConsumer"]
 
 log = logging.getLogger("asyncproc.triggers")
 
 # (trigger name, body, AMQP message_id, text headers) -> None (ack) or why it is dead.
 MessageHandler = Callable[[str, bytes, str | None, Mapping[str, str]], Awaitable[str | None]]
+# The same and the reason: told of a message once it is in the dead-letter queue.
+DeadHandler = Callable[[str, bytes, str | None, Mapping[str, str], str], Awaitable[None]]
 
 
 class TriggerConsumer:
@@ -67,12 +69,14 @@ class TriggerConsumer:
         handler: MessageHandler,
         *,
         prefix: str = "asyncproc:",
+        on_dead: DeadHandler | None = None,
         prefetch: int = 32,
         retry_pause: float = 1.0,
         outage_timeout: float = 5.0,
     ) -> None:
         self.triggers = [t for t in triggers if t.queue is not None or t.exchange is not None]
         self.handler = handler
+        self.on_dead = on_dead
         self.prefix = prefix
         self.prefetch = max(1, prefetch)
         self.retry_pause = retry_pause
@@ -90,10 +94,17 @@ class TriggerConsumer:
 
     @classmethod
     def from_settings(
-        cls, settings: Settings, triggers: Sequence[TriggerSettings], handler: MessageHandler
+        cls,
+        settings: Settings,
+        triggers: Sequence[TriggerSettings],
+        handler: MessageHandler,
+        *,
+        on_dead: DeadHandler | None = None,
     ) -> Self:
         """The consumer of `triggers` at `settings.amqp_url`, names under `key_prefix`."""
-        return cls(settings.amqp_url, triggers, handler, prefix=settings.key_prefix)
+        return cls(
+            settings.amqp_url, triggers, handler, prefix=settings.key_prefix, on_dead=on_dead
+        )
 
     def queue_name(self, trigger: TriggerSettings) -> str:
         """The queue `trigger` consumes."""
@@ -228,6 +239,16 @@ class TriggerConsumer:
                 reason = f"internal error: {describe(exc)}"
             if reason is not None:
                 await self._dead(trigger, message, reason)
+                if self.on_dead is not None:
+                    # After the broker holds it: a mirror that fails puts the message
+                    # back, and it comes again (never lost, at worst twice in the queue).
+                    await self.on_dead(
+                        trigger.name,
+                        message.body,
+                        properties.message_id or None,
+                        _text(properties.headers),
+                        reason,
+                    )
         except (BackendUnavailable, Overloaded) as exc:
             # Not the message's fault: it goes back, and comes again after the pause.
             log.warning("trigger %s: %s; the message goes back to its queue", trigger.name, exc)

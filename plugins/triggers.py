@@ -28,7 +28,7 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from asyncproc.api import json_response, read_body
+from asyncproc.api import handler_headers, json_response, read_body
 from asyncproc.config import Settings, TriggerSettings
 from asyncproc.errors import (
     BackendUnavailable,
@@ -45,6 +45,8 @@ from asyncproc.openapi import ERRORS, answer, json_content, ref
 from asyncproc.registry import Registry, optional_backend
 from asyncproc.service import BusinessKey, EnqueueRequest, JobService, RequestId
 
+from .dead_letter_book import DeadLetterBook
+
 __all__ = [
     "EventAnswer",
     "TriggerInfo",
@@ -53,6 +55,7 @@ __all__ = [
     "Triggers",
     "check_triggers",
     "enqueue_request",
+    "message_event_id",
     "registry",
     "request_id",
 ]
@@ -153,6 +156,17 @@ def event_id_of(trigger: TriggerSettings, payload: Mapping[str, Any]) -> str | N
     if trigger.id_field is None:
         return None
     return _scalar_field(payload, trigger.id_field, "id_field")
+
+
+def message_event_id(
+    trigger: TriggerSettings, payload: Mapping[str, Any], body: bytes, message_id: str | None
+) -> str:
+    """A message's id: its AMQP `message_id`, else the payload's `id_field`, else the
+    SHA-256 of its body (identical bodies without ids count as one message)."""
+    event_id = message_id or event_id_of(trigger, payload)
+    if event_id is None:
+        event_id = "sha256:" + hashlib.sha256(body).hexdigest()
+    return event_id
 
 
 def enqueue_request(
@@ -325,13 +339,10 @@ class Triggers:
             payload = msgspec.json.decode(body)
             if not isinstance(payload, dict):
                 raise InvalidInput("the message is not a JSON object")
-            event_id = message_id or event_id_of(trigger, payload)
-            if event_id is None:
-                event_id = "sha256:" + hashlib.sha256(body).hexdigest()
             _, created = await self._start(
                 trigger,
                 payload,
-                event_id,
+                message_event_id(trigger, payload, body, message_id),
                 way=TriggerType.MESSAGE,
                 headers=headers,
                 incoming_at=None,
@@ -350,6 +361,19 @@ class Triggers:
             return None
         counts.count("refused")
         return _reason(reason)
+
+    async def on_dead(
+        self,
+        name: str,
+        body: bytes,
+        message_id: str | None,
+        headers: Mapping[str, str],
+        reason: str,
+    ) -> None:
+        """Mirror a message of trigger `name` that went to the dead-letter queue in the
+        dead letters the API lists (and may requeue); raises `BackendUnavailable`."""
+        book = DeadLetterBook(self.service.store)
+        await book.record_message(name, body, reason, message_id=message_id, headers=headers)
 
 
 def _triggers_of(request: Request) -> Triggers | None:
@@ -374,13 +398,11 @@ async def post_event(request: Request) -> Response:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise BadRequest("body must be a JSON object")
-    scope = request.scope
-    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
     items = await triggers.on_event(
         event,
         payload,
-        headers=headers,
-        incoming_at=scope.get("state", {}).get("incoming_at"),
+        headers=handler_headers(request),
+        incoming_at=request.scope.get("state", {}).get("incoming_at"),
     )
     return json_response(EventAnswer(items))
 
@@ -437,7 +459,7 @@ async def triggers_running(node: Node) -> AsyncIterator[None]:
             return
         module = optional_backend("asyncproc.backends.amqp_triggers", "triggers", "rabbitmq")
         consumer = module.TriggerConsumer.from_settings(
-            node.settings, fed_by_rabbitmq, triggers.on_message
+            node.settings, fed_by_rabbitmq, triggers.on_message, on_dead=triggers.on_dead
         )
         async with consumer.running():
             yield

@@ -1,0 +1,220 @@
+"""Built-in plugin: dead letters (API.md section 13).
+
+What could not run is kept where an operator sees it, may requeue it or delete it:
+jobs that failed with `dead_letter` (lost `max_deliveries` times), compensation
+jobs that failed for good, and trigger messages that could not become jobs (the
+triggers plugin mirrors each one it sends to RabbitMQ's `<prefix>triggers.dead`).
+They are documents of the StateStore (`dead_letter_book`), so every node lists the
+same ones.
+
+Routes: `GET /api/dead-letters?limit=&cursor=`, `POST /api/dead-letters/{id}/requeue`,
+`DELETE /api/dead-letters/{id}`. A lifespan hook adds this node's after-change hook
+that records the jobs (a hook needs the node's store, so it is bound at start).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Annotated, Any
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from asyncproc.api import json_response, service_of, status_response
+from asyncproc.errors import Conflict, InvalidInput, JobNotFound, NotFound, TransitionRefused
+from asyncproc.hooks import Node
+from asyncproc.lifecycle import Revive
+from asyncproc.model import Job, JobState
+from asyncproc.openapi import ERROR, ERRORS, STATUS, answer, ref
+from asyncproc.registry import Registry
+from asyncproc.service import JobService
+
+from .dead_letter_book import DeadLetter, DeadLetterBook, DeadLetterPage, Stored, is_dead
+from .triggers import message_event_id, request_id
+
+__all__ = ["DeadLetterRecorder", "registry"]
+
+log = logging.getLogger("asyncproc.dead_letters")
+
+registry = Registry()
+
+_LIMIT = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class DeadLetterRecorder:
+    """An after-change hook: records the jobs that just became dead letters."""
+
+    def __init__(self, service: JobService) -> None:
+        self.book = DeadLetterBook(service.store)
+
+    async def __call__(self, before: Job | None, after: Job) -> None:
+        """Record `after` when this change makes it a dead letter (`is_dead`)."""
+        if after.state is JobState.FAILED and is_dead(before, after):
+            letter = await self.book.record_job(after)
+            log.warning("job %s (%s) is a dead letter: %s", after.id, after.kind, letter.reason)
+
+
+@registry.lifespan
+@asynccontextmanager
+async def recording(node: Node) -> AsyncIterator[None]:
+    """Record this node's dead jobs while it runs."""
+    hooks = node.service.hooks
+    recorder = DeadLetterRecorder(node.service)
+    hooks.after_change.append(recorder)
+    try:
+        yield
+    finally:
+        hooks.after_change.remove(recorder)
+
+
+# -- routes ----------------------------------------------------------------------------
+
+
+def _book(request: Request) -> DeadLetterBook:
+    return DeadLetterBook(service_of(request).store)
+
+
+async def _letter(book: DeadLetterBook, letter_id: str) -> Stored:
+    stored = await book.get(letter_id)
+    if stored is None:
+        raise NotFound(f"no dead letter {letter_id!r}")
+    return stored
+
+
+@registry.route("/api/dead-letters", methods=["GET"])
+async def list_dead_letters(request: Request) -> Response:
+    """GET /api/dead-letters?limit=&cursor=: newest first."""
+    raw = request.query_params.get("limit") or None
+    try:
+        limit = 50 if raw is None else msgspec.json.decode(raw.encode(), type=_LIMIT)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        raise InvalidInput(f"query parameter limit={raw!r} is not valid") from None
+    cursor = request.query_params.get("cursor") or None
+    return json_response(await _book(request).page(min(limit, 200), cursor))
+
+
+@registry.route("/api/dead-letters/{id}", methods=["DELETE"])
+async def delete_dead_letter(request: Request) -> Response:
+    """DELETE /api/dead-letters/{id}: forget it (a dead job stays failed)."""
+    letter_id = request.path_params["id"]
+    if not await _book(request).delete(letter_id):
+        raise NotFound(f"no dead letter {letter_id!r}")
+    return Response(status_code=204)
+
+
+@registry.route("/api/dead-letters/{id}/requeue", methods=["POST"])
+async def requeue_dead_letter(request: Request) -> Response:
+    """POST /api/dead-letters/{id}/requeue: run it again; 202 + the job's status."""
+    book = _book(request)
+    letter_id = request.path_params["id"]
+    stored = await _letter(book, letter_id)
+    service = service_of(request)
+    if stored.letter.source == "job":
+        job = await _revive(service, stored.letter)
+    else:
+        job = await _offer(request, stored)
+    # Only once the job runs again: a requeue that failed half way can be sent again.
+    await book.delete(letter_id)
+    response = status_response(request, job, 202)
+    response.headers["Location"] = f"/api/jobs/{job.id}"
+    return response
+
+
+async def _revive(service: JobService, letter: DeadLetter) -> Job:
+    """Queue a dead job again (attempt kept) and publish it.
+
+    A job already queued again (an earlier requeue whose publish or delete did not
+    happen) is published again: a second message of a queued job starts it once.
+    """
+    job_id = letter.job_id or ""
+    try:
+        job = await service.get(job_id)
+    except JobNotFound:
+        raise Conflict(f"job {job_id} is gone (purged after its retention)", jobId=job_id) from None
+    if job.state is JobState.FAILED:
+        try:
+            job = await service.transition(job_id, Revive())
+        except TransitionRefused as refused:
+            raise _not_requeueable(refused.job) from None
+    elif job.state is not JobState.QUEUED:
+        raise _not_requeueable(job)
+    await service.queue.publish(job.id, job.proc_routing)
+    return job
+
+
+def _not_requeueable(job: Job) -> Conflict:
+    error_id = job.error.error_id if job.error is not None else None
+    why = f"failed with {error_id}" if job.state is JobState.FAILED else str(job.state)
+    return Conflict(f"job {job.id} cannot be queued again: it is {why}", jobId=job.id)
+
+
+async def _offer(request: Request, stored: Stored) -> Job:
+    """Offer a dead trigger message to its trigger again; the job it started (or found)."""
+    letter = stored.letter
+    name = letter.trigger or ""
+    triggers: Any = getattr(request.app.state, "triggers", None)
+    trigger = triggers.triggers.get(name) if triggers is not None else None
+    if trigger is None:
+        raise Conflict(f"no trigger {name!r} on this node")
+    body = stored.message_body()
+    if body is None:
+        raise Conflict(
+            "the message was too big to keep; it is in RabbitMQ's queue "
+            f"{triggers.key_prefix}triggers.dead"
+        )
+    # Backend outages and a full queue raise from here: 503, the letter stays.
+    reason = await triggers.on_message(name, body, stored.message_id, stored.headers)
+    if reason is not None:
+        raise Conflict(f"trigger {name} refused the message again: {reason}")
+    payload = msgspec.json.decode(body)
+    job_id = request_id(name, message_event_id(trigger, payload, body, stored.message_id))
+    return await service_of(request).get(job_id)
+
+
+# -- OpenAPI ---------------------------------------------------------------------------
+
+_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+_NOT_FOUND = {"404": answer("No dead letter of this id", ERROR)}
+
+
+def _call(summary: str, answers: dict[str, Any], **more: Any) -> dict[str, Any]:
+    return {"summary": summary, "tags": ["dead letters"], "responses": answers, **more}
+
+
+registry.hooks.openapi_types += [DeadLetterPage]
+registry.hooks.openapi_paths.update(
+    {
+        "/api/dead-letters": {
+            "get": _call(
+                "Dead letters, newest first",
+                {"200": answer("A page of dead letters", ref("DeadLetterPage")), **ERRORS},
+                parameters=[
+                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
+                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
+                ],
+            )
+        },
+        "/api/dead-letters/{id}": {
+            "delete": _call(
+                "Delete a dead letter",
+                {"204": answer("Deleted"), **ERRORS, **_NOT_FOUND},
+                parameters=_ID,
+            )
+        },
+        "/api/dead-letters/{id}/requeue": {
+            "post": _call(
+                "Run a dead letter again: a dead job queued again, a message offered again",
+                {
+                    "202": answer("The job that runs again", STATUS),
+                    "409": answer("It cannot run again (gone, refused again)", ERROR),
+                    **ERRORS,
+                    **_NOT_FOUND,
+                },
+                parameters=_ID,
+            )
+        },
+    }
+)
