@@ -179,6 +179,10 @@ class MemoryStateStore(StateStore):
             self._unfinished.pop(job_id, None)
             heapq.heappush(self._expiry, (new.expires_at, job_id))
             self._release_on_finish(new)
+        elif job.finished_at is not None:
+            # Revived (a dead letter requeued): unfinished again, with a new deadline;
+            # its entry in the expiry heap is skipped by `purge_expired`.
+            self._unfinished[job_id] = new.deadline
         self._publish(new)
         return new
 

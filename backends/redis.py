@@ -100,6 +100,13 @@ def _doc(raw: bytes) -> Doc:
     return Doc(data, int(version))
 
 
+def _exp_entry(job: Job) -> bytes:
+    """The `exp` member of a finished record: [id, index member, kind, key, parent]."""
+    return msgspec.json.encode(
+        [job.id, index_member(job.created_at, job.id), job.kind, job.key, job.parent_id]
+    )
+
+
 @contextmanager
 def _guard() -> Iterator[None]:
     """Turn every way of not reaching Redis into `BackendUnavailable`."""
@@ -353,10 +360,7 @@ class RedisStateStore(StateStore):
         if job.finished_at is None:
             return "0", "0", "0", b""
         purge_at = job.expires_at
-        entry = msgspec.json.encode(
-            [job.id, index_member(job.created_at, job.id), job.kind, job.key, job.parent_id]
-        )
-        return "1", epoch_ms(purge_at), repr(purge_at.timestamp()), entry
+        return "1", epoch_ms(purge_at), repr(purge_at.timestamp()), _exp_entry(job)
 
     async def key_holder(self, kind: str, key: str) -> Job | None:
         """See `StateStore.key_holder`."""
@@ -442,7 +446,8 @@ class RedisStateStore(StateStore):
                 current = None
                 continue
             written = self._token()
-            answer = await self._write(new, token, written, event, result)
+            revived = job.finished_at is not None and new.finished_at is None
+            answer = await self._write(new, token, written, event, result, revived=revived)
             if answer[0] in (2, 3):
                 self._remember(new, written)
                 return job, new
@@ -455,9 +460,17 @@ class RedisStateStore(StateStore):
                 raise JobNotFound(f"no job {job_id}")
 
     async def _write(
-        self, new: Job, expected: bytes, token: bytes, event: Event, result: bytes | None
+        self,
+        new: Job,
+        expected: bytes,
+        token: bytes,
+        event: Event,
+        result: bytes | None,
+        *,
+        revived: bool = False,
     ) -> list[Any]:
-        """Compare-and-set `new` over the record written with `expected`."""
+        """Compare-and-set `new` over the record written with `expected`; `revived`: a
+        terminal record becomes unfinished again (`Revive`)."""
         keys = [self._job_key(new.id)]
         # Only a Succeed stores a result (as the memory store does).
         data = result if isinstance(event, Succeed) else None
@@ -485,6 +498,16 @@ class RedisStateStore(StateStore):
                 key_after(Uniqueness.ONCE, new),
                 # For `wait`: the job the next holder must wait for.
                 new.after or "",
+            ]
+        elif revived:
+            # Unfinished again: the TTL of an unfinished record, back in `due`, out of `exp`.
+            keys += [f"{self.prefix}due", f"{self.prefix}exp"]
+            keep_until = new.deadline + timedelta(seconds=max(new.retention, _UNFINISHED_MARGIN))
+            args += [
+                "unfinish",
+                epoch_ms(keep_until),
+                repr(new.deadline.timestamp()),
+                _exp_entry(new),
             ]
         answer: list[Any] = await self._eval(self._transition, keys, args)
         return answer

@@ -100,11 +100,14 @@ redis.call('PUBLISH', ARGV[9], ARGV[8])
 return {2}
 """
 
-# KEYS: job, [due, exp, [hold]]  (the rest only for a finishing write)
-# ARGV: expected token, new token, record, change, channel, has result, result,
-#       id, expire ms, purge score, exp member, what becomes of the key under rule
-#       `active`, and under rule `once` (`rules.KeyAfter` values: the hold value
-#       names the rule, Python made both decisions)
+# KEYS: job, [due, exp, [hold]]  (the rest only for a finishing or un-finishing write)
+# ARGV: expected token, new token, record, change, channel, has result, result, id,
+#       then for a finishing write: expire ms, purge score, exp member, what becomes
+#       of the key under rule `active`, and under rule `once` (`rules.KeyAfter`
+#       values: the hold value names the rule, Python made both decisions), the job
+#       the next holder waits for;
+#       for an un-finishing write (`Revive`: terminal -> queued): "unfinish", expire
+#       ms (an unfinished record's), deadline score, the exp member to remove
 # Answers {0} missing, {1, record, token} someone else wrote, {2} this very write was
 # already applied (a retried command), {3} written.
 TRANSITION = """
@@ -119,7 +122,11 @@ if ARGV[6] == '1' then
 else
   redis.call('HSET', KEYS[1], 'r', ARGV[3], 'w', ARGV[2])
 end
-if KEYS[2] then
+if ARGV[9] == 'unfinish' then
+  redis.call('PEXPIREAT', KEYS[1], ARGV[10])
+  redis.call('ZADD', KEYS[2], ARGV[11], ARGV[8])
+  redis.call('ZREM', KEYS[3], ARGV[12])
+elseif KEYS[2] then
   redis.call('PEXPIREAT', KEYS[1], ARGV[9])
   redis.call('ZREM', KEYS[2], ARGV[8])
   redis.call('ZADD', KEYS[3], ARGV[10], ARGV[11])
