@@ -174,6 +174,7 @@ def create_app(
             Route("/jobs/{id}", page, methods=["GET"]),
             Route("/new", page, methods=["GET"]),
             Route("/schedules", page, methods=["GET"]),
+            Route("/dead-letters", page, methods=["GET"]),
             Mount("/static", StaticFiles(directory=_web_dir()), name="static"),
         ]
     app = Starlette(
@@ -220,5 +221,6 @@ async def openapi(request: Request) -> Response:
 
 
 async def page(request: Request) -> Response:
-    """The web page (`/`, `/jobs/{id}`, `/new`, `/schedules`: the page routes itself)."""
+    """The web page (`/`, `/jobs/{id}`, `/new`, `/schedules`, `/dead-letters`: the page
+    routes itself)."""
     return FileResponse(f"{_web_dir()}/index.html", media_type="text/html")

@@ -1,8 +1,9 @@
-// The page's entry point: a small history.pushState router over four views.
+// The page's entry point: a small history.pushState router over five views.
 //   /            the jobs list
 //   /jobs/{id}   one job, live
 //   /new         the New job form
 //   /schedules   the schedules, their next and recent runs
+//   /dead-letters   what could not run, to requeue or delete
 // The server answers each of these URLs with index.html, so any of them can
 // be pasted, bookmarked and reloaded.
 
@@ -11,12 +12,14 @@ import { listView } from "./joblist.js";
 import { jobView } from "./jobview.js";
 import { newJobView } from "./newjob.js";
 import { schedulesView } from "./schedules.js";
+import { deadLettersView } from "./deadletters.js";
 
 const routes = [
   [/^\/$/, listView],
   [/^\/jobs\/([^/]+)$/, jobView, ["id"]],
   [/^\/new$/, newJobView],
   [/^\/schedules$/, schedulesView],
+  [/^\/dead-letters$/, deadLettersView],
 ];
 
 const main = document.getElementById("main");
