@@ -71,22 +71,31 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def serve(args: argparse.Namespace) -> int:
-    """Run one node with uvicorn until interrupted."""
+    """Run one node with uvicorn until interrupted; SIGTERM / Ctrl-C drains it first."""
     import uvicorn
 
     from .server import create_app
+    from .serving import CONNECTIONS_GRACE, DrainingServer
 
     settings = _settings(args)
     app = create_app(settings)
     print(f"asyncproc {settings.role} node on http://{settings.host}:{settings.port}/", flush=True)
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
         log_level=args.log_level,
         access_log=args.access_log,
-        timeout_graceful_shutdown=int(settings.shutdown_grace) + 1,
+        # The jobs' grace is spent before uvicorn's shutdown begins (DrainingServer).
+        timeout_graceful_shutdown=CONNECTIONS_GRACE,
     )
+    server = DrainingServer(config, app.state.drain)
+    try:
+        server.run()
+    except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it held back once drained
+        pass
+    if not server.started:
+        return 3  # uvicorn's start-up failure status (its lifespan refused to start)
     return 0
 
 

@@ -24,6 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from .api import EXCEPTION_HANDLERS, IncomingAt, api_routes, json_response
 from .config import Settings, load_settings
+from .drain import Drain, RefuseNewWork
 from .errors import BackendUnavailable
 from .hooks import Node
 from .interfaces import Queue, StateStore
@@ -135,6 +136,10 @@ def create_app(
         if settings.role.runs_jobs
         else None
     )
+    # The memory queue ends with this process: nothing can be given back to it.
+    drain = Drain(
+        service, worker, grace=settings.shutdown_grace, ends_with_process=queue.name == "memory"
+    )
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -161,8 +166,11 @@ def create_app(
                 try:
                     yield
                 finally:
-                    if worker is not None:
-                        worker.shutdown()
+                    # Running jobs finish (or are given back) before the sweeper and
+                    # the rest stop: cancelling them all at once left the grace
+                    # nothing to wait for. `asyncproc serve` has usually drained
+                    # already, while HTTP still answered; then this returns at once.
+                    await drain.finish()
                     tasks.cancel_scope.cancel()
 
     routes: list[BaseRoute] = [Route("/health", health, methods=["GET"])]
@@ -180,12 +188,13 @@ def create_app(
     app = Starlette(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(IncomingAt)],
+        middleware=[Middleware(IncomingAt), Middleware(RefuseNewWork)],
         lifespan=lifespan,
     )
     app.state.settings = settings
     app.state.service = service
     app.state.worker = worker
+    app.state.drain = drain
     return app
 
 

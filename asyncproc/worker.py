@@ -8,6 +8,7 @@ job's terminal (or re-queued) state is stored.
 
 from __future__ import annotations
 
+import logging
 import random
 import traceback
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from typing import Any
 import anyio
 import anyio.to_thread
 import msgspec
+from anyio.streams.memory import MemoryObjectReceiveStream
 
 from .changes import Change
 from .context import BlockingJobContext, JobContext, encode_result
@@ -38,9 +40,18 @@ from .service import JobService
 
 __all__ = ["WorkerPool"]
 
+log = logging.getLogger("asyncproc")
+
 LOST_ERROR = ErrorInfo(error_id="lost", tech_msg="the worker running this job was lost")
 DEADLINE_CHECK = timedelta(seconds=1)
 SHUTDOWN_ERROR = ErrorInfo(error_id="lost", tech_msg="the worker shut down while running this job")
+# Memory mode: the queue ends with the process, so a job cut off by shutdown is not
+# given back to anyone; its record says so rather than claiming it will run again.
+SHUTDOWN_FAILURE = ErrorInfo(
+    error_id="shutdown",
+    biz_msg="The service shut down before the job finished.",
+    tech_msg="the node shut down while running this job and its queue ends with it",
+)
 
 
 class _DeadLetter(Exception):
@@ -90,6 +101,9 @@ class WorkerPool:
         self._intake: anyio.CancelScope | None = None
         self._idle: anyio.Event | None = None
         self._stopping = False
+        self._give_back = True  # past the grace: re-queue (False: fail with `shutdown`)
+        self._grace: anyio.CancelScope | None = None
+        self._stopped: anyio.Event | None = None
         # One timer for the whole pool cancels async handlers at their processing
         # deadline: a cancel scope with a deadline of its own costs a timer per job.
         self._deadlines_checked_by = utcnow()
@@ -102,30 +116,56 @@ class WorkerPool:
         queue = self.service.queue
         self._threads = anyio.CapacityLimiter(self.concurrency)
         self._intake = anyio.CancelScope()
+        self._stopped = anyio.Event()
         if self._stopping:
             self._intake.cancel()
         # `concurrency` long-lived runner tasks take deliveries from a buffer: spawning a
         # task per job costs more than a no-op job itself. The queue's prefetch bounds
         # the unsettled deliveries, so the buffer never holds more than `concurrency`.
         handoff, taken = anyio.create_memory_object_stream[Delivery](self.concurrency)
-        with handoff, taken:
-            async with queue.consume(self.routings, self.concurrency) as deliveries:
-                async with anyio.create_task_group() as jobs:
-                    for _ in range(self.concurrency):
-                        jobs.start_soon(self._runner, taken)
-                    jobs.start_soon(self._enforce_deadlines)
-                    try:
-                        with self._intake:
-                            task_status.started()
-                            async for delivery in deliveries:
-                                try:
-                                    handoff.send_nowait(delivery)
-                                except anyio.WouldBlock:
-                                    await handoff.send(delivery)
-                    finally:
-                        handoff.close()  # the runners finish what was handed over, then end
-                        with anyio.CancelScope(shield=True):
-                            await self._drain(jobs)
+        try:
+            with handoff, taken:
+                async with queue.consume(self.routings, self.concurrency) as deliveries:
+                    async with anyio.create_task_group() as jobs:
+                        for _ in range(self.concurrency):
+                            jobs.start_soon(self._runner, taken)
+                        jobs.start_soon(self._enforce_deadlines)
+                        held: Delivery | None = None  # taken from the queue, not handed over
+                        try:
+                            with self._intake:
+                                task_status.started()
+                                async for delivery in deliveries:
+                                    try:
+                                        handoff.send_nowait(delivery)
+                                    except anyio.WouldBlock:
+                                        held = delivery
+                                        await handoff.send(delivery)
+                                        held = None
+                        finally:
+                            handoff.close()
+                            with anyio.CancelScope(shield=True):
+                                # Deliveries no runner has started go back at once, for
+                                # another node, instead of starting during the grace.
+                                await self._give_back_unstarted(held, taken)
+                                await self._drain(jobs)
+        finally:
+            self._stopped.set()
+
+    async def _give_back_unstarted(
+        self, held: Delivery | None, taken: MemoryObjectReceiveStream[Delivery]
+    ) -> None:
+        """Requeue the deliveries taken from the queue that no runner has started."""
+        unstarted = [held] if held is not None else []
+        while True:
+            try:  # synchronous: no runner can take one in between
+                unstarted.append(taken.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream):
+                break
+        for delivery in unstarted:
+            try:
+                await delivery.requeue()
+            except BackendUnavailable:
+                pass  # unsettled: the broker gives it back when the channel closes
 
     async def _runner(self, taken: anyio.abc.ObjectReceiveStream[Delivery]) -> None:
         """Run the jobs of deliveries one after the other until the intake closes."""
@@ -151,17 +191,49 @@ class WorkerPool:
             with anyio.move_on_after((check_by - now).total_seconds()):
                 await self._deadline_changed.wait()
 
-    def shutdown(self) -> None:
-        """Stop taking deliveries; running jobs get `shutdown_grace` seconds to finish."""
+    def shutdown(self, *, give_back: bool = True, grace: float | None = None) -> None:
+        """Stop taking deliveries; running jobs get `shutdown_grace` seconds to finish.
+
+        Past the grace they are cancelled and given back to the queue (`give_back`,
+        record `queued`), or, when the queue ends with this process (memory mode),
+        failed with errorId `shutdown`. Called again with `grace=0`, it ends the wait
+        now (a second Ctrl-C).
+        """
         self._stopping = True
+        self._give_back = give_back
+        if grace is not None:
+            self.shutdown_grace = min(self.shutdown_grace, grace)
+            if grace <= 0 and self._grace is not None:
+                self._grace.cancel()
         if self._intake is not None:
             self._intake.cancel()
 
+    async def wait_stopped(self) -> None:
+        """Return once `run` has ended (drained), at once if it never started."""
+        if self._stopped is not None:
+            await self._stopped.wait()
+
     async def _drain(self, jobs: anyio.abc.TaskGroup) -> None:
-        with anyio.move_on_after(self.shutdown_grace):
+        if self.running:
+            log.info(
+                "shutdown: %d running job(s) get up to %gs to finish",
+                len(self.running),
+                self.shutdown_grace,
+            )
+        with anyio.move_on_after(self.shutdown_grace) as self._grace:
             while self.running:
                 self._idle = anyio.Event()
                 await self._idle.wait()
+        if self.running:
+            log.warning(
+                "shutdown: %d job(s) still running after the grace: %s",
+                len(self.running),
+                "giving them back to the queue"
+                if self._give_back
+                else "failing them (errorId shutdown: the memory queue ends with this process)",
+            )
+        for run in self.running.values():
+            run.end("shutdown", cancel=False)  # a blocking handler sees stop_requested
         jobs.cancel_scope.cancel()
 
     async def _handle(self, delivery: Delivery) -> None:
@@ -175,7 +247,10 @@ class WorkerPool:
             await delivery.reject()
         except anyio.get_cancelled_exc_class():
             with anyio.CancelScope(shield=True):
-                await delivery.requeue()
+                if self._give_back:
+                    await delivery.requeue()
+                else:  # memory mode: the job was failed, nothing may run it again
+                    await delivery.ack()
             raise
         else:
             await delivery.ack()
@@ -299,10 +374,18 @@ class WorkerPool:
                 event, value = await self._call(kind, ctx, content, run, remaining)
             await self._finish_run(job, kind, event, value)
         except anyio.get_cancelled_exc_class():
-            # Shutdown cancelled the job: give it back to the queue for another node.
+            # Shutdown cancelled the job: give it back to the queue for another node
+            # (the delivery goes back in `_handle`), or, when nobody can take it after
+            # this process (memory mode), record that it failed. `attempt` fences it:
+            # a job another node already runs again is left alone.
+            end: Event = (
+                Retry(SHUTDOWN_ERROR, attempt=attempt)
+                if self._give_back
+                else Fail(SHUTDOWN_FAILURE, attempt=attempt)
+            )
             with anyio.CancelScope(shield=True):
-                try:  # the delivery goes back to the queue in `_handle`
-                    await service.transition(job.id, Retry(SHUTDOWN_ERROR))
+                try:
+                    await service.transition(job.id, end)
                 except (TransitionRefused, JobNotFound, BackendUnavailable):
                     pass
             raise
