@@ -40,7 +40,9 @@ class ChangeHub:
         if waiters:
             for event in waiters:
                 event.set()
-        if change.stop_requested or change.state.terminal:
+        # A stop request, or the job left `running` elsewhere (finished, or taken back
+        # by a lease sweep): either way the copy running here must end.
+        if change.stop_requested or change.state is not JobState.RUNNING:
             handler = self._stop_handlers.get(change.job_id)
             if handler is not None:
                 handler(change)
@@ -63,7 +65,7 @@ class ChangeHub:
 
     @contextmanager
     def on_stop(self, job_id: str, handler: Callable[[Change], None]) -> Iterator[None]:
-        """Call `handler(change)` when `job_id` gets a stop request or is finished elsewhere."""
+        """Call `handler(change)` when `job_id` gets a stop request or leaves `running`."""
         self._stop_handlers[job_id] = handler
         try:
             yield

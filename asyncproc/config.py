@@ -118,6 +118,9 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     retention: float = 86400.0
     max_body: int = 1_048_576
     expose_tech_info: bool = False
+    # Request headers never kept for a handler, besides Authorization, Cookie and
+    # Proxy-Authorization (lower case).
+    hidden_headers: tuple[str, ...] = ("x-api-key", "x-auth-token", "x-amz-security-token")
     callback_exchange: str = ""
     plugins: tuple[str, ...] = ("asyncproc.plugins.demo",)
     # Beyond API.md: how long shutdown waits for running jobs before cancelling them,
@@ -128,13 +131,16 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_queue_depth: int = 0
     max_deliveries: int = 5
     scheduler: bool = True
+    lease: float = 10.0
     # TOML tables only.
     kinds: dict[str, KindSettings] = {}
     schedules: tuple[ScheduleSettings, ...] = ()
     triggers: tuple[TriggerSettings, ...] = ()
 
 
-DURATION_KEYS = frozenset({"processing_timeout", "retention", "shutdown_grace", "sweep_interval"})
+DURATION_KEYS = frozenset(
+    {"processing_timeout", "retention", "shutdown_grace", "sweep_interval", "lease"}
+)
 _KIND_DURATIONS = ("processing_timeout", "retention", "retry_delay", "retry_max_delay")
 _SCHEDULE_DURATIONS = ("every", "catchup_window")
 TABLE_KEYS = frozenset({"kinds", "schedules", "triggers"})
@@ -157,7 +163,7 @@ def parse_duration(value: object) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-LIST_KEYS = frozenset({"routings", "plugins"})
+LIST_KEYS = frozenset({"routings", "plugins", "hidden_headers"})
 
 
 def load_settings(
@@ -203,6 +209,11 @@ def load_settings(
     for name in LIST_KEYS:
         if isinstance(values.get(name), str):
             values[name] = [p.strip() for p in values[name].split(",") if p.strip()]
+    if isinstance(values.get("hidden_headers"), list):
+        # Header names are case-insensitive; ASGI hands them over in lower case.
+        values["hidden_headers"] = [
+            n.strip().lower() if isinstance(n, str) else n for n in values["hidden_headers"]
+        ]
     try:
         # Not strict: environment values are strings ("8", "true").
         settings = msgspec.convert(values, Settings, strict=False)
@@ -266,6 +277,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("max_body", "must be at least 1 byte")
     if settings.processing_timeout <= 0:
         raise ConfigError("processing_timeout", "must be more than 0")
+    if settings.lease < 0.5:
+        raise ConfigError("lease", "must be at least 500ms")
     if settings.max_deliveries < 1:
         raise ConfigError("max_deliveries", "must be at least 1")
     for kind, options in settings.kinds.items():

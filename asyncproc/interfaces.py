@@ -212,6 +212,24 @@ class StateStore(_Closable, ABC):
     async def purge_expired(self, now: datetime) -> int:
         """Drop terminal records past retention (a no-op where the server expires keys)."""
 
+    # -- leases of running jobs -------------------------------------------------------
+
+    @abstractmethod
+    async def hold_lease(self, job_ids: Sequence[str], until: datetime) -> None:
+        """Give (or renew) the running jobs `job_ids` a lease until `until`."""
+
+    @abstractmethod
+    async def drop_lease(self, job_id: str) -> None:
+        """Forget a job's lease (it left `running` on this node)."""
+
+    @abstractmethod
+    async def lease_of(self, job_id: str) -> datetime | None:
+        """When the job's lease lapses, or None when it holds none."""
+
+    @abstractmethod
+    async def lapsed(self, now: datetime, limit: int = 100) -> list[str]:
+        """Ids of jobs whose lease lapsed before `now` (they may have ended since)."""
+
     # -- small documents (schedules and what plugins keep) ----------------------------
 
     @abstractmethod

@@ -111,12 +111,14 @@ class Stopped(msgspec.Struct, frozen=True, tag=True):
 
 
 class Revive(msgspec.Struct, frozen=True, tag=True):
-    """An operator requeues a dead letter: failed (`dead_letter`) -> queued, its attempt
-    count kept, as if its last delivery had not happened (API.md section 13)."""
+    """An operator requeues a dead letter (a job lost too often, a compensation that
+    failed for good): failed -> queued, its attempt count kept (API.md section 13)."""
 
 
 class TimeOut(msgspec.Struct, frozen=True, tag=True):
     """The processing deadline passed: queued | running -> failed (`timeout`)."""
+
+    attempt: int | None = None
 
 
 Event = (
@@ -170,7 +172,6 @@ def apply(job: Job, event: Event, now: datetime) -> Job:
         or (isinstance(event, Stopped) and not job.stop_requested)
         or (isinstance(event, Start) and not startable(job, event, now))
         or (getattr(event, "attempt", None) not in (None, job.attempt))
-        or (isinstance(event, Revive) and (job.error is None or job.error.error_id != DEAD_LETTER))
     ):
         raise TransitionRefused(job, type(event).__name__)
     replace = msgspec.structs.replace

@@ -124,6 +124,7 @@ def create_app(
         retention=settings.retention,
         expose_tech_info=settings.expose_tech_info,
         max_queue_depth=settings.max_queue_depth,
+        max_deliveries=settings.max_deliveries,
     )
     worker = (
         WorkerPool(
@@ -132,6 +133,7 @@ def create_app(
             concurrency=settings.concurrency,
             shutdown_grace=settings.shutdown_grace,
             max_deliveries=settings.max_deliveries,
+            lease=settings.lease,
         )
         if settings.role.runs_jobs
         else None

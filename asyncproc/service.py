@@ -30,8 +30,17 @@ from .errors import (
 )
 from .hooks import Draft
 from .interfaces import JobQuery, Page, Queue, StateStore
-from .lifecycle import TIMEOUT_ERROR, Event, Fail, RequestStop, TimeOut
-from .model import API_TRIGGER, Job, JobState, OnConflict, Trigger, TriggerType, utcnow
+from .lifecycle import TIMEOUT_ERROR, Event, Fail, RequestStop, Retry, TimeOut
+from .model import (
+    API_TRIGGER,
+    ErrorInfo,
+    Job,
+    JobState,
+    OnConflict,
+    Trigger,
+    TriggerType,
+    utcnow,
+)
 from .registry import Compensation, Registry
 
 __all__ = ["EnqueueRequest", "ItemOutcome", "JobService"]
@@ -41,7 +50,19 @@ BusinessKey = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 RoutingName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 CallbackRouting = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
-HIDDEN_HEADERS = frozenset({"authorization", "cookie"})
+HIDDEN_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+LOST_ERROR = ErrorInfo(error_id="lost", tech_msg="the worker running this job was lost")
+
+
+def dead_letter_error(job: Job) -> ErrorInfo:
+    """The error of a job lost too often: it fails with `dead_letter`."""
+    return ErrorInfo(
+        error_id="dead_letter",
+        biz_msg="The job could not be run.",
+        tech_msg=f"delivered {job.attempt} times without finishing",
+    )
 
 
 def compensation_id(job_id: str) -> str:
@@ -122,6 +143,7 @@ class JobService:
         retention: float,
         expose_tech_info: bool = False,
         max_queue_depth: int = 0,
+        max_deliveries: int = 5,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -130,6 +152,10 @@ class JobService:
         self.retention = retention
         self.expose_tech_info = expose_tech_info
         self.max_queue_depth = max_queue_depth
+        self.max_deliveries = max_deliveries
+        # Jobs this node took back after a lapsed lease -> (when, publishes): published
+        # again while they stay queued, as the message may have gone to the frozen node.
+        self._taken_back: dict[str, tuple[datetime, int]] = {}
         self.hooks = registry.hooks
 
     # -- changes --------------------------------------------------------------
@@ -388,7 +414,50 @@ class JobService:
             with contextlib.suppress(TransitionRefused, JobNotFound):
                 job = await self.get(job_id)
                 await self.fail_for_good(job, TimeOut())
+        for job_id in await self.store.lapsed(now):
+            await self.take_back(job_id, now)
+        await self._publish_taken_back_again(now)
         return len(late)
+
+    async def _publish_taken_back_again(self, now: datetime) -> None:
+        for job_id, (when, count) in list(self._taken_back.items()):
+            if now - when < timedelta(seconds=2):
+                continue
+            job = await self.store.get(job_id)
+            if job is None or job.state is not JobState.QUEUED or count >= 5:
+                del self._taken_back[job_id]
+                continue
+            # Still not started: its message may sit with the frozen node's consumer
+            # (until the broker notices it is gone). A spare copy costs nothing: the
+            # start is a compare-and-set.
+            self._taken_back[job_id] = (now, count + 1)
+            await self.queue.publish(job.id, job.proc_routing)
+
+    async def take_back(self, job_id: str, now: datetime) -> None:
+        """Re-queue a running job whose lease lapsed (its node is dead, frozen or cut
+        off), fenced by its attempt so that node's late outcome is refused; a job lost
+        `max_deliveries` times fails with `dead_letter`."""
+        lease = await self.store.lease_of(job_id)
+        if lease is not None and lease >= now:
+            return  # renewed meanwhile
+        try:
+            job = await self.get(job_id)
+        except JobNotFound:
+            job = None
+        if job is None or job.state is not JobState.RUNNING:
+            await self.store.drop_lease(job_id)  # it ended; the lease was left behind
+            return
+        try:
+            if job.attempt >= self.max_deliveries:
+                await self.fail_for_good(job, Fail(dead_letter_error(job), job.attempt))
+            else:
+                await self.transition(job.id, Retry(LOST_ERROR, attempt=job.attempt))
+                await self.publish(await self.get(job.id))
+                self._taken_back[job.id] = (now, 1)
+        except (TransitionRefused, JobNotFound):
+            pass  # it moved on meanwhile
+        finally:
+            await self.store.drop_lease(job_id)
 
     # -- failing for good -----------------------------------------------------
 
@@ -421,7 +490,7 @@ class JobService:
             check_depth=False,
             publish=False,
         )
-        attempt = event.attempt if isinstance(event, Fail) else None
+        attempt = event.attempt
         try:
             failed = await self.transition(job.id, Fail(error, attempt, undo.id))
         except (TransitionRefused, JobNotFound):

@@ -36,13 +36,12 @@ from .lifecycle import Event, Fail, Report, Retry, Start, StepDone, Stopped, Suc
 from .model import ErrorInfo, Job, JobState, utcnow
 from .registry import JobKind
 from .rules import retries_left, retry_backoff
-from .service import JobService
+from .service import LOST_ERROR, JobService, dead_letter_error
 
 __all__ = ["WorkerPool"]
 
 log = logging.getLogger("asyncproc")
 
-LOST_ERROR = ErrorInfo(error_id="lost", tech_msg="the worker running this job was lost")
 DEADLINE_CHECK = timedelta(seconds=1)
 SHUTDOWN_ERROR = ErrorInfo(error_id="lost", tech_msg="the worker shut down while running this job")
 # Memory mode: the queue ends with the process, so a job cut off by shutdown is not
@@ -90,8 +89,10 @@ class WorkerPool:
         concurrency: int = 16,
         shutdown_grace: float = 10.0,
         max_deliveries: int = 5,
+        lease: float = 10.0,
     ) -> None:
         self.service = service
+        self.lease = lease
         self.routings = tuple(routings)
         self.concurrency = concurrency
         self.shutdown_grace = shutdown_grace
@@ -130,6 +131,7 @@ class WorkerPool:
                         for _ in range(self.concurrency):
                             jobs.start_soon(self._runner, taken)
                         jobs.start_soon(self._enforce_deadlines)
+                        jobs.start_soon(self._renew_leases)
                         held: Delivery | None = None  # taken from the queue, not handed over
                         try:
                             with self._intake:
@@ -190,6 +192,18 @@ class WorkerPool:
             self._deadline_changed = anyio.Event()
             with anyio.move_on_after((check_by - now).total_seconds()):
                 await self._deadline_changed.wait()
+
+    async def _renew_leases(self) -> None:
+        """Renew the leases of the jobs running here, three times per lease."""
+        store = self.service.store
+        while True:
+            await anyio.sleep(self.lease / 3)
+            if self.running:
+                until = utcnow() + timedelta(seconds=self.lease)
+                try:
+                    await store.hold_lease(list(self.running), until)
+                except BackendUnavailable:
+                    continue  # the next round tries again; a lapse re-runs the jobs elsewhere
 
     def shutdown(self, *, give_back: bool = True, grace: float | None = None) -> None:
         """Stop taking deliveries; running jobs get `shutdown_grace` seconds to finish.
@@ -283,11 +297,16 @@ class WorkerPool:
             return None  # finished, stopped, or a duplicate delivery of a running job
         if job.id in self.running:
             return None
-        # Redelivered while marked running: the node that ran it is gone.
+        lease = await service.store.lease_of(job.id)
+        if lease is not None and lease >= utcnow():
+            # Its node still renews the lease (the broker gave the message back after a
+            # connection hiccup, say): it runs there; this copy of the message is spare.
+            return None
+        # Redelivered while marked running and no live lease: the node that ran it is gone.
         if job.attempt >= self.max_deliveries:
-            await service.transition(job.id, Fail(_dead_letter(job)))
+            await service.transition(job.id, Fail(dead_letter_error(job)))
             raise _DeadLetter
-        await service.transition(job.id, Retry(LOST_ERROR))
+        await service.transition(job.id, Retry(LOST_ERROR, attempt=job.attempt))
         try:
             # It ran before, so the holder it replaced (if any) had ended.
             started = await service.transition(job.id, Start(after_ended=True))
@@ -366,13 +385,18 @@ class WorkerPool:
             changed.set()
 
         def on_change(change: Change) -> None:
-            reason = "gone" if change.state.terminal else "stop"
-            run.end(reason, cancel=kind.is_async)
+            # "gone": finished elsewhere, or taken back after a lapsed lease (then this
+            # attempt's outcome would be refused anyway: nothing is sent for it).
+            stopping = change.stop_requested and change.state is JobState.RUNNING
+            run.end("stop" if stopping else "gone", cancel=kind.is_async)
 
+        store = service.store
         try:
-            with service.store.hub.on_stop(job.id, on_change):
+            await store.hold_lease([job.id], utcnow() + timedelta(seconds=self.lease))
+            with store.hub.on_stop(job.id, on_change):
                 event, value = await self._call(kind, ctx, content, run, remaining)
-            await self._finish_run(job, kind, event, value)
+            if run.reason != "gone":
+                await self._finish_run(job, kind, event, value)
         except anyio.get_cancelled_exc_class():
             # Shutdown cancelled the job: give it back to the queue for another node
             # (the delivery goes back in `_handle`), or, when nobody can take it after
@@ -393,6 +417,11 @@ class WorkerPool:
             del self.running[job.id]
             if not self.running and self._idle is not None:
                 self._idle.set()
+            with anyio.CancelScope(shield=True):
+                try:
+                    await store.drop_lease(job.id)
+                except BackendUnavailable:
+                    pass  # a stale lease is skipped by the sweep (the job is not running)
 
     async def _call(
         self, kind: JobKind, ctx: JobContext, content: Any, run: _Run, remaining: float
@@ -414,7 +443,8 @@ class WorkerPool:
             return Fail(_job_error(exc)), None
         except TransitionRefused:
             # A step could not be stored: the job ended or moved on without this attempt.
-            return TimeOut(), None
+            run.reason = "gone"
+            return TimeOut(attempt=ctx.attempt), None
         except Exception as exc:
             if kind.retry_on and isinstance(exc, kind.retry_on):
                 return Retry(_exception_error(exc, "retryable")), None
@@ -428,7 +458,7 @@ class WorkerPool:
         if run.reason == "stop":
             return Stopped(), None
         if run.reason is not None:  # timeout, or finished elsewhere (then refused below)
-            return TimeOut(), None
+            return TimeOut(attempt=ctx.attempt), None
         return Succeed(), value
 
     async def _call_blocking(
@@ -523,12 +553,4 @@ def _exception_error(exc: BaseException, error_id: str) -> ErrorInfo:
         error_id=error_id,
         tech_msg=str(exc) or type(exc).__name__,
         tech_info=traceback.format_exc(),
-    )
-
-
-def _dead_letter(job: Job) -> ErrorInfo:
-    return ErrorInfo(
-        error_id="dead_letter",
-        biz_msg="The job could not be run.",
-        tech_msg=f"delivered {job.attempt} times without finishing",
     )

@@ -68,11 +68,23 @@ async def open_channel(connection: AbstractConnection, *, confirms: bool) -> Cha
     return cast(Channel, await connection.channel(publisher_confirms=confirms))
 
 
+HEARTBEAT = 10  # seconds; aiormq's own default (60) leaves a frozen peer minutes
+
+
+def with_heartbeat(url: str, seconds: int = HEARTBEAT) -> str:
+    """`url` with a `heartbeat` parameter unless it names one: the broker then closes
+    the connection of a frozen or cut-off node after about two heartbeats, and gives
+    its unacked messages to other consumers."""
+    if "heartbeat=" in url:
+        return url
+    return url + ("&" if "?" in url else "?") + f"heartbeat={seconds}"
+
+
 class Link:
     """One AMQP connection that is reopened with backoff whenever it drops."""
 
     def __init__(self, url: str, name: str) -> None:
-        self.url = url
+        self.url = with_heartbeat(url)
         self.name = name
         self.connection: AbstractConnection | None = None
         self.generation = 0  # counts connections made, so users notice a new one

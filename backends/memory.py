@@ -56,6 +56,7 @@ class MemoryStateStore(StateStore):
         # (kind, key) -> (holder job id, its rule); see `create`.
         self._holders: dict[tuple[str, str], tuple[str, Uniqueness]] = {}
         self._docs: dict[str, dict[str, Doc]] = {}
+        self._leases: dict[str, datetime] = {}
         # (kind, key) -> the job a free key's next holder waits for (`KeyAfter.WAIT`).
         self._waits: dict[tuple[str, str], str] = {}
 
@@ -235,6 +236,23 @@ class MemoryStateStore(StateStore):
                 self._drop(job_id)
                 purged += 1
         return purged
+
+    async def hold_lease(self, job_ids: Sequence[str], until: datetime) -> None:
+        """See `StateStore.hold_lease`."""
+        for job_id in job_ids:
+            self._leases[job_id] = until
+
+    async def drop_lease(self, job_id: str) -> None:
+        """See `StateStore.drop_lease`."""
+        self._leases.pop(job_id, None)
+
+    async def lease_of(self, job_id: str) -> datetime | None:
+        """See `StateStore.lease_of`."""
+        return self._leases.get(job_id)
+
+    async def lapsed(self, now: datetime, limit: int = 100) -> list[str]:
+        """See `StateStore.lapsed`."""
+        return [job_id for job_id, until in self._leases.items() if until < now][:limit]
 
     async def get_doc(self, space: str, name: str) -> Doc | None:
         """See `StateStore.get_doc`."""

@@ -20,9 +20,9 @@ from __future__ import annotations
 import itertools
 import os
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import msgspec
@@ -511,6 +511,44 @@ class RedisStateStore(StateStore):
             ]
         answer: list[Any] = await self._eval(self._transition, keys, args)
         return answer
+
+    async def hold_lease(self, job_ids: Sequence[str], until: datetime) -> None:
+        """See `StateStore.hold_lease`: one sorted set, scored by lapse time."""
+        if not job_ids:
+            return
+        score = repr(until.timestamp())
+        pairs: list[Arg] = [part for job_id in job_ids for part in (score, job_id)]
+        with _guard():
+            await self._pipeliner.call("ZADD", f"{self.prefix}lease", *pairs)
+
+    async def drop_lease(self, job_id: str) -> None:
+        """See `StateStore.drop_lease`."""
+        with _guard():
+            await self._pipeliner.call("ZREM", f"{self.prefix}lease", job_id)
+
+    async def lease_of(self, job_id: str) -> datetime | None:
+        """See `StateStore.lease_of`."""
+        with _guard():
+            score = await self._pipeliner.call("ZSCORE", f"{self.prefix}lease", job_id)
+        if score is None:
+            return None
+        return datetime.fromtimestamp(float(score), UTC)
+
+    async def lapsed(self, now: datetime, limit: int = 100) -> list[str]:
+        """See `StateStore.lapsed`."""
+        with _guard():
+            ids = cast(
+                "list[bytes]",
+                await self._redis.zrange(
+                    f"{self.prefix}lease",
+                    "-inf",
+                    f"({now.timestamp()!r}",
+                    byscore=True,
+                    offset=0,
+                    num=limit,
+                ),
+            )
+        return [job_id.decode() for job_id in ids]
 
     async def get_result(self, job_id: str) -> bytes | None:
         """See `StateStore.get_result`."""

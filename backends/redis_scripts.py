@@ -14,7 +14,11 @@ Keys, all under the prefix P:
                                    scored by purge time
     P hold:<kind>:<key>    string  "<rule>|<id>" while a job holds the key (rule
                                    `active` or `once`), "done|<id>" for a succeeded
-                                   `once` job until the key is released
+                                   `once` job until the key is released, "wait|<id>"
+                                   for a free key whose next holder waits for <id>
+    P lease                zset    ids of running jobs, scored by when their lease
+                                   lapses (kept beside the record: renewals write
+                                   no record and wake no watcher)
     P doc:<space>          hash    document name -> "<version>|<data>"
     P changes              pub/sub channel of msgpack-encoded `Change`s
 

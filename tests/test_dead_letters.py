@@ -155,11 +155,6 @@ async def test_a_compensation_that_fails_for_good_is_a_dead_letter() -> None:
         assert all(item["jobId"] != job["id"] for item in (await dead_letters(client))["items"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="lifecycle.Revive takes only `dead_letter` failures; a failed compensation "
-    "(errorId undo_failed) cannot be queued again until it takes them too",
-)
 async def test_a_failed_compensation_can_be_requeued() -> None:
     async with api_client(make_app()) as client:
         job = await post_json(client, "/api/saga/enqueue", {"content": {}}, 202)

@@ -95,15 +95,24 @@ async def test_a_revived_job_runs_and_finishes_again(store: StateStore) -> None:
     assert done.expires_at == done.finished_at + timedelta(seconds=1)
 
 
-async def test_revive_is_refused_for_other_failures_and_states(store: StateStore) -> None:
+async def test_revive_takes_failed_jobs_only(store: StateStore) -> None:
     job, _ = await store.create(new_job())
     with pytest.raises(TransitionRefused):
         await store.transition(job.id, Revive())  # queued
     await store.transition(job.id, Start())
-    await store.transition(job.id, Fail(ErrorInfo(error_id="boom")))
     with pytest.raises(TransitionRefused):
-        await store.transition(job.id, Revive())
-    assert (await store.get(job.id)).state is JobState.FAILED  # type: ignore[union-attr]
+        await store.transition(job.id, Revive())  # running
+    await store.transition(job.id, Succeed())
+    with pytest.raises(TransitionRefused):
+        await store.transition(job.id, Revive())  # succeeded
+    assert (await store.get(job.id)).state is JobState.SUCCEEDED  # type: ignore[union-attr]
+    # Any failure may be requeued by an operator (a dead letter: a compensation that
+    # failed for good fails with its own errorId).
+    other, _ = await store.create(new_job())
+    await store.transition(other.id, Start())
+    await store.transition(other.id, Fail(ErrorInfo(error_id="undo_failed")))
+    revived = await store.transition(other.id, Revive())
+    assert (revived.state, revived.attempt) == (JobState.QUEUED, 1)
 
 
 @pytest.mark.redis
