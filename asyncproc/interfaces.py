@@ -209,6 +209,10 @@ class StateStore(_Closable, ABC):
         """Ids of unfinished jobs whose processing deadline is before `now`."""
 
     @abstractmethod
+    async def unfinished(self, limit: int = 200) -> list[str]:
+        """Ids of up to `limit` unfinished (queued or running) jobs, earliest deadline first."""
+
+    @abstractmethod
     async def purge_expired(self, now: datetime) -> int:
         """Drop terminal records past retention (a no-op where the server expires keys)."""
 

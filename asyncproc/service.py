@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
@@ -52,6 +53,13 @@ CallbackRouting = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
 HIDDEN_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
+
+# The repair sweep: how often it looks, and how long a ready job may wait unstarted
+# in an empty queue before its message counts as lost.
+REPAIR_EVERY = timedelta(seconds=30)
+REPAIR_AFTER = timedelta(seconds=30)
+
+log = logging.getLogger("asyncproc")
 
 LOST_ERROR = ErrorInfo(error_id="lost", tech_msg="the worker running this job was lost")
 
@@ -156,6 +164,7 @@ class JobService:
         # Jobs this node took back after a lapsed lease -> (when, publishes): published
         # again while they stay queued, as the message may have gone to the frozen node.
         self._taken_back: dict[str, tuple[datetime, int]] = {}
+        self._next_repair = utcnow() + REPAIR_EVERY
         self.hooks = registry.hooks
 
     # -- changes --------------------------------------------------------------
@@ -417,7 +426,29 @@ class JobService:
         for job_id in await self.store.lapsed(now):
             await self.take_back(job_id, now)
         await self._publish_taken_back_again(now)
+        if now >= self._next_repair:
+            self._next_repair = now + REPAIR_EVERY
+            await self.repair(now)
         return len(late)
+
+    async def repair(self, now: datetime) -> int:
+        """Re-publish queued jobs that should have started long ago while their queue is
+        empty: their message was lost (the node died between storing the record and
+        publishing it). A spare message costs nothing: the start is a compare-and-set.
+        Answers how many were published again."""
+        republished = 0
+        for job_id in await self.store.unfinished():
+            job = await self.store.get(job_id)
+            if job is None or job.state is not JobState.QUEUED or job.after is not None:
+                continue
+            if now - (job.not_before or job.created_at) < REPAIR_AFTER:
+                continue
+            if await self.queue.depth(job.proc_routing) > 0:
+                continue  # a backlog: its message is most likely waiting its turn
+            await self.queue.publish(job.id, job.proc_routing)
+            republished += 1
+            log.warning("job %s was queued with no message: published it again", job.id)
+        return republished
 
     async def _publish_taken_back_again(self, now: datetime) -> None:
         for job_id, (when, count) in list(self._taken_back.items()):

@@ -93,6 +93,7 @@ class WorkerPool:
     ) -> None:
         self.service = service
         self.lease = lease
+        self.dropped = 0  # messages dropped because their job had no record
         self.routings = tuple(routings)
         self.concurrency = concurrency
         self.shutdown_grace = shutdown_grace
@@ -276,7 +277,11 @@ class WorkerPool:
             started = await service.transition(delivery.job_id, Start())
             return started if started.state is JobState.RUNNING else None
         except JobNotFound:
-            return None  # a message whose record expired or never was: drop it
+            # A message whose record expired or never was (or was lost with a Redis
+            # that kept no AOF): dropped, but never silently.
+            self.dropped += 1
+            log.warning("dropped the message of job %s: it has no record", delivery.job_id)
+            return None
         except TransitionRefused as refused:
             job = refused.job
         if job.state is JobState.QUEUED and job.not_before is not None:

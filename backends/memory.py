@@ -226,6 +226,10 @@ class MemoryStateStore(StateStore):
         late = [job_id for job_id, deadline in self._unfinished.items() if deadline < now]
         return late[:limit]
 
+    async def unfinished(self, limit: int = 200) -> list[str]:
+        """See `StateStore.unfinished`."""
+        return heapq.nsmallest(limit, self._unfinished, key=self._unfinished.__getitem__)
+
     async def purge_expired(self, now: datetime) -> int:
         """See `StateStore.purge_expired`."""
         purged = 0

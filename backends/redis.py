@@ -632,6 +632,12 @@ class RedisStateStore(StateStore):
                 await self._redis.zrem(due, *gone)
         return [job_id.decode() for job_id, live in zip(ids, alive, strict=True) if live]
 
+    async def unfinished(self, limit: int = 200) -> list[str]:
+        """See `StateStore.unfinished`."""
+        with _guard():
+            ids = cast("list[bytes]", await self._redis.zrange(f"{self.prefix}due", 0, limit - 1))
+        return [job_id.decode() for job_id in ids]
+
     async def purge_expired(self, now: datetime) -> int:
         """See `StateStore.purge_expired`: Redis drops the records; this trims the indexes."""
         exp = f"{self.prefix}exp"
