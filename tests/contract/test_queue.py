@@ -363,7 +363,7 @@ async def test_delay_zero_is_an_ordinary_publish(queue: Queue) -> None:
 @pytest.mark.anyio
 async def test_delayed_message_survives_its_consumer_going_away(queue: Queue) -> None:
     async with taking(queue, ["alpha"], 4) as first:
-        await queue.publish("waiting", "alpha", delay=1.0)
+        await queue.publish("waiting", "alpha", delay=DELAY)
         assert await first.stays(0)
     async with taking(queue, ["beta"], 4) as other:
         # Nobody consumes alpha now; it falls due meanwhile and waits, ready.
@@ -378,7 +378,7 @@ async def test_delayed_message_survives_its_consumer_going_away(queue: Queue) ->
 
 @pytest.mark.anyio
 async def test_depth_counts_a_delayed_message_once_it_is_due(queue: Queue) -> None:
-    await queue.publish("due-later", "alpha", delay=1.0)
+    await queue.publish("due-later", "alpha", delay=DELAY)
     await queue.publish("ready", "beta")
     await wait_until(lambda: queue.depth("beta"), lambda n: n == 1)
     assert await queue.depth("alpha") == 0
