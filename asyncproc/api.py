@@ -19,11 +19,22 @@ from .errors import (
     BackendUnavailable,
     BadRequest,
     BodyTooLarge,
+    HeadersTooLarge,
     InvalidInput,
     JobStateConflict,
     MethodNotAllowed,
     NotFound,
     ServiceError,
+    UnsupportedMediaType,
+)
+from .input_limits import (
+    MAX_HEADER_BYTES,
+    MAX_JSON_DEPTH,
+    headers_size,
+    hidden_header_names,
+    is_json_media_type,
+    json_too_deep,
+    kept_headers,
 )
 from .interfaces import JobQuery
 from .model import Job, JobState, OnConflict, Trigger, TriggerType, utcnow
@@ -89,10 +100,26 @@ def status_response(request: Request, job: Job, status_code: int = 200) -> Respo
     return json_response(job.status(expose_tech_info=expose), status_code)
 
 
-async def read_body(request: Request) -> bytes:
-    """The body, refused with 413 past `max_body` before it is all read."""
+async def read_body(request: Request, *, json: bool = True) -> bytes:
+    """The body, refused with 413 past `max_body` before it is all read.
+
+    With `json` (the default: every call of API.md that takes a body takes JSON), a
+    `Content-Type` other than `application/json` (or none, when a body came) answers
+    415, and JSON nested deeper than 64 levels 400, before anything decodes it.
+    """
     limit: int = request.app.state.settings.max_body
-    declared = request.headers.get("content-length")
+    # Straight from the ASGI scope (names are lower case there): cheaper than `Headers`.
+    content_type: bytes | None = None
+    declared: bytes | None = None
+    for name, value in request.scope["headers"]:
+        if name == b"content-type":
+            content_type = value
+        elif name == b"content-length":
+            declared = value
+    if json and content_type is not None and not is_json_media_type(content_type):
+        raise UnsupportedMediaType(
+            f"Content-Type {content_type.decode('latin-1')!r}: this call takes application/json"
+        )
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge(f"body is over the limit of {limit} bytes")
     # The ASGI messages themselves: `request.stream()` is an async generator, which
@@ -109,7 +136,14 @@ async def read_body(request: Request) -> bytes:
             raise BodyTooLarge(f"body is over the limit of {limit} bytes")
         chunks.append(chunk)
         if not message.get("more_body", False):
-            return b"".join(chunks)
+            break
+    body = b"".join(chunks)
+    if json and body:
+        if content_type is None:
+            raise UnsupportedMediaType("no Content-Type: this call takes application/json")
+        if json_too_deep(body):
+            raise BadRequest(f"body is JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return body
 
 
 def decode_body(body: bytes, type_: type[T]) -> T:
@@ -124,6 +158,15 @@ def decode_body(body: bytes, type_: type[T]) -> T:
         raise InvalidInput(f"body: {text}") from None
     except msgspec.DecodeError as exc:
         raise BadRequest(f"body is not valid JSON: {exc}") from None
+    except RecursionError:  # a body that did not come through `read_body`
+        raise BadRequest(f"body is JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+
+
+def handler_headers(request: Request) -> dict[str, str]:
+    """The request's headers a handler sees: lower-case names, without `Authorization`,
+    `Cookie`, `Proxy-Authorization` and the `hidden_headers` setting's names."""
+    hidden = hidden_header_names(request.app.state.settings.hidden_headers)
+    return kept_headers(request.scope["headers"], hidden)
 
 
 def _query_number(request: Request, name: str, type_: Any) -> Any:
@@ -146,11 +189,11 @@ async def enqueue(request: Request) -> Response:
     service.registry.get(kind)
     body = decode_body(await read_body(request), EnqueueRequest)
     scope = request.scope
-    # Straight from the ASGI scope (header names are lower case there): a Starlette
-    # `Headers` and `State` per request cost more than building this dict.
-    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
     job, created = await service.enqueue(
-        kind, body, headers=headers, incoming_at=scope.get("state", {}).get("incoming_at")
+        kind,
+        body,
+        headers=handler_headers(request),
+        incoming_at=scope.get("state", {}).get("incoming_at"),
     )
     status = job.status(expose_tech_info=service.expose_tech_info)
     if not created:
@@ -209,11 +252,10 @@ async def enqueue_batch(request: Request) -> Response:
     body = decode_body(await read_body(request), BatchRequest)
     requests = batch_requests(body)
     scope = request.scope
-    headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in scope["headers"]}
     outcomes = await service.enqueue_many(
         kind,
         requests,
-        headers=headers,
+        headers=handler_headers(request),
         incoming_at=scope.get("state", {}).get("incoming_at"),
         trigger=BATCH_TRIGGER,
     )
@@ -454,12 +496,24 @@ EXCEPTION_HANDLERS: dict[Any, Any] = {
 
 
 class IncomingAt:
-    """ASGI middleware stamping `request.state.incoming_at` when a request arrives."""
+    """ASGI middleware at the door of every HTTP request: it answers 431 to headers over
+    64 KiB in all (before routing: no handler, hook or store sees them) and stamps
+    `request.state.incoming_at` on the others."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
+            if headers_size(scope["headers"]) > MAX_HEADER_BYTES:
+                await _headers_too_large(scope, receive, send)
+                return
             scope.setdefault("state", {})["incoming_at"] = utcnow()
         await self.app(scope, receive, send)
+
+
+async def _headers_too_large(scope: Any, receive: Any, send: Any) -> None:
+    error = HeadersTooLarge(f"request headers are over {MAX_HEADER_BYTES} bytes in all")
+    # Close the connection: a client that sent this much may send it again.
+    response = json_response(error.body(), error.status_code, {"Connection": "close"})
+    await response(scope, receive, send)

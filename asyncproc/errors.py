@@ -6,7 +6,7 @@
     ├── BackendUnavailable     a StateStore or Queue server cannot be reached   -> 503
     ├── TransitionRefused      the lifecycle refuses an event in the job's state
     ├── ServiceError           a request the service refuses (API status codes)
-    │   ├── BadRequest         400  body is not JSON or misses a field
+    │   ├── BadRequest         400  body is not JSON, nested too deep, or misses a field
     │   ├── NotFound           404  unknown kind, job or route
     │   │   ├── UnknownKind
     │   │   └── JobNotFound
@@ -16,8 +16,10 @@
     │   │   ├── KeyConflict
     │   │   └── JobStateConflict   answered with the job's status, not an error body
     │   ├── BodyTooLarge       413
+    │   ├── UnsupportedMediaType  415  a JSON call's body has another Content-Type
     │   ├── InvalidInput       422  a field breaks its schema
     │   │   └── InvalidContent 422  content fails its kind's schema or check
+    │   ├── HeadersTooLarge    431  request headers over 64 KiB in all
     │   └── Overloaded         503  the queue is over its depth limit
     ├── JobError               raised by a handler: fails the job with these fields
     │   └── RetryableJobError  raised by a handler: run the job again if retries are left
@@ -153,6 +155,13 @@ class BodyTooLarge(ServiceError):
     code = "body_too_large"
 
 
+class UnsupportedMediaType(ServiceError):
+    """Raised when a call that takes a JSON body gets another `Content-Type` (or none)."""
+
+    status_code = 415
+    code = "unsupported_media_type"
+
+
 class InvalidInput(ServiceError):
     """Raised when content or a field breaks its schema or the kind's pre-start check."""
 
@@ -164,6 +173,13 @@ class InvalidContent(InvalidInput):
     """Raised when a job's content fails its kind's schema or pre-start check."""
 
     code = "invalid_content"
+
+
+class HeadersTooLarge(ServiceError):
+    """Raised when a request's headers are over 64 KiB in all (answered before routing)."""
+
+    status_code = 431
+    code = "headers_too_large"
 
 
 class Overloaded(ServiceError):

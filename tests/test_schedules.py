@@ -224,7 +224,9 @@ async def test_put_refuses_a_bad_name_and_a_body_without_content() -> None:
         assert "name" in response.json()["error"]["message"]
         response = await client.put("/api/schedules/x", json={"kind": "t.quick", "every": 60})
         assert response.status_code == 400
-        response = await client.put("/api/schedules/x", content=b"{not json")
+        response = await client.put(
+            "/api/schedules/x", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert response.status_code == 400
 
 
