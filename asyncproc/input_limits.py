@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from functools import lru_cache
-from itertools import accumulate, chain
+from itertools import accumulate
 
 __all__ = [
     "ALWAYS_HIDDEN_HEADERS",
@@ -78,7 +78,10 @@ def is_json_media_type(value: bytes) -> bool:
 
 def headers_size(raw: Iterable[tuple[bytes, bytes]]) -> int:
     """The bytes of every header name and value of an ASGI scope's `headers`."""
-    return sum(map(len, chain.from_iterable(raw)))
+    size = 0
+    for name, value in raw:  # a plain loop: faster than sum/map/chain for a few headers
+        size += len(name) + len(value)
+    return size
 
 
 @lru_cache(maxsize=8)
