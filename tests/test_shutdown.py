@@ -247,3 +247,33 @@ async def test_sigterm_to_a_node_process(tmp_path: Path) -> None:
             node.kill()
         node.stop()
     assert node.process.returncode in (0, -signal.SIGTERM)
+
+
+async def test_a_second_sigterm_ends_the_grace_at_once(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "PYTHONPATH": str(ROOT),
+        "ASYNCPROC_SHUTDOWN_GRACE": "600",  # far beyond the test's own timeout
+        "ASYNCPROC_PLUGINS": "asyncproc.plugins.demo",
+    }
+    node = NodeProcess(env, tmp_path, "memory")
+    try:
+        node.wait_healthy()
+        async with httpx.AsyncClient(base_url=node.url, timeout=30) as client:
+            job_id = await enqueue(client, "demo.count", {"n": 6000, "delay": 0.1})
+            await running(client, job_id)
+            node.process.send_signal(signal.SIGTERM)
+
+            async def enqueue_answer() -> httpx.Response:
+                return await client.post("/api/demo.count/enqueue", json={"content": {"n": 0}})
+
+            await wait_until(enqueue_answer, lambda r: r.status_code == 503)  # draining
+            node.process.send_signal(signal.SIGTERM)
+        with anyio.fail_after(30):
+            while node.process.poll() is None:  # noqa: ASYNC110 - a process has no event
+                await anyio.sleep(0.05)
+        assert "still running after the grace: failing them" in node.log_path.read_text()
+    finally:
+        if node.process.poll() is None:
+            node.kill()
+        node.stop()
