@@ -52,10 +52,12 @@ def answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, 
 STATUS = ref("JobStatus")
 ERROR = ref("ErrorBody")
 ERRORS = {
-    "400": answer("Body is not JSON or misses a field", ERROR),
+    "400": answer("Body is not JSON, is nested deeper than 64 levels, or misses a field", ERROR),
     "404": answer("Unknown kind or job", ERROR),
     "413": answer("Body over the size limit", ERROR),
+    "415": answer("A body whose Content-Type is not application/json", ERROR),
     "422": answer("A value breaks its schema", ERROR),
+    "431": answer("Request headers over 64 KiB in all", ERROR),
     "503": answer("A backend is unreachable or the queue is full", ERROR),
 }
 ID_BODY = {
