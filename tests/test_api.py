@@ -135,7 +135,10 @@ async def short(ctx: JobContext, content: Any) -> None:
 def make_app(**overrides: Any) -> Any:
     registry = load_plugins(["asyncproc.plugins.demo"])
     registry.include(test_kinds)
-    settings = load_settings(environ={}, sweep_interval=0.05, **overrides)
+    # Apps left with jobs running end at once (a 0.2 s grace instead of 10 s).
+    settings = load_settings(
+        environ={}, **{"sweep_interval": 0.05, "shutdown_grace": 0.2, **overrides}
+    )
     return create_app(settings, registry=registry)
 
 

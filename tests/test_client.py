@@ -26,7 +26,7 @@ LONG_COUNT = {"n": 10_000, "delay": 0.05}
 @pytest.fixture
 async def base_url() -> AsyncIterator[str]:
     """A fresh single-node server (memory backends, demo kinds) for each test."""
-    async with live_server(create_app(load_settings(environ={}))) as url:
+    async with live_server(create_app(load_settings(environ={}, shutdown_grace=0.2))) as url:
         yield url
 
 

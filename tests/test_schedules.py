@@ -98,7 +98,7 @@ async def served(
 ) -> AsyncIterator[httpx.AsyncClient]:
     """An app on `store` with the test kinds and these config schedules, and a client."""
     app = create_app(
-        load_settings(environ={}, schedules=schedules, **settings),
+        load_settings(environ={}, schedules=schedules, **{"shutdown_grace": 0.2, **settings}),
         registry=kinds,
         store=store,
         queue=MemoryQueue(),

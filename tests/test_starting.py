@@ -55,7 +55,9 @@ def plain_select(ctx: JobContext, params: Params) -> list[tuple[str, dict[str, A
 def make_app(**overrides: Any) -> Any:
     registry = load_plugins(["asyncproc.plugins.demo"])
     registry.include(test_kinds)
-    settings = load_settings(environ={}, sweep_interval=0.05, **overrides)
+    settings = load_settings(
+        environ={}, **{"sweep_interval": 0.05, "shutdown_grace": 0.2, **overrides}
+    )
     return create_app(settings, registry=registry)
 
 

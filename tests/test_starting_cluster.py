@@ -34,6 +34,7 @@ async def client(
         key_prefix=unique_prefix,
         sweep_interval=0.1,
         scheduler=False,
+        shutdown_grace=0.2,
     )
     try:
         async with api_client(create_app(settings)) as http:

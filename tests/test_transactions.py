@@ -52,7 +52,9 @@ def blocking_steps(ctx: BlockingJobContext, content: Any) -> dict[str, Any]:
 def make_app(**overrides: Any) -> Any:
     registry = load_plugins(["asyncproc.plugins.demo"])
     registry.include(test_kinds)
-    settings = load_settings(environ={}, sweep_interval=0.05, **overrides)
+    settings = load_settings(
+        environ={}, **{"sweep_interval": 0.05, "shutdown_grace": 0.2, **overrides}
+    )
     return create_app(settings, registry=registry)
 
 

@@ -46,7 +46,7 @@ COUNT = {"name": "count", "kind": "demo.count", "event": "count"}
 
 
 def settings_with(*triggers: dict[str, Any], **values: Any) -> Settings:
-    return load_settings(environ={}, triggers=list(triggers), **values)
+    return load_settings(environ={}, triggers=list(triggers), **{"shutdown_grace": 0.2, **values})
 
 
 async def post(client: httpx.AsyncClient, event: str, body: Any) -> httpx.Response:

@@ -47,7 +47,7 @@ async def browser(anyio_backend: str, chromium: str) -> AsyncIterator[Browser]:
 @pytest.fixture
 async def browsing(browser: Browser) -> AsyncIterator[Browsing]:
     """A fresh in-memory app served on loopback and a new browser page pointed at it."""
-    app = create_app(load_settings(environ={}))
+    app = create_app(load_settings(environ={}, shutdown_grace=0.2))
     async with live_server(app) as base, httpx.AsyncClient(base_url=base, timeout=30) as api:
         context = await browser.new_context(viewport={"width": 1280, "height": 900})
         try:
