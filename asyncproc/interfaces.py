@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from types import TracebackType
@@ -21,6 +21,7 @@ import msgspec
 from .changes import ChangeHub
 from .errors import BadRequest
 from .lifecycle import Event
+from .limits import Limits
 from .model import Job, JobState, OnConflict, Uniqueness
 
 __all__ = ["Created", "Delivery", "Doc", "JobQuery", "Page", "Queue", "StateStore"]
@@ -233,6 +234,44 @@ class StateStore(_Closable, ABC):
     @abstractmethod
     async def lapsed(self, now: datetime, limit: int = 100) -> list[str]:
         """Ids of jobs whose lease lapsed before `now` (they may have ended since)."""
+
+    # -- start limits of kinds (max_concurrency, rate_limit) ----------------------------
+
+    @abstractmethod
+    async def acquire_start(
+        self,
+        kind: str,
+        job_id: str,
+        holder: str,
+        limits: Limits,
+        lease_until: datetime,
+        *,
+        now: datetime | None = None,
+    ) -> float:
+        """Take a start permit of `kind` for `job_id`, atomically across every node:
+        0.0 when granted, else the seconds to wait before trying again (`limits.start_wait`
+        decides), or minus the seconds until the job's fallback message is due when this
+        is a spare copy of it (`limits.spare_copy`: a wake that lost the race, a
+        duplicate), to be dropped.
+
+        Permits lapse at their `lease_until` unless renewed (`renew_starts`), so a dead
+        holder's come back; `holder` (unique per attempt to start) names the permit. A
+        grant counts as a start in the rate window at `now`. A job refused because the
+        kind's `max_concurrency` is reached joins its waiters (oldest first), which
+        `release_start` wakes; a grant removes it.
+        """
+
+    @abstractmethod
+    async def release_start(self, kind: str, holder: str) -> str | None:
+        """Give back `holder`'s permit of `kind`; the id of the oldest waiter whose record
+        is still `queued`, taken off the waiters, for the caller to publish at once, or
+        None (no such waiter, or the permit was not held: released already, or lapsed).
+        Waiters passed over (stopped, gone) are forgotten."""
+
+    @abstractmethod
+    async def renew_starts(self, holders: Mapping[str, Sequence[str]], until: datetime) -> None:
+        """Renew the permits still held, `{kind: [holder, ...]}`, until `until` (one
+        released meanwhile stays released)."""
 
     # -- small documents (schedules and what plugins keep) ----------------------------
 

@@ -21,6 +21,7 @@ from starlette.routing import Route
 
 from .errors import ConfigError, InvalidContent, PluginError, UnknownKind
 from .hooks import AfterChange, BeforeEnqueue, Hooks, Lifespan, SettingsCheck
+from .limits import parse_rate
 from .model import ErrorInfo, OnConflict, Uniqueness
 
 if TYPE_CHECKING:
@@ -84,6 +85,8 @@ class JobKind:
         retry_delay: float = 1.0,
         retry_max_delay: float = 300.0,
         retry_on: tuple[type[BaseException], ...] = (),
+        max_concurrency: int | None = None,
+        rate_limit: str | None = None,
     ) -> None:
         if not KIND_NAME.fullmatch(name):
             raise PluginError(f"kind name {name!r} does not match {KIND_NAME.pattern}")
@@ -108,9 +111,16 @@ class JobKind:
         self.retry_on = retry_on
         # The kind compensating this one's final failures (`<kind>.compensate`), if any.
         self.compensation: str | None = None
-        # Set by `[kinds."<kind>"]` in the config; not enforced yet.
-        self.max_concurrency: int | None = None
-        self.rate_limit: str | None = None
+        # Start limits across all nodes (`limits.StartGate`); `[kinds."<kind>"]` may set them.
+        if max_concurrency is not None and max_concurrency < 1:
+            raise PluginError(f"kind {name}: max_concurrency must be >= 1")
+        if rate_limit is not None:
+            try:
+                parse_rate(rate_limit)
+            except ValueError as exc:
+                raise PluginError(f"kind {name}: rate_limit {exc}") from None
+        self.max_concurrency = max_concurrency
+        self.rate_limit = rate_limit
         # For a selection kind (section 11): the kind its items start.
         self.selection: str | None = None
 
@@ -172,6 +182,8 @@ class Registry:
         on_conflict: OnConflict | str = OnConflict.REJECT,
         check: Check | None = None,
         compensate: Handler | None = None,
+        max_concurrency: int | None = None,
+        rate_limit: str | None = None,
     ) -> Callable[[Handler], Handler]:
         """Register the decorated function as the handler of `kind`.
 
@@ -184,7 +196,10 @@ class Registry:
         `on_conflict` what an enqueue meeting the key's holder does (`reject`,
         `existing`, `replace`); `check(content)` is a pre-start validation whose
         ValueError becomes a 422; `compensate(ctx, compensation)` undoes a job that
-        failed for good: it runs as kind `<kind>.compensate` with a `Compensation`.
+        failed for good: it runs as kind `<kind>.compensate` with a `Compensation`;
+        `max_concurrency` (running jobs of the kind across all nodes) and `rate_limit`
+        (`"<n>/s"`, `"<n>/m"`, `"<n>/h"`: starts in any such window, across all nodes)
+        hold its jobs in `queued` until they may start.
         """
 
         def register(handler: Handler) -> Handler:
@@ -203,6 +218,8 @@ class Registry:
                 retry_delay=retry_delay,
                 retry_max_delay=retry_max_delay,
                 retry_on=retry_on,
+                max_concurrency=max_concurrency,
+                rate_limit=rate_limit,
             )
             self.add(job_kind)
             if compensate is not None:
@@ -405,5 +422,7 @@ def apply_kind_settings(registry: Registry, settings: Settings) -> None:
             kind.retry_delay = options.retry_delay
         if options.retry_max_delay is not None:
             kind.retry_max_delay = options.retry_max_delay
-        kind.max_concurrency = options.max_concurrency
-        kind.rate_limit = options.rate_limit
+        if options.max_concurrency is not None:
+            kind.max_concurrency = options.max_concurrency
+        if options.rate_limit is not None:
+            kind.rate_limit = options.rate_limit

@@ -33,6 +33,7 @@ from .errors import (
 )
 from .interfaces import Delivery
 from .lifecycle import Event, Fail, Report, Retry, Start, StepDone, Stopped, Succeed, TimeOut
+from .limits import StartGate
 from .model import ErrorInfo, Job, JobState, utcnow
 from .registry import JobKind
 from .rules import retries_left, retry_backoff
@@ -110,6 +111,8 @@ class WorkerPool:
         # deadline: a cancel scope with a deadline of its own costs a timer per job.
         self._deadlines_checked_by = utcnow()
         self._deadline_changed: anyio.Event | None = None
+        # Start permits of kinds with `max_concurrency` / `rate_limit` (none: never used).
+        self._gate = StartGate(service, lease)
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED
@@ -203,6 +206,7 @@ class WorkerPool:
                 until = utcnow() + timedelta(seconds=self.lease)
                 try:
                     await store.hold_lease(list(self.running), until)
+                    await self._gate.renew(until)
                 except BackendUnavailable:
                     continue  # the next round tries again; a lapse re-runs the jobs elsewhere
 
@@ -273,6 +277,8 @@ class WorkerPool:
     async def _start(self, delivery: Delivery) -> Job | None:
         """The job moved to running, or None when this delivery has nothing to run."""
         service = self.service
+        if self._gate.kinds and not await self._gate.admit(delivery):
+            return None  # a limited kind: held in `queued`, its message re-published
         try:
             started = await service.transition(delivery.job_id, Start())
             return started if started.state is JobState.RUNNING else None
@@ -341,6 +347,19 @@ class WorkerPool:
         return started if started.state is JobState.RUNNING else None
 
     async def _process(self, delivery: Delivery) -> None:
+        if not self._gate.kinds:
+            await self._run_delivery(delivery)
+            return
+        try:
+            await self._run_delivery(delivery)
+        finally:
+            # A limited kind's permit goes back however its job ended, or if it never
+            # started; the release wakes the kind's oldest waiter.
+            if delivery in self._gate.held:
+                with anyio.CancelScope(shield=True):
+                    await self._gate.release(delivery)
+
+    async def _run_delivery(self, delivery: Delivery) -> None:
         job = await self._start(delivery)
         if job is None:
             return

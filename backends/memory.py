@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 
@@ -29,7 +29,8 @@ from asyncproc.interfaces import (
     cursor_of,
 )
 from asyncproc.lifecycle import Event, Succeed, apply
-from asyncproc.model import Job, OnConflict, Uniqueness, utcnow
+from asyncproc.limits import Limits, Permits
+from asyncproc.model import Job, JobState, OnConflict, Uniqueness, utcnow
 from asyncproc.rules import (
     KeyAfter,
     expired,
@@ -59,6 +60,8 @@ class MemoryStateStore(StateStore):
         self._leases: dict[str, datetime] = {}
         # (kind, key) -> the job a free key's next holder waits for (`KeyAfter.WAIT`).
         self._waits: dict[tuple[str, str], str] = {}
+        # kind -> its start permits, start log and waiters (`max_concurrency`, `rate_limit`).
+        self._permits: dict[str, Permits] = {}
 
     async def ping(self) -> None:
         """Always answers: the store is this process."""
@@ -257,6 +260,40 @@ class MemoryStateStore(StateStore):
     async def lapsed(self, now: datetime, limit: int = 100) -> list[str]:
         """See `StateStore.lapsed`."""
         return [job_id for job_id, until in self._leases.items() if until < now][:limit]
+
+    async def acquire_start(
+        self,
+        kind: str,
+        job_id: str,
+        holder: str,
+        limits: Limits,
+        lease_until: datetime,
+        *,
+        now: datetime | None = None,
+    ) -> float:
+        """See `StateStore.acquire_start`."""
+        permits = self._permits.setdefault(kind, Permits())
+        moment = (now or utcnow()).timestamp()
+        return permits.acquire(job_id, holder, limits, lease_until.timestamp(), moment)
+
+    async def release_start(self, kind: str, holder: str) -> str | None:
+        """See `StateStore.release_start`."""
+        permits = self._permits.get(kind)
+        if permits is None:
+            return None
+
+        def queued(job_id: str) -> bool:
+            job = self._live(job_id)
+            return job is not None and job.state is JobState.QUEUED
+
+        return permits.release(holder, utcnow().timestamp(), queued)
+
+    async def renew_starts(self, holders: Mapping[str, Sequence[str]], until: datetime) -> None:
+        """See `StateStore.renew_starts`."""
+        for kind, names in holders.items():
+            permits = self._permits.get(kind)
+            if permits is not None:
+                permits.renew(names, until.timestamp())
 
     async def get_doc(self, space: str, name: str) -> Doc | None:
         """See `StateStore.get_doc`."""

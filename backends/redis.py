@@ -18,9 +18,10 @@ so the store needs one Redis server (or a primary with replicas), not Redis Clus
 from __future__ import annotations
 
 import itertools
+import math
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
@@ -40,6 +41,7 @@ from asyncproc.errors import (
 )
 from asyncproc.interfaces import Created, Doc, JobQuery, Page, StateStore, cursor_of
 from asyncproc.lifecycle import Event, Succeed, apply
+from asyncproc.limits import MIN_WAIT, RATE_SLACK, STALE, WAKE_EARLY, Limits
 from asyncproc.model import Job, OnConflict, Uniqueness, decode_job, encode_job, utcnow
 from asyncproc.rules import expired, holds_key, key_after
 
@@ -47,11 +49,13 @@ from .redis_keys import Free, decide, hold_of
 from .redis_listener import ChangeListener
 from .redis_pipeline import UNAVAILABLE, Arg, Pipeliner
 from .redis_scripts import (
+    ACQUIRE,
     CREATE,
     FORGET,
     HOLDER,
     PUT_DOC,
     RELEASE,
+    RELEASE_START,
     TRANSITION,
     epoch_ms,
     index_member,
@@ -170,6 +174,8 @@ class RedisStateStore(StateStore):
         self._forget = self._redis.register_script(FORGET)
         self._holder = self._redis.register_script(HOLDER)
         self._put_doc = self._redis.register_script(PUT_DOC)
+        self._acquire = self._redis.register_script(ACQUIRE)
+        self._release_start = self._redis.register_script(RELEASE_START)
         self._cache: OrderedDict[str, tuple[Job, bytes]] = OrderedDict()
         self._writes = itertools.count()
         self._listener = ChangeListener(self._sub_redis, self._channel, self.hub, self._resync)
@@ -549,6 +555,61 @@ class RedisStateStore(StateStore):
                 ),
             )
         return [job_id.decode() for job_id in ids]
+
+    def _limit_keys(self, kind: str, *parts: str) -> list[str]:
+        return [f"{self.prefix}lim:{kind}:{part}" for part in parts]
+
+    async def acquire_start(
+        self,
+        kind: str,
+        job_id: str,
+        holder: str,
+        limits: Limits,
+        lease_until: datetime,
+        *,
+        now: datetime | None = None,
+    ) -> float:
+        """See `StateStore.acquire_start`: one ACQUIRE call (the rule in Lua)."""
+        moment = (now or utcnow()).timestamp()
+        count, window = limits.rate or ("", 0.0)
+        # Idle keys go away: nothing in them matters after a window or a lease.
+        ttl = math.ceil(max(window, lease_until.timestamp() - moment, STALE)) + 3600
+        args: list[Arg] = [
+            job_id,
+            holder,
+            "" if limits.max_concurrency is None else str(limits.max_concurrency),
+            str(count),
+            repr(window),
+            repr(lease_until.timestamp()),
+            repr(moment),
+            repr(RATE_SLACK),
+            repr(MIN_WAIT),
+            repr(WAKE_EARLY),
+            repr(STALE),
+            str(ttl),
+        ]
+        keys = self._limit_keys(kind, "run", "starts", "wait", "due")
+        return float(await self._eval(self._acquire, keys, args))
+
+    async def release_start(self, kind: str, holder: str) -> str | None:
+        """See `StateStore.release_start`."""
+        keys = self._limit_keys(kind, "run", "wait", "due")
+        woken = await self._eval(
+            self._release_start,
+            keys,
+            [holder, repr(utcnow().timestamp()), repr(STALE), self.prefix],
+        )
+        return None if woken is None else cast("bytes", woken).decode()
+
+    async def renew_starts(self, holders: Mapping[str, Sequence[str]], until: datetime) -> None:
+        """See `StateStore.renew_starts`: ZADD XX, so a released permit stays released."""
+        score = repr(until.timestamp())
+        with _guard():
+            for kind, names in holders.items():
+                if names:
+                    pairs: list[Arg] = [part for name in names for part in (score, name)]
+                    [key] = self._limit_keys(kind, "run")
+                    await self._pipeliner.call("ZADD", key, "XX", *pairs)
 
     async def get_result(self, job_id: str) -> bytes | None:
         """See `StateStore.get_result`."""

@@ -19,6 +19,11 @@ Keys, all under the prefix P:
     P lease                zset    ids of running jobs, scored by when their lease
                                    lapses (kept beside the record: renewals write
                                    no record and wake no watcher)
+    P lim:<kind>:run       zset    start permits of a limited kind: holder ->
+                                   when it lapses (renewed with the leases)
+    P lim:<kind>:starts    zset    its rate window: holder -> grant time
+    P lim:<kind>:wait      zset    its waiters: job id -> when it first waited
+    P lim:<kind>:due       zset    job id -> when its fallback message is due
     P doc:<space>          hash    document name -> "<version>|<data>"
     P changes              pub/sub channel of msgpack-encoded `Change`s
 
@@ -37,11 +42,13 @@ from datetime import UTC, datetime, timedelta
 from asyncproc.errors import BadRequest
 
 __all__ = [
+    "ACQUIRE",
     "CREATE",
     "FORGET",
     "HOLDER",
     "PUT_DOC",
     "RELEASE",
+    "RELEASE_START",
     "TRANSITION",
     "epoch_ms",
     "index_member",
@@ -206,6 +213,94 @@ if ARGV[3] ~= '' and tonumber(ARGV[3]) ~= version then return -1 end
 version = version + 1
 redis.call('HSET', KEYS[1], ARGV[1], string.format('%d', version) .. '|' .. ARGV[2])
 return version
+"""
+
+
+# KEYS: lim:<kind>:run, :starts, :wait, :due.
+# ARGV: 1 job id, 2 holder, 3 max_concurrency ("": none), 4 rate n ("": none),
+#       5 window s, 6 lease_until, 7 now, 8 RATE_SLACK, 9 MIN_WAIT, 10 WAKE_EARLY,
+#       11 STALE, 12 ttl s of the keys (epoch seconds throughout)
+# The decision is `limits.start_wait` and `limits.spare_copy`, mirrored here so that
+# an acquire is one atomic call. Answers the wait as a string ("0": granted, below 0:
+# a spare copy, minus the seconds until its fallback is due), as Redis would truncate
+# a Lua number to an integer.
+ACQUIRE = """
+local now = tonumber(ARGV[7])
+local maxc = tonumber(ARGV[3])
+local n = tonumber(ARGV[4])
+local window = tonumber(ARGV[5])
+local lease_until = tonumber(ARGV[6])
+local slack = tonumber(ARGV[8])
+local min_wait = tonumber(ARGV[9])
+local running, earliest = 0, nil
+if maxc then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[7])
+  if redis.call('ZSCORE', KEYS[1], ARGV[2]) then return '0' end
+  running = redis.call('ZCARD', KEYS[1])
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if first[2] then earliest = tonumber(first[2]) end
+end
+local starts, oldest = 0, nil
+if n then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', string.format('%.6f', now - window - slack))
+  starts = redis.call('ZCARD', KEYS[2])
+  local first = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+  if first[2] then oldest = tonumber(first[2]) end
+end
+local wait = 0
+if n and oldest and starts >= n then
+  wait = math.max(min_wait, oldest + window + slack - now)
+end
+local full = maxc and running >= maxc
+if full then
+  local fallback = math.max(0, lease_until - now)
+  if earliest then fallback = math.min(fallback, math.max(min_wait, earliest - now)) end
+  wait = math.max(wait, fallback)
+end
+local ttl = tonumber(ARGV[12])
+if wait <= 0 then
+  if maxc then
+    redis.call('ZADD', KEYS[1], ARGV[6], ARGV[2])
+    redis.call('EXPIRE', KEYS[1], ttl)
+  end
+  if n then
+    redis.call('ZADD', KEYS[2], ARGV[7], ARGV[2])
+    redis.call('EXPIRE', KEYS[2], ttl)
+  end
+  redis.call('ZREM', KEYS[3], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+  return '0'
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[4], '-inf', '(' .. string.format('%.6f', now - tonumber(ARGV[11])))
+if full then
+  redis.call('ZADD', KEYS[3], 'NX', ARGV[7], ARGV[1])
+  redis.call('EXPIRE', KEYS[3], ttl)
+end
+local due = tonumber(redis.call('ZSCORE', KEYS[4], ARGV[1]))
+if due and now < due - tonumber(ARGV[10]) then return string.format('%.6f', now - due) end
+redis.call('ZADD', KEYS[4], string.format('%.6f', now + wait), ARGV[1])
+redis.call('EXPIRE', KEYS[4], ttl)
+return string.format('%.6f', wait)
+"""
+
+# KEYS: lim:<kind>:run, :wait, :due.  ARGV: holder, now, STALE, the key prefix.
+# Answers the oldest waiter still queued (taken off the waiters) when the holder held
+# a permit, else nil; waiters stopped meanwhile, gone, or whose fallback is long
+# overdue are dropped on the way. Records are read under P job:<id>, as HOLDER does.
+RELEASE_START = """
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return nil end
+local horizon = tonumber(ARGV[2]) - tonumber(ARGV[3])
+while true do
+  local popped = redis.call('ZPOPMIN', KEYS[2])
+  if not popped[1] then return nil end
+  local id = popped[1]
+  local due = tonumber(redis.call('ZSCORE', KEYS[3], id))
+  local record = redis.call('HGET', ARGV[4] .. 'job:' .. id, 'r')
+  if due and due >= horizon and record and cjson.decode(record).state == 'queued' then
+    return id
+  end
+  redis.call('ZREM', KEYS[3], id)
+end
 """
 
 

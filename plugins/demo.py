@@ -226,3 +226,16 @@ async def saga(ctx: JobContext, content: Saga) -> dict[str, Any]:
         stored = await ctx.step(name, work)
         ran[name] = stored["ranOnAttempt"]
     return {"done": list(ran), "ranOnAttempt": ran}
+
+
+class Limited(msgspec.Struct, forbid_unknown_fields=True):
+    """Sleep `seconds`; at most two such jobs run at once across all nodes."""
+
+    seconds: NonNegativeFloat = 0.5
+
+
+@registry.job("demo.limited", content=Limited, title="Limited", max_concurrency=2)
+async def limited(ctx: JobContext, content: Limited) -> None:
+    """Sleeps `seconds`; `max_concurrency` 2 across all nodes holds the rest in queued."""
+    await ctx.progress(percent=0.0, biz_step="working")
+    await anyio.sleep(content.seconds)
