@@ -40,6 +40,7 @@ from asyncproc.errors import (
     ServiceError,
 )
 from asyncproc.hooks import Node
+from asyncproc.input_limits import json_too_deep
 from asyncproc.model import Job, JobStatus, Trigger, TriggerType
 from asyncproc.openapi import ERRORS, answer, json_content, ref
 from asyncproc.registry import Registry, optional_backend
@@ -336,6 +337,8 @@ class Triggers:
         counts = self.counts[name]
         counts.received += 1
         try:
+            if json_too_deep(body):
+                raise InvalidInput("the message is JSON nested deeper than 64 levels")
             payload = msgspec.json.decode(body)
             if not isinstance(payload, dict):
                 raise InvalidInput("the message is not a JSON object")
