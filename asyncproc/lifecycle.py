@@ -48,6 +48,10 @@ class Start(msgspec.Struct, frozen=True, tag=True):
     """
 
     after_ended: bool = False
+    # Kinds whose starts need a permit (max_concurrency, rate_limit): a job of one is
+    # refused (handing the worker its record, no extra read) until `permitted`.
+    limited: frozenset[str] = frozenset()
+    permitted: bool = False
 
 
 # `attempt` on the events a running attempt sends is its fencing token: given, the
@@ -148,10 +152,13 @@ TIMEOUT_ERROR = ErrorInfo(
 
 
 def startable(job: Job, event: Start, now: datetime) -> bool:
-    """Whether `event` may start queued `job` now: not before its `notBefore`, and,
-    for a job that replaced its key's holder, only once the worker vouches that the
-    holder has ended (terminal stays terminal, so that need not be atomic)."""
+    """Whether `event` may start queued `job` now: not before its `notBefore`; for a
+    limited kind, only with a permit; for a job that replaced its key's holder, only
+    once the worker vouches that the holder has ended (terminal stays terminal, so
+    that need not be atomic)."""
     if job.not_before is not None and now < job.not_before and now < job.deadline:
+        return False
+    if event.limited and job.kind in event.limited and not event.permitted:
         return False
     return job.after is None or event.after_ended
 

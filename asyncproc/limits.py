@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
 from .errors import BackendUnavailable
-from .model import JobState, utcnow
+from .model import Job, JobState, utcnow
 
 if TYPE_CHECKING:
     from .interfaces import Delivery
@@ -212,15 +212,14 @@ class StartGate:
         # delivery -> (kind, holder): the permits this pool holds, by the delivery that
         # took each (two copies of one job's message may be in hand at once).
         self.held: dict[Delivery, tuple[str, str]] = {}
+        self.names = frozenset(self.kinds)
 
-    async def admit(self, delivery: Delivery) -> bool:
-        """True when the delivery may go on to start its job (a permit is held when its
-        kind is limited); False when the job was held back: re-published with the wait,
-        or dropped as a spare copy. The record stays as it is."""
+    async def admit(self, delivery: Delivery, job: Job) -> bool:
+        """True when the delivery may go on to start `job` (its record, as the refused
+        `Start` handed it over; a permit is held when its kind is limited); False when
+        the job was held back: re-published with the wait, or dropped as a spare copy.
+        The record stays as it is."""
         service = self.service
-        job = await service.store.get(delivery.job_id)
-        if job is None:
-            return True
         limits = self.kinds.get(job.kind)
         if limits is None:
             return True

@@ -277,10 +277,12 @@ class WorkerPool:
     async def _start(self, delivery: Delivery) -> Job | None:
         """The job moved to running, or None when this delivery has nothing to run."""
         service = self.service
-        if self._gate.kinds and not await self._gate.admit(delivery):
-            return None  # a limited kind: held in `queued`, its message re-published
+        gate = self._gate
+        # Limited kinds' starts are refused until a permit is held: the refusal hands
+        # over the record, so unlimited kinds pay nothing and limited ones no extra read.
+        start = Start(limited=gate.names) if gate.names else Start()
         try:
-            started = await service.transition(delivery.job_id, Start())
+            started = await service.transition(delivery.job_id, start)
             return started if started.state is JobState.RUNNING else None
         except JobNotFound:
             # A message whose record expired or never was (or was lost with a Redis
@@ -296,14 +298,23 @@ class WorkerPool:
                 # Delivered early (a clock ahead, a requeue): back to the queue until then.
                 await service.queue.publish(job.id, job.proc_routing, delay=wait)
                 return None
-            if job.after is None:
-                try:  # its time came between the refusal and now
-                    started = await service.transition(job.id, Start())
-                except TransitionRefused:
-                    return None
-                return started if started.state is JobState.RUNNING else None
+        limited = job.kind in gate.names
+        if (
+            limited
+            and (job.state is JobState.QUEUED or delivery.redelivered)
+            and not await gate.admit(delivery, job)
+        ):
+            return None  # held in `queued`, its message re-published with the wait
+        # The start to send now: with the permit just taken, for a limited kind.
+        start = Start(limited=gate.names, permitted=True) if limited else Start()
         if job.state is JobState.QUEUED and job.after is not None:
-            return await self._start_after(job)
+            return await self._start_after(job, start)
+        if job.state is JobState.QUEUED:
+            try:  # its time came, or its permit, between the refusal and now
+                started = await service.transition(job.id, start)
+            except TransitionRefused:
+                return None
+            return started if started.state is JobState.RUNNING else None
         if not (job.state is JobState.RUNNING and delivery.redelivered):
             return None  # finished, stopped, or a duplicate delivery of a running job
         if job.id in self.running:
@@ -320,12 +331,14 @@ class WorkerPool:
         await service.transition(job.id, Retry(LOST_ERROR, attempt=job.attempt))
         try:
             # It ran before, so the holder it replaced (if any) had ended.
-            started = await service.transition(job.id, Start(after_ended=True))
+            started = await service.transition(
+                job.id, msgspec.structs.replace(start, after_ended=True)
+            )
         except TransitionRefused:
             return None
         return started if started.state is JobState.RUNNING else None
 
-    async def _start_after(self, job: Job) -> Job | None:
+    async def _start_after(self, job: Job, start: Start) -> Job | None:
         """Start a job that replaced its key's holder once that holder is terminal."""
         store = self.service.store
         assert job.after is not None
@@ -341,7 +354,9 @@ class WorkerPool:
             if current is None or current.state is not JobState.QUEUED:
                 return None  # stopped or timed out while it waited
         try:
-            started = await self.service.transition(job.id, Start(after_ended=True))
+            started = await self.service.transition(
+                job.id, msgspec.structs.replace(start, after_ended=True)
+            )
         except (TransitionRefused, JobNotFound):
             return None
         return started if started.state is JobState.RUNNING else None
