@@ -33,6 +33,7 @@ __all__ = [
     "TimeOut",
     "allowed_from",
     "apply",
+    "fenced_in",
     "startable",
 ]
 
@@ -151,6 +152,15 @@ TIMEOUT_ERROR = ErrorInfo(
 )
 
 
+def fenced_in(job: Job, event: Event) -> bool:
+    """Whether a running attempt's event (one carrying `attempt`) is still its job's: the
+    job runs that very attempt. Taken back after a lapsed lease, a job is `queued` with
+    the lost attempt's number until it starts again: the lost attempt's late outcome must
+    not touch it. Events without `attempt` (the service's, the sweeper's) pass."""
+    attempt = getattr(event, "attempt", None)
+    return attempt is None or (job.state is JobState.RUNNING and attempt == job.attempt)
+
+
 def startable(job: Job, event: Start, now: datetime) -> bool:
     """Whether `event` may start queued `job` now: not before its `notBefore`; for a
     limited kind, only with a permit; for a job that replaced its key's holder, only
@@ -178,7 +188,7 @@ def apply(job: Job, event: Event, now: datetime) -> Job:
         target is None
         or (isinstance(event, Stopped) and not job.stop_requested)
         or (isinstance(event, Start) and not startable(job, event, now))
-        or (getattr(event, "attempt", None) not in (None, job.attempt))
+        or not fenced_in(job, event)
     ):
         raise TransitionRefused(job, type(event).__name__)
     replace = msgspec.structs.replace

@@ -751,13 +751,6 @@ def plain_job(job_id: str, key: str | None = None) -> Job:
 
 
 @pytest.mark.anyio
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="lifecycle.apply takes a Fail/TimeOut carrying the lost attempt's number "
-    "from a queued job: Retry keeps `attempt`, so a lapsed job still queued is failed "
-    "by its old node's late outcome",
-)
 @pytest.mark.parametrize("late", [Fail(ERROR, 1), TimeOut(1)], ids=["fail", "timeout"])
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_a_lost_attempts_late_failure_is_refused_while_the_job_waits_to_run_again(
