@@ -21,9 +21,9 @@ Transactions (API.md section 13): a job may be enqueued with a `notBefore` an ho
 away, and a retry may put one back (`Retry(not_before=...)`, an hour ahead or already
 due); a `Start` before it is refused. Durable steps (`StepDone`) are stored while the
 job runs and kept by later attempts. The events a running attempt sends carry its
-`attempt` (current, stale or ahead of it): a stale one changes nothing, as after a
-lease lapse (`Retry` "lost", attempt kept, started again) when the old attempt's
-late outcome arrives. `Revive` puts a failed job back in the queue with its attempt
+`attempt` (current, stale or ahead of it): only the attempt running now changes the
+job, so after a lease lapse (`Retry` "lost", attempt kept; started again or not) the
+lost attempt's late outcome changes nothing. `Revive` puts a failed job back in the queue with its attempt
 and a fresh processing window. Times never move during an example (every instant is
 an hour away or already past), so a replay sees the same outcomes.
 """
@@ -419,10 +419,6 @@ class LifecycleMachine(RuleBasedStateMachine):
         if again:
             # As the worker starts a job it lost (its key's holder, if any, has ended).
             self.apply(job_id, Start(after_ended=self.jobs[job_id].after is not None), None)
-        if not again and late in ("fail", "timeout"):
-            # A queued job still carries the lost attempt's number, so this late
-            # outcome is not fenced today: see test_a_lost_attempts_late_failure_...
-            return
         before = self.jobs[job_id]
         event, result = self.attempt_event(late, lost, data)
         self.apply(job_id, event, result)
@@ -458,7 +454,9 @@ class LifecycleMachine(RuleBasedStateMachine):
             except TransitionRefused:
                 outcome = "refused"
             attempt = getattr(event, "attempt", None)
-            if attempt is not None and attempt != old.attempt:
+            if attempt is not None and (attempt, old.state) != (old.attempt, JobState.RUNNING):
+                # Only the attempt that runs now may change its job (a queued job still
+                # carries a lost attempt's number until it starts again).
                 assert outcome == "refused", "a fenced event changed a record"
             if isinstance(event, Start) and old.state is JobState.QUEUED:
                 # Before its notBefore (and its deadline) a job may not start.
