@@ -398,6 +398,8 @@ class WorkerPool:
                 await service.transition(job.id, msgspec.structs.replace(event, attempt=attempt))
             except TransitionRefused:
                 pass  # the job ended meanwhile; its cancellation is on its way
+            except BackendUnavailable:
+                pass  # progress is advisory: an outage must not fail the job
 
         async def store_step(name: str, result: bytes) -> None:
             # Refused (the job ended, or another attempt owns it): this attempt stops here.
@@ -480,6 +482,8 @@ class WorkerPool:
             return Retry(_job_error(exc)), None
         except JobError as exc:
             return Fail(_job_error(exc)), None
+        except BackendUnavailable:
+            raise  # a step could not be stored: the attempt is given back, not failed
         except TransitionRefused:
             # A step could not be stored: the job ended or moved on without this attempt.
             run.reason = "gone"

@@ -320,13 +320,6 @@ class BlipStore(MemoryStateStore):
         return await super().change(job_id, event, result=result, now=now)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="a progress report that meets a Redis outage raises BackendUnavailable into "
-    "the handler (worker.py `report`), `_call` turns it into Fail(unhandled), and that "
-    "failure is stored once Redis answers again",
-)
 async def test_a_report_lost_to_an_outage_does_not_fail_the_job() -> None:
     """In one process: the store misses one progress report, then answers again. The
     job must still succeed (the report skipped, or the attempt given back and run
