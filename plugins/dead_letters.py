@@ -27,7 +27,7 @@ from asyncproc.api import json_response, service_of, status_response
 from asyncproc.errors import Conflict, InvalidInput, JobNotFound, NotFound, TransitionRefused
 from asyncproc.hooks import Node
 from asyncproc.lifecycle import Revive
-from asyncproc.model import Job, JobState
+from asyncproc.model import Job, JobState, Uniqueness
 from asyncproc.openapi import ERROR, ERRORS, STATUS, answer, ref
 from asyncproc.registry import Registry
 from asyncproc.service import JobService
@@ -135,6 +135,15 @@ async def _revive(service: JobService, letter: DeadLetter) -> Job:
     except JobNotFound:
         raise Conflict(f"job {job_id} is gone (purged after its retention)", jobId=job_id) from None
     if job.state is JobState.FAILED:
+        kind = service.registry.get(job.kind) if job.kind in service.registry else None
+        if job.key is not None and kind is not None and kind.uniqueness is not Uniqueness.NONE:
+            # Queued again, it would not hold its key: it could run beside the key's next
+            # holder. A new job for the key goes through the key's rule instead.
+            raise Conflict(
+                f"job {job_id} holds no key {job.key!r} any more (rule {kind.uniqueness}): "
+                "enqueue a new job for that key instead",
+                jobId=job_id,
+            )
         try:
             job = await service.transition(job_id, Revive())
         except TransitionRefused as refused:

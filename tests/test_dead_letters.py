@@ -72,11 +72,12 @@ async def listed(client: httpx.AsyncClient, count: int) -> list[dict[str, Any]]:
     return items
 
 
-async def lose_job(service: JobService) -> str:
-    """A `nap` job whose worker was lost (running, its message back in the queue):
-    with `max_deliveries = 1` the worker fails it as `dead_letter`. Its id."""
+async def lose_job(service: JobService, kind: str = "nap", key: str | None = None) -> str:
+    """A job whose worker was lost (running, its message back in the queue): with
+    `max_deliveries = 1` the worker fails it as `dead_letter`. Its id."""
     content = msgspec.Raw(msgspec.json.encode({"seconds": 0}))
-    job, _ = await service.enqueue("nap", EnqueueRequest(content=content), publish=False)
+    request = EnqueueRequest(content=content, key=key)
+    job, _ = await service.enqueue(kind, request, publish=False)
     await service.transition(job.id, Start())
     queue = service.queue
     assert isinstance(queue, MemoryQueue)
@@ -113,6 +114,25 @@ async def test_a_job_lost_too_often_is_listed_and_requeue_runs_it_again() -> Non
         # Requeued means gone from the list: a second requeue finds nothing.
         again_response = await client.post(f"/api/dead-letters/{letter['id']}/requeue")
         assert again_response.status_code == 404
+
+
+@kinds.job("keyed-nap", content=Nap, unique="active")
+async def keyed_nap(ctx: JobContext, content: Nap) -> None:
+    """One per key."""
+
+
+async def test_a_keyed_dead_letter_is_not_requeued_beside_its_keys_next_holder() -> None:
+    app = make_app()
+    async with api_client(app) as client:
+        job_id = await lose_job(app.state.service, "keyed-nap", key="k")
+        [letter] = await listed(client, 1)
+        # The key is free now, and another job may take it: a requeue that did not hold
+        # the key again could run beside it, so it is refused with a way out.
+        response = await client.post(f"/api/dead-letters/{letter['id']}/requeue")
+        assert response.status_code == 409, response.text
+        assert response.json()["error"]["jobId"] == job_id
+        assert "enqueue a new job" in response.json()["error"]["message"]
+        assert (await dead_letters(client))["items"] != []
 
 
 async def test_delete_forgets_a_dead_letter_and_the_job_stays_failed() -> None:
