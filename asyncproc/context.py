@@ -100,7 +100,7 @@ class JobContext:
         self.key = key
         self._report = report
         self._starter = starter
-        self._steps = dict(steps or {})
+        self._steps = dict(steps) if steps else {}
         self._step_store = step_store
         self._stop = False
 

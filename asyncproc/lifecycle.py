@@ -184,12 +184,12 @@ def apply(job: Job, event: Event, now: datetime) -> Job:
     Raises `TransitionRefused` (carrying `job`) when the move is not legal.
     """
     target = TRANSITIONS[type(event)].get(job.state)
-    if (
-        target is None
-        or (isinstance(event, Stopped) and not job.stop_requested)
-        or (isinstance(event, Start) and not startable(job, event, now))
-        or not fenced_in(job, event)
-    ):
+    if target is None:
+        raise TransitionRefused(job, type(event).__name__)
+    if isinstance(event, Start):
+        if not startable(job, event, now):
+            raise TransitionRefused(job, "Start")
+    elif (isinstance(event, Stopped) and not job.stop_requested) or not fenced_in(job, event):
         raise TransitionRefused(job, type(event).__name__)
     replace = msgspec.structs.replace
     version = job.version + 1

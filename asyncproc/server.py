@@ -134,6 +134,7 @@ def create_app(
             shutdown_grace=settings.shutdown_grace,
             max_deliveries=settings.max_deliveries,
             lease=settings.lease,
+            leases=settings.state != "memory",
         )
         if settings.role.runs_jobs
         else None

@@ -91,9 +91,13 @@ class WorkerPool:
         shutdown_grace: float = 10.0,
         max_deliveries: int = 5,
         lease: float = 10.0,
+        leases: bool = True,
     ) -> None:
         self.service = service
         self.lease = lease
+        # Job leases matter where another node can take a job back. In one process (the
+        # memory backends) the node that would sweep is the node that runs the job.
+        self.leases = leases
         self.dropped = 0  # messages dropped because their job had no record
         self.routings = tuple(routings)
         self.concurrency = concurrency
@@ -205,7 +209,8 @@ class WorkerPool:
             if self.running:
                 until = utcnow() + timedelta(seconds=self.lease)
                 try:
-                    await store.hold_lease(list(self.running), until)
+                    if self.leases:
+                        await store.hold_lease(list(self.running), until)
                     await self._gate.renew(until)
                 except BackendUnavailable:
                     continue  # the next round tries again; a lapse re-runs the jobs elsewhere
@@ -432,8 +437,10 @@ class WorkerPool:
             run.end("stop" if stopping else "gone", cancel=kind.is_async)
 
         store = service.store
+        leased = self.leases
         try:
-            await store.hold_lease([job.id], utcnow() + timedelta(seconds=self.lease))
+            if leased:
+                await store.hold_lease([job.id], utcnow() + timedelta(seconds=self.lease))
             with store.hub.on_stop(job.id, on_change):
                 event, value = await self._call(kind, ctx, content, run, remaining)
             if run.reason != "gone":
@@ -458,11 +465,12 @@ class WorkerPool:
             del self.running[job.id]
             if not self.running and self._idle is not None:
                 self._idle.set()
-            with anyio.CancelScope(shield=True):
-                try:
-                    await store.drop_lease(job.id)
-                except BackendUnavailable:
-                    pass  # a stale lease is skipped by the sweep (the job is not running)
+            if leased:
+                with anyio.CancelScope(shield=True):
+                    try:
+                        await store.drop_lease(job.id)
+                    except BackendUnavailable:
+                        pass  # a stale lease is skipped by the sweep (it is not running)
 
     async def _call(
         self, kind: JobKind, ctx: JobContext, content: Any, run: _Run, remaining: float
@@ -540,7 +548,8 @@ class WorkerPool:
                 error = ErrorInfo(error_id="bad_result", tech_msg=f"cannot encode result: {exc}")
                 await self._finish(job, Fail(error))
                 return
-            await self._finish(job, Succeed(len(data) if data is not None else None, mime), data)
+            size = len(data) if data is not None else None
+            await self._finish(job, Succeed(size, mime, job.attempt), data)
             return
         if isinstance(event, Retry):
             if retries_left(job, kind.retries):
@@ -573,8 +582,8 @@ class WorkerPool:
         await self._finish(job, event)
 
     async def _finish(self, job: Job, event: Event, result: bytes | None = None) -> None:
-        if isinstance(event, Succeed | Stopped):
-            event = msgspec.structs.replace(event, attempt=job.attempt)
+        if isinstance(event, Stopped):
+            event = Stopped(job.attempt)
         with anyio.CancelScope(shield=True):
             try:
                 await self.service.transition(job.id, event, result=result)

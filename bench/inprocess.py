@@ -67,7 +67,12 @@ async def _service(backends: Backends) -> AsyncIterator[JobService]:
                 processing_timeout=settings.processing_timeout,
                 retention=settings.retention,
             )
-            pool = WorkerPool(service, routings=settings.routings, concurrency=settings.concurrency)
+            pool = WorkerPool(
+                service,
+                routings=settings.routings,
+                concurrency=settings.concurrency,
+                leases=settings.state != "memory",  # as create_app does
+            )
             async with anyio.create_task_group() as tasks:
                 await tasks.start(pool.run)
                 try:
