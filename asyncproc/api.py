@@ -6,7 +6,7 @@ refusal is an exception mapped to its status code in `EXCEPTION_HANDLERS`.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Annotated, Any, TypeVar
 
 import msgspec
@@ -500,14 +500,21 @@ class IncomingAt:
     64 KiB in all (before routing: no handler, hook or store sees them) and stamps
     `request.state.incoming_at` on the others."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, refuse: Callable[[Any], Response | None] | None = None) -> None:
         self.app = app
+        # Asked of every POST before routing (the drain's refusal of new work).
+        self.refuse = refuse
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http":
             if headers_size(scope["headers"]) > MAX_HEADER_BYTES:
                 await _headers_too_large(scope, receive, send)
                 return
+            if self.refuse is not None and scope["method"] == "POST":
+                refusal = self.refuse(scope)
+                if refusal is not None:
+                    await refusal(scope, receive, send)
+                    return
             scope.setdefault("state", {})["incoming_at"] = utcnow()
         await self.app(scope, receive, send)
 

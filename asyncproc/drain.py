@@ -14,13 +14,15 @@ import math
 import re
 from typing import Any
 
+from starlette.responses import Response
+
 from .api import json_response
 from .interfaces import JobQuery
 from .model import JobState
 from .service import JobService
 from .worker import WorkerPool
 
-__all__ = ["Drain", "RefuseNewWork"]
+__all__ = ["Drain", "RefuseNewWork", "new_work_refusal"]
 
 log = logging.getLogger("asyncproc")
 
@@ -111,26 +113,36 @@ class Drain:
                 return count
 
 
+def new_work_refusal(scope: Any) -> Response | None:
+    """The `503 shutting_down` answer to a call that would start a job while a
+    memory-mode node drains (`RefuseNewWork`), else None."""
+    drain: Drain | None = scope["app"].state._state.get("drain")
+    if drain is None or not drain.refusing or not NEW_WORK.match(scope["path"]):
+        return None
+    body = {
+        "error": {
+            "code": "shutting_down",
+            "message": "this node is shutting down and takes no new jobs; "
+            "send the request again once it is back",
+        }
+    }
+    retry_after = str(max(1, math.ceil(drain.grace)))
+    return json_response(body, 503, {"Retry-After": retry_after})
+
+
 class RefuseNewWork:
     """ASGI middleware: while a memory-mode node drains, a call that would start a job
-    answers `503` + `Retry-After` with code `shutting_down`; nothing is stored."""
+    answers `503` + `Retry-After` with code `shutting_down`; nothing is stored. (The
+    app's door, `api.IncomingAt`, asks `new_work_refusal` itself: one layer less per
+    request; this class serves an app that wants it on its own.)"""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            drain: Drain | None = getattr(scope["app"].state, "drain", None)
-            if drain is not None and drain.refusing and NEW_WORK.match(scope["path"]):
-                body = {
-                    "error": {
-                        "code": "shutting_down",
-                        "message": "this node is shutting down and takes no new jobs; "
-                        "send the request again once it is back",
-                    }
-                }
-                retry_after = str(max(1, math.ceil(drain.grace)))
-                response = json_response(body, 503, {"Retry-After": retry_after})
+            response = new_work_refusal(scope)
+            if response is not None:
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -96,12 +96,25 @@ class Hooks:
         for hook in self.before_enqueue_of.get(draft.kind.name, ()):
             await hook(draft)
 
+    def watches(self, after: Job) -> bool:
+        """Whether any after-change hook wants to see a change to `after`'s state (a hook
+        with a `states` attribute sees only changes into those states: no call, no
+        coroutine, for the others)."""
+        for hook in self.after_change:
+            states = getattr(hook, "states", None)
+            if states is None or after.state in states:
+                return True
+        return False
+
     async def emit_after_change(self, before: Job | None, after: Job) -> None:
         """Run the after-change hooks in reverse order; a failure is logged, never raised.
 
         `before` is None when `after` was just created.
         """
         for hook in reversed(self.after_change):
+            states = getattr(hook, "states", None)
+            if states is not None and after.state not in states:
+                continue
             try:
                 await hook(before, after)
             except Exception:

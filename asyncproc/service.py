@@ -172,8 +172,9 @@ class JobService:
     async def transition(self, job_id: str, event: Event, *, result: bytes | None = None) -> Job:
         """Apply `event` through the store and run the after-change hooks."""
         before, after = await self.store.change(job_id, event, result=result)
-        if after is not before and self.hooks.after_change:
-            await self.hooks.emit_after_change(before, after)
+        hooks = self.hooks
+        if after is not before and hooks.after_change and hooks.watches(after):
+            await hooks.emit_after_change(before, after)
         return after
 
     # -- the four calls -------------------------------------------------------
@@ -238,10 +239,12 @@ class JobService:
             return stored, False
         # Before publishing: once published, a worker may start the job, and the
         # hooks must hear `queued` before `running`.
-        if self.hooks.after_change:
-            if outcome.replaced is not None:
-                await self.hooks.emit_after_change(*outcome.replaced)
-            await self.hooks.emit_after_change(None, stored)
+        hooks = self.hooks
+        if hooks.after_change:
+            if outcome.replaced is not None and hooks.watches(outcome.replaced[1]):
+                await hooks.emit_after_change(*outcome.replaced)
+            if hooks.watches(stored):
+                await hooks.emit_after_change(None, stored)
         if publish:
             await self.publish(stored)
         return stored, True

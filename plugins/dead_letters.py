@@ -47,6 +47,9 @@ _LIMIT = Annotated[int, msgspec.Meta(ge=1)]
 class DeadLetterRecorder:
     """An after-change hook: records the jobs that just became dead letters."""
 
+    # Only changes into `failed` reach it (the hook layer skips the others unasked).
+    states = frozenset({JobState.FAILED})
+
     def __init__(self, service: JobService) -> None:
         self.book = DeadLetterBook(service.store)
 
