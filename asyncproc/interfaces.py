@@ -221,7 +221,9 @@ class StateStore(_Closable, ABC):
 
     @abstractmethod
     async def hold_lease(self, job_ids: Sequence[str], until: datetime) -> None:
-        """Give (or renew) the running jobs `job_ids` a lease until `until`."""
+        """Give (or renew) the running jobs `job_ids` a lease until `until`. A store may
+        return before the server confirmed it: leases are advisory (a job whose lease
+        never landed is taken over when its message is redelivered)."""
 
     @abstractmethod
     async def drop_lease(self, job_id: str) -> None:

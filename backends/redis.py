@@ -524,13 +524,14 @@ class RedisStateStore(StateStore):
             return
         score = repr(until.timestamp())
         pairs: list[Arg] = [part for job_id in job_ids for part in (score, job_id)]
-        with _guard():
-            await self._pipeliner.call("ZADD", f"{self.prefix}lease", *pairs)
+        # Sent with this turn's write, the reply not waited for: a lease is advisory (a
+        # job whose lease never landed is covered by its message's redelivery), and a
+        # round trip before every handler would cost more than the lease itself.
+        self._pipeliner.send("ZADD", f"{self.prefix}lease", *pairs)
 
     async def drop_lease(self, job_id: str) -> None:
-        """See `StateStore.drop_lease`."""
-        with _guard():
-            await self._pipeliner.call("ZREM", f"{self.prefix}lease", job_id)
+        """See `StateStore.drop_lease` (sent, not waited for, as `hold_lease`)."""
+        self._pipeliner.send("ZREM", f"{self.prefix}lease", job_id)
 
     async def lease_of(self, job_id: str) -> datetime | None:
         """See `StateStore.lease_of`."""

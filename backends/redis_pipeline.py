@@ -22,6 +22,12 @@ Arg = bytes | str | int | float
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    # Mark the error seen: a reply nobody waits for must not be reported as lost.
+    if not future.cancelled():
+        future.exception()
+
+
 def _fail(batch: list[tuple[tuple[Arg, ...], asyncio.Future[Any]]], exc: BaseException) -> None:
     """Answer every caller still waiting in `batch` with `exc` (or, if it is not an
     error of theirs, such as the flusher's own cancellation, with an outage)."""
@@ -53,12 +59,18 @@ class Pipeliner:
 
     async def call(self, *command: Arg) -> Any:
         """The reply of `command`; raises what redis-py would (a ResponseError too)."""
+        return await self.send(*command)
+
+    def send(self, *command: Arg) -> asyncio.Future[Any]:
+        """Queue `command` for this turn's write; its reply is the future's (a caller
+        that does not wait for it loses nothing but the error, which is dropped)."""
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
         self._pending.append((command, future))
         if self._flusher is None:
             # A task, not a direct send: the commands of this turn's other tasks join it.
             self._flusher = asyncio.create_task(self._flush())
-        return await future
+        return future
 
     async def _flush(self) -> None:
         try:
