@@ -189,8 +189,12 @@ def apply(job: Job, event: Event, now: datetime) -> Job:
     if isinstance(event, Start):
         if not startable(job, event, now):
             raise TransitionRefused(job, "Start")
-    elif (isinstance(event, Stopped) and not job.stop_requested) or not fenced_in(job, event):
-        raise TransitionRefused(job, type(event).__name__)
+    else:
+        attempt = getattr(event, "attempt", None)  # `fenced_in`, inlined: every event pays it
+        if (
+            attempt is not None and (attempt != job.attempt or job.state is not JobState.RUNNING)
+        ) or (isinstance(event, Stopped) and not job.stop_requested):
+            raise TransitionRefused(job, type(event).__name__)
     replace = msgspec.structs.replace
     version = job.version + 1
     match event:

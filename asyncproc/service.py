@@ -246,7 +246,15 @@ class JobService:
             if hooks.watches(stored):
                 await hooks.emit_after_change(None, stored)
         if publish:
-            await self.publish(stored)
+            if stored.not_before is None:  # the common case, without `publish`'s layer
+                try:
+                    await self.queue.publish(stored.id, routing)
+                except BackendUnavailable:
+                    with contextlib.suppress(BackendUnavailable):
+                        await self.store.forget(stored)
+                    raise
+            else:
+                await self.publish(stored)
         return stored, True
 
     async def publish(self, job: Job) -> None:

@@ -117,6 +117,9 @@ class WorkerPool:
         self._deadline_changed: anyio.Event | None = None
         # Start permits of kinds with `max_concurrency` / `rate_limit` (none: never used).
         self._gate = StartGate(service, lease)
+        if not self._gate.kinds:
+            # No permits to give back: skip `_process`'s layer on every delivery.
+            self._process = self._run_delivery  # type: ignore[method-assign]
 
     async def run(
         self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED

@@ -68,7 +68,7 @@ class MemoryStateStore(StateStore):
 
     def _live(self, job_id: str, now: datetime | None = None) -> Job | None:
         job = self._jobs.get(job_id)
-        if job is not None and expired(job, now or utcnow()):
+        if job is not None and job.finished_at is not None and expired(job, now or utcnow()):
             self._drop(job_id)
             return None
         return job
