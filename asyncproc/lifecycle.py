@@ -15,7 +15,7 @@ from datetime import datetime
 import msgspec
 
 from .errors import TransitionRefused
-from .model import ErrorInfo, Job, JobState, Progress, Step
+from .model import ErrorInfo, Job, JobState, Progress, Step, Uniqueness
 
 __all__ = [
     "DEAD_LETTER",
@@ -117,7 +117,14 @@ class Stopped(msgspec.Struct, frozen=True, tag=True):
 
 class Revive(msgspec.Struct, frozen=True, tag=True):
     """An operator requeues a dead letter (a job lost too often, a compensation that
-    failed for good): failed -> queued, its attempt count kept (API.md section 13)."""
+    failed for good): failed -> queued, its attempt count kept (API.md section 13).
+
+    With its kind's key `rule`, the store takes the job's key again in the same step
+    (refusing with `KeyConflict` when another job holds it), so a revived job never
+    runs beside the key's new holder.
+    """
+
+    rule: Uniqueness = Uniqueness.NONE
 
 
 class TimeOut(msgspec.Struct, frozen=True, tag=True):

@@ -28,7 +28,7 @@ from asyncproc.interfaces import (
     StateStore,
     cursor_of,
 )
-from asyncproc.lifecycle import Event, Succeed, apply
+from asyncproc.lifecycle import Event, Revive, Succeed, apply
 from asyncproc.limits import Limits, Permits
 from asyncproc.model import Job, JobState, OnConflict, Uniqueness, utcnow
 from asyncproc.rules import (
@@ -169,7 +169,24 @@ class MemoryStateStore(StateStore):
         job = self._live(job_id, now)
         if job is None:
             raise JobNotFound(f"no job {job_id}")
+        if isinstance(event, Revive) and event.rule is not Uniqueness.NONE and job.key:
+            return job, self._revive_keyed(job, event, now)
         return job, self._write(job, event, result, now)
+
+    def _revive_keyed(self, job: Job, event: Revive, now: datetime) -> Job:
+        """Revive `job` and take its key again, unless another job holds it."""
+        assert job.key is not None
+        slot = (job.kind, job.key)
+        self._holder(job.kind, job.key)  # forgets a hold that no longer holds
+        entry = self._holders.get(slot)
+        if entry is not None and entry[0] != job.id:
+            raise KeyConflict(f"key {job.key!r} is held by job {entry[0]}", jobId=entry[0])
+        new = self._write(job, event, None, now)
+        self._holders[slot] = (job.id, event.rule)
+        wait = self._waits.pop(slot, None)
+        if wait is not None and wait != job.id:
+            new = self._jobs[job.id] = msgspec.structs.replace(new, after=wait)
+        return new
 
     def _write(self, job: Job, event: Event, result: bytes | None, now: datetime) -> Job:
         new = apply(job, event, now)

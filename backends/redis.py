@@ -37,10 +37,11 @@ from asyncproc.changes import Change, ChangeHub
 from asyncproc.errors import (
     BackendUnavailable,
     JobNotFound,
+    KeyConflict,
     TransitionRefused,
 )
 from asyncproc.interfaces import Created, Doc, JobQuery, Page, StateStore, cursor_of
-from asyncproc.lifecycle import Event, Succeed, apply
+from asyncproc.lifecycle import Event, Revive, Succeed, apply
 from asyncproc.limits import MIN_WAIT, RATE_SLACK, STALE, WAKE_EARLY, Limits
 from asyncproc.model import Job, OnConflict, Uniqueness, decode_job, encode_job, utcnow
 from asyncproc.rules import expired, holds_key, key_after
@@ -453,10 +454,17 @@ class RedisStateStore(StateStore):
                 continue
             written = self._token()
             revived = job.finished_at is not None and new.finished_at is None
-            answer = await self._write(new, token, written, event, result, revived=revived)
+            claim = None
+            if revived and isinstance(event, Revive) and event.rule is not Uniqueness.NONE:
+                new, claim = await self._revive_claim(new, event.rule, now)
+            answer = await self._write(
+                new, token, written, event, result, revived=revived, claim=claim
+            )
             if answer[0] in (2, 3):
                 self._remember(new, written)
                 return job, new
+            if answer[0] == 5:
+                continue  # the key's hold changed meanwhile: decide again
             if answer[0] == 0:
                 self._cache.pop(job_id, None)
                 raise JobNotFound(f"no job {job_id}")
@@ -464,6 +472,37 @@ class RedisStateStore(StateStore):
             verified = True
             if expired(current[0], now):
                 raise JobNotFound(f"no job {job_id}")
+
+    async def _revive_claim(
+        self, new: Job, rule: Uniqueness, now: datetime
+    ) -> tuple[Job, tuple[str, str] | None]:
+        """What reviving keyed `new` does about its key: `KeyConflict` when another job
+        holds it, else the hold value expected and the new one (and a wait the key
+        carried passed on to the job)."""
+        if new.key is None:
+            return new, None
+        answer = await self._eval(self._holder, [self._hold_key(new.kind, new.key)], [self.prefix])
+        held = cast("bytes", answer[0]).decode() if answer else ""
+        if held:
+            held_rule, holder_id = hold_of(held)
+            record = answer[1] if len(answer) > 1 else None
+            holder = decode_job(record) if record is not None else None
+            if held_rule is None:  # a free key that carries a wait
+                if holder_id != new.id:
+                    new = msgspec.structs.replace(new, after=holder_id)
+            elif holder_id != new.id:
+                ours = (holder_id, new.kind, new.key)
+                if holder is not None and (
+                    (holder.id, holder.kind, holder.key) != ours or expired(holder, now)
+                ):
+                    holder = None  # purged, or its id used again since
+                if (holder is not None and holds_key(held_rule, holder.state)) or (
+                    holder is None and held_rule is Uniqueness.ONCE
+                ):
+                    raise KeyConflict(
+                        f"key {new.key!r} is held by job {holder_id}", jobId=holder_id
+                    )
+        return new, (held, f"{rule}|{new.id}")
 
     async def _write(
         self,
@@ -474,6 +513,7 @@ class RedisStateStore(StateStore):
         result: bytes | None,
         *,
         revived: bool = False,
+        claim: tuple[str, str] | None = None,
     ) -> list[Any]:
         """Compare-and-set `new` over the record written with `expected`; `revived`: a
         terminal record becomes unfinished again (`Revive`)."""
@@ -515,6 +555,9 @@ class RedisStateStore(StateStore):
                 repr(new.deadline.timestamp()),
                 _exp_entry(new),
             ]
+            if claim is not None and new.key is not None:
+                keys.append(self._hold_key(new.kind, new.key))
+                args += [claim[0], claim[1]]
         answer: list[Any] = await self._eval(self._transition, keys, args)
         return answer
 

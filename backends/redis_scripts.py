@@ -119,14 +119,21 @@ return {2}
 #       the next holder waits for;
 #       for an un-finishing write (`Revive`: terminal -> queued): "unfinish", expire
 #       ms (an unfinished record's), deadline score, the exp member to remove
+#       for a revived keyed job also KEYS[4] = its hold, the hold value expected (""
+#       for none) and the new one
 # Answers {0} missing, {1, record, token} someone else wrote, {2} this very write was
-# already applied (a retried command), {3} written.
+# already applied (a retried command), {3} written, {5} the hold changed (decide again).
 TRANSITION = """
 local w = redis.call('HGET', KEYS[1], 'w')
 if not w then return {0} end
 if w ~= ARGV[1] then
   if w == ARGV[2] then return {2} end
   return {1, redis.call('HGET', KEYS[1], 'r'), w}
+end
+if ARGV[9] == 'unfinish' and KEYS[4] then
+  -- A revived job takes its key again, provided the hold is what Python decided on.
+  local held = redis.call('GET', KEYS[4]) or ''
+  if held ~= ARGV[13] then return {5} end
 end
 if ARGV[6] == '1' then
   redis.call('HSET', KEYS[1], 'r', ARGV[3], 'w', ARGV[2], 'x', ARGV[7])
@@ -137,6 +144,7 @@ if ARGV[9] == 'unfinish' then
   redis.call('PEXPIREAT', KEYS[1], ARGV[10])
   redis.call('ZADD', KEYS[2], ARGV[11], ARGV[8])
   redis.call('ZREM', KEYS[3], ARGV[12])
+  if KEYS[4] then redis.call('SET', KEYS[4], ARGV[14], 'PXAT', ARGV[10]) end
 elseif KEYS[2] then
   redis.call('PEXPIREAT', KEYS[1], ARGV[9])
   redis.call('ZREM', KEYS[2], ARGV[8])

@@ -139,16 +139,11 @@ async def _revive(service: JobService, letter: DeadLetter) -> Job:
         raise Conflict(f"job {job_id} is gone (purged after its retention)", jobId=job_id) from None
     if job.state is JobState.FAILED:
         kind = service.registry.get(job.kind) if job.kind in service.registry else None
-        if job.key is not None and kind is not None and kind.uniqueness is not Uniqueness.NONE:
-            # Queued again, it would not hold its key: it could run beside the key's next
-            # holder. A new job for the key goes through the key's rule instead.
-            raise Conflict(
-                f"job {job_id} holds no key {job.key!r} any more (rule {kind.uniqueness}): "
-                "enqueue a new job for that key instead",
-                jobId=job_id,
-            )
+        # With its kind's key rule, the job takes its key again (409 while another job
+        # holds it): queued again, it never runs beside the key's new holder.
+        rule = kind.uniqueness if kind is not None else Uniqueness.NONE
         try:
-            job = await service.transition(job_id, Revive())
+            job = await service.transition(job_id, Revive(rule=rule))
         except TransitionRefused as refused:
             raise _not_requeueable(refused.job) from None
     elif job.state is not JobState.QUEUED:

@@ -118,21 +118,31 @@ async def test_a_job_lost_too_often_is_listed_and_requeue_runs_it_again() -> Non
 
 @kinds.job("keyed-nap", content=Nap, unique="active")
 async def keyed_nap(ctx: JobContext, content: Nap) -> None:
-    """One per key."""
+    """One per key; sleeps `seconds`."""
+    await anyio.sleep(content.seconds)
 
 
-async def test_a_keyed_dead_letter_is_not_requeued_beside_its_keys_next_holder() -> None:
+async def test_a_keyed_dead_letter_takes_its_key_again_or_is_refused() -> None:
     app = make_app()
     async with api_client(app) as client:
         job_id = await lose_job(app.state.service, "keyed-nap", key="k")
         [letter] = await listed(client, 1)
-        # The key is free now, and another job may take it: a requeue that did not hold
-        # the key again could run beside it, so it is refused with a way out.
+        # Another job took the free key: the requeue is refused, naming it.
+        other = await post_json(
+            client, "/api/keyed-nap/enqueue", {"content": {"seconds": 30}, "key": "k"}, 202
+        )
         response = await client.post(f"/api/dead-letters/{letter['id']}/requeue")
         assert response.status_code == 409, response.text
-        assert response.json()["error"]["jobId"] == job_id
-        assert "enqueue a new job" in response.json()["error"]["message"]
+        assert response.json()["error"]["jobId"] == other["id"]
         assert (await dead_letters(client))["items"] != []
+        # Once it has ended, the requeue takes the key again: a new job for it is refused.
+        await client.post(f"/api/jobs/{other['id']}/stop")
+        await job_finished(client, other["id"])
+        response = await client.post(f"/api/dead-letters/{letter['id']}/requeue")
+        assert response.status_code == 202, response.text
+        holder = (await client.get("/api/keys/keyed-nap/k")).json()["holder"]
+        assert holder is None or holder["id"] == job_id
+        assert (await job_finished(client, job_id))["state"] == "succeeded"
 
 
 async def test_delete_forgets_a_dead_letter_and_the_job_stays_failed() -> None:
