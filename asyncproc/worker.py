@@ -99,6 +99,8 @@ class WorkerPool:
         # memory backends) the node that would sweep is the node that runs the job.
         self.leases = leases
         self.dropped = 0  # messages dropped because their job had no record
+        # Jobs given back here because the store was unreachable: their lease is stale.
+        self._stranded: set[str] = set()
         self.routings = tuple(routings)
         self.concurrency = concurrency
         self.shutdown_grace = shutdown_grace
@@ -267,7 +269,10 @@ class WorkerPool:
         try:
             await self._process(delivery)
         except BackendUnavailable:
-            # The outcome is not stored: let the queue deliver the job again.
+            # The outcome is not stored: let the queue deliver the job again. Its lease
+            # could not be dropped either: when the message comes back here, the job is
+            # known to be stranded, not alive elsewhere (see `_start`).
+            self._stranded.add(delivery.job_id)
             with anyio.CancelScope(shield=True):
                 await delivery.requeue()
         except _DeadLetter:
@@ -327,7 +332,9 @@ class WorkerPool:
             return None  # finished, stopped, or a duplicate delivery of a running job
         if job.id in self.running:
             return None
-        lease = await service.store.lease_of(job.id)
+        stranded = job.id in self._stranded
+        self._stranded.discard(job.id)
+        lease = None if stranded else await service.store.lease_of(job.id)
         if lease is not None and lease >= utcnow():
             # Its node still renews the lease (the broker gave the message back after a
             # connection hiccup, say): it runs there; this copy of the message is spare.
