@@ -19,7 +19,7 @@ import httpx
 import pytest
 import redis
 
-from asyncproc.backends.rabbitmq import RabbitMQQueue
+from tests.cluster import forget_cluster
 from tests.support import ROOT, NodeProcess, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster]
@@ -57,14 +57,7 @@ async def cluster(
     finally:
         for node in [api, *nodes]:
             node.stop()
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
-        queue = RabbitMQQueue(amqp_url, prefix=prefix)
-        await queue.delete(["default"])
-        await queue.aclose()
+        await forget_cluster(redis_url, amqp_url, prefix)
 
 
 def runs_by_job(redis_url: str, key: str) -> dict[str, list[tuple[int, str]]]:

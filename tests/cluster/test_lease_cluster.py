@@ -14,9 +14,8 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from asyncproc.backends.rabbitmq import RabbitMQQueue
+from tests.cluster import forget_cluster
 from tests.support import ROOT, NodeProcess, job_status, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.redis, pytest.mark.rabbitmq]
@@ -68,14 +67,7 @@ async def cluster(
             if node.process.poll() is None:
                 node.process.send_signal(signal.SIGCONT)
             node.stop()
-        client_ = redis.Redis.from_url(redis_url)
-        keys = list(client_.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client_.delete(*keys)
-        client_.close()
-        queue = RabbitMQQueue(amqp_url, prefix=prefix)
-        await queue.delete(["default"])
-        await queue.aclose()
+        await forget_cluster(redis_url, amqp_url, prefix)
 
 
 async def enqueue(client: httpx.AsyncClient, kind: str, content: Any) -> dict[str, Any]:

@@ -12,9 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from asyncproc.backends.rabbitmq import RabbitMQQueue
+from tests.cluster import forget_cluster
 from tests.support import ROOT, NodeProcess, job_finished, post_json
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.redis, pytest.mark.rabbitmq]
@@ -68,14 +67,7 @@ async def test_two_workers_run_at_most_two_limited_jobs_at_once(
     finally:
         for node in nodes:
             node.stop()
-        client_ = redis.Redis.from_url(redis_url)
-        keys = list(client_.scan_iter(match=f"{unique_prefix}*", count=1000))
-        if keys:
-            client_.delete(*keys)
-        client_.close()
-        queue = RabbitMQQueue(amqp_url, prefix=unique_prefix)
-        await queue.delete(["default"])
-        await queue.aclose()
+        await forget_cluster(redis_url, amqp_url, unique_prefix)
     succeeded = sum(job["state"] == "succeeded" for job in done)
     duplicates = sum(job["attempt"] > 1 for job in done)
     print(

@@ -16,10 +16,9 @@ from typing import Any
 
 import httpx
 import pytest
-import redis
 
-from asyncproc.backends.rabbitmq import RabbitMQQueue
 from asyncproc.schedule_times import tick_request_id
+from tests.cluster import forget_cluster
 from tests.support import ROOT, NodeProcess, wait_until
 
 pytestmark = [pytest.mark.anyio, pytest.mark.cluster, pytest.mark.redis, pytest.mark.rabbitmq]
@@ -65,14 +64,7 @@ async def three_nodes(
     finally:
         for node in nodes:
             node.stop()
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
-        queue = RabbitMQQueue(amqp_url, prefix=prefix)
-        await queue.delete(["default"])
-        await queue.aclose()
+        await forget_cluster(redis_url, amqp_url, prefix)
 
 
 async def scheduled_jobs(client: httpx.AsyncClient) -> list[dict[str, Any]]:

@@ -17,9 +17,8 @@ from typing import Any
 import anyio
 import httpx
 import pytest
-import redis
 
-from asyncproc.backends.rabbitmq import RabbitMQQueue
+from tests.cluster import forget_cluster
 from tests.cluster.test_cluster import all_statuses, runs_by_job
 from tests.support import ROOT, TERMINAL, NodeProcess, wait_until
 
@@ -55,14 +54,7 @@ async def cluster(
     finally:
         for node in [api, *workers]:
             node.stop()
-        client = redis.Redis.from_url(redis_url)
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-        client.close()
-        queue = RabbitMQQueue(amqp_url, prefix=prefix)
-        await queue.delete(["default"])
-        await queue.aclose()
+        await forget_cluster(redis_url, amqp_url, prefix)
 
 
 async def submit(client: httpx.AsyncClient, count: int, seconds: float) -> list[str]:

@@ -138,10 +138,12 @@ async def test_a_full_rate_window_refuses_until_its_oldest_start_leaves_it(
     assert wait == pytest.approx(1.0 + RATE_SLACK - 0.3, abs=1e-3)
     # Not a moment early (a spare copy is told so with a negative answer) ...
     assert await acquire(store, "r3", THREE_PER_SECOND, at + timedelta(seconds=wait - 0.1)) < 0
-    # ... and let in once the oldest start has left the window.
-    assert await acquire(store, "r3", THREE_PER_SECOND, at + timedelta(seconds=wait)) == 0
+    # ... and let in once the oldest start has left the window (a microsecond past the
+    # answered wait: `timedelta` rounds to microseconds, which may land just before it).
+    later = at + timedelta(seconds=wait, microseconds=1)
+    assert await acquire(store, "r3", THREE_PER_SECOND, later) == 0
     # The second start of the window is still in it: the next one waits for it.
-    next_wait = await acquire(store, "r4", THREE_PER_SECOND, at + timedelta(seconds=wait))
+    next_wait = await acquire(store, "r4", THREE_PER_SECOND, later)
     assert next_wait == pytest.approx(0.1, abs=1e-3)
 
 
