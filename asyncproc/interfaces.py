@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from types import TracebackType
-from typing import NamedTuple, Self
+from typing import NamedTuple, Protocol, Self, runtime_checkable
 
 import msgspec
 
@@ -24,7 +24,16 @@ from .lifecycle import Event
 from .limits import Limits
 from .model import Job, JobState, OnConflict, Uniqueness
 
-__all__ = ["Created", "Delivery", "Doc", "JobQuery", "Page", "Queue", "StateStore"]
+__all__ = [
+    "Created",
+    "Delivery",
+    "Doc",
+    "JobQuery",
+    "Page",
+    "Queue",
+    "StateStore",
+    "StopsTaking",
+]
 
 
 class JobQuery(msgspec.Struct, frozen=True):
@@ -318,6 +327,16 @@ class Delivery(ABC):
     @abstractmethod
     async def reject(self) -> None:
         """Drop the message to the dead-letter destination (where there is one)."""
+
+
+@runtime_checkable
+class StopsTaking(Protocol):
+    """A consumer (what `Queue.consume` yields) that can stop taking deliveries while
+    those in hand are settled: a draining node's messages not yet started go to other
+    nodes at once. A consumer without it simply stops when its block ends."""
+
+    async def stop_taking(self) -> None:
+        """Take no more deliveries; give back the ones received but not yet yielded."""
 
 
 class Queue(_Closable, ABC):

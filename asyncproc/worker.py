@@ -31,7 +31,7 @@ from .errors import (
     TransitionRefused,
     UnknownKind,
 )
-from .interfaces import Delivery
+from .interfaces import Delivery, StopsTaking
 from .lifecycle import Event, Fail, Report, Retry, Start, StepDone, Stopped, Succeed, TimeOut
 from .limits import StartGate
 from .model import ErrorInfo, Job, JobState, utcnow
@@ -159,8 +159,11 @@ class WorkerPool:
                         finally:
                             handoff.close()
                             with anyio.CancelScope(shield=True):
-                                # Deliveries no runner has started go back at once, for
+                                # The broker sends this node nothing more, and what it
+                                # sent that no runner started goes back at once, for
                                 # another node, instead of starting during the grace.
+                                if isinstance(deliveries, StopsTaking):
+                                    await deliveries.stop_taking()
                                 await self._give_back_unstarted(held, taken)
                                 await self._drain(jobs)
         finally:

@@ -105,6 +105,12 @@ class _RabbitDelivery(Delivery):
         if self._settle():
             await _quietly(self.channel.basic_nack(self._tag, requeue=True, wait=False))
 
+    async def give_back(self) -> None:
+        """Return a delivery never handed out (not counted as unsettled) to the queue."""
+        if not self._settled and not self.channel.is_closed:
+            self._settled = True
+            await _quietly(self.channel.basic_nack(self._tag, requeue=True, wait=False))
+
     async def reject(self) -> None:
         """See `Delivery.reject`: the queue dead-letters it to the `dead` exchange."""
         if self._settle():
@@ -133,6 +139,8 @@ class _Consumer:
         self._room = asyncio.Event()
         self._channel: AbstractChannel | None = None
         self._task: asyncio.Task[None] | None = None
+        self._tags: list[str] = []  # the consumers on the current channel
+        self._taking = True
 
     def start(self) -> None:
         """Start the consume-and-follow task."""
@@ -159,9 +167,30 @@ class _Consumer:
             self.unsettled.add(delivery)
             return delivery
 
+    async def stop_taking(self) -> None:
+        """Take no more deliveries (a draining node): cancel the consumers but keep the
+        channel, whose deliveries in hand are still to be settled, and give back what
+        the broker sent that was not taken yet, at once, for other nodes; consume no
+        more after a reconnection either."""
+        self._taking = False
+        channel = self._channel
+        if channel is not None and not channel.is_closed:
+            for tag in self._tags:
+                try:
+                    await channel.basic_cancel(tag)
+                except FAILED as exc:  # the channel died meanwhile: nothing to cancel
+                    if aborted(exc):
+                        raise
+        while not self._buffer.empty():
+            await self._buffer.get_nowait().give_back()
+
     async def _on_message(self, message: DeliveredMessage) -> None:
         deliver = message.delivery
         assert isinstance(deliver, spec.Basic.Deliver)
+        if not self._taking:  # sent before the cancel reached the broker
+            tag = deliver.delivery_tag or 0
+            await _quietly(message.channel.basic_nack(tag, requeue=True, wait=False))
+            return
         try:
             job_id = message.body.decode()
         except UnicodeDecodeError:
@@ -203,8 +232,13 @@ class _Consumer:
                 )
                 for routing in self.routings:
                     await self.queue.declare_routing(channel, routing)
-                for routing in self.routings:
-                    await channel.basic_consume(self.queue.queue_name(routing), self._on_message)
+                self._tags = []
+                for routing in self.routings if self._taking else ():
+                    ok = await channel.basic_consume(
+                        self.queue.queue_name(routing), self._on_message
+                    )
+                    if ok.consumer_tag:
+                        self._tags.append(ok.consumer_tag)
                 self.ready.set()
                 delay = BACKOFF_MIN
                 closing = channel.closing

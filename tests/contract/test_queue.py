@@ -17,7 +17,7 @@ from aiormq.exceptions import ChannelNotFoundEntity
 from asyncproc.backends.amqp_delay import bucket_for, delay_ms, delay_queue_name
 from asyncproc.backends.memory import MemoryQueue
 from asyncproc.backends.rabbitmq import RabbitMQQueue
-from asyncproc.interfaces import Delivery, Queue
+from asyncproc.interfaces import Delivery, Queue, StopsTaking
 from tests.support import wait_until
 
 ROUTINGS = ("alpha", "beta")
@@ -445,3 +445,34 @@ async def queue_exists(amqp_url: str, name: str) -> bool:
         except ChannelNotFoundEntity:
             return False
         return True
+
+
+@pytest.mark.anyio
+@pytest.mark.rabbitmq
+async def test_a_consumer_that_stops_taking_gets_nothing_more(
+    amqp_url: str, unique_prefix: str
+) -> None:
+    """A draining node's consumer: the deliveries in hand still settle, the ones sent but
+    not taken go back at once, and nothing more comes to it (another consumer gets it)."""
+    rabbit = RabbitMQQueue(amqp_url, prefix=unique_prefix)
+    await rabbit.start()
+    try:
+        for i in range(6):
+            await rabbit.publish(f"s-{i}", "default")
+        async with rabbit.consume(["default"], 4) as deliveries:
+            assert isinstance(deliveries, StopsTaking)
+            iterator = aiter(deliveries)
+            first = await anext(iterator)
+            await wait_until(lambda: rabbit.depth("default"), lambda n: n == 2)
+            await deliveries.stop_taking()
+            # The three sent but not taken are back in the queue; the one in hand is not.
+            await wait_until(lambda: rabbit.depth("default"), lambda n: n == 5)
+            await rabbit.publish("s-late", "default")
+            async with taking(rabbit, ["default"], 10) as other:
+                got = await other.count(6)
+                assert first.job_id not in {d.job_id for d in got}
+                assert "s-late" in {d.job_id for d in got}
+            await first.ack()  # still settles on the open channel
+    finally:
+        await rabbit.delete(["default"])
+        await rabbit.aclose()
