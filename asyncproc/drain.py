@@ -22,7 +22,7 @@ from .model import JobState
 from .service import JobService
 from .worker import WorkerPool
 
-__all__ = ["Drain", "RefuseNewWork", "new_work_refusal"]
+__all__ = ["Drain", "RefuseNewWork"]
 
 log = logging.getLogger("asyncproc")
 
@@ -64,6 +64,13 @@ class Drain:
     def refusing(self) -> bool:
         """Whether requests that start jobs are refused now."""
         return self.draining and self.ends_with_process
+
+    def refusal(self, scope: Any) -> Response | None:
+        """The `503 shutting_down` answer to a call that would start a job while this
+        memory-mode node drains, else None (asked of every POST before routing)."""
+        if not self.refusing or not NEW_WORK.match(scope["path"]):
+            return None
+        return _refusal(self)
 
     def begin(self) -> None:
         """Stop taking jobs now; running ones get the grace. Idempotent."""
@@ -113,12 +120,7 @@ class Drain:
                 return count
 
 
-def new_work_refusal(scope: Any) -> Response | None:
-    """The `503 shutting_down` answer to a call that would start a job while a
-    memory-mode node drains (`RefuseNewWork`), else None."""
-    drain: Drain | None = scope["app"].state._state.get("drain")
-    if drain is None or not drain.refusing or not NEW_WORK.match(scope["path"]):
-        return None
+def _refusal(drain: Drain) -> Response:
     body = {
         "error": {
             "code": "shutting_down",
@@ -141,7 +143,8 @@ class RefuseNewWork:
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
-            response = new_work_refusal(scope)
+            drain: Drain | None = getattr(scope["app"].state, "drain", None)
+            response = drain.refusal(scope) if drain is not None else None
             if response is not None:
                 await response(scope, receive, send)
                 return

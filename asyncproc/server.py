@@ -24,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from .api import EXCEPTION_HANDLERS, IncomingAt, api_routes, json_response
 from .config import Settings, load_settings
-from .drain import Drain, new_work_refusal
+from .drain import Drain
 from .errors import BackendUnavailable
 from .hooks import Node
 from .interfaces import Queue, StateStore
@@ -191,7 +191,7 @@ def create_app(
     app = Starlette(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(IncomingAt, refuse=new_work_refusal)],
+        middleware=[Middleware(IncomingAt, refuse=drain.refusal)],
         lifespan=lifespan,
     )
     app.state.settings = settings

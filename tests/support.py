@@ -16,6 +16,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import anyio
+import anyio.to_thread
 import httpx
 import pytest
 import uvicorn
@@ -136,6 +137,13 @@ class NodeProcess:
             time.sleep(0.05)
         raise AssertionError(f"{self.name} not healthy within {timeout}s")
 
+    async def exited(self, timeout: float) -> int:
+        """The exit status once the process has ended (fails past `timeout` seconds)."""
+        try:
+            return await anyio.to_thread.run_sync(self.process.wait, timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{self.name} still running after {timeout}s") from None
+
     def kill(self) -> None:
         """SIGKILL: no cleanup at all."""
         self.process.kill()
@@ -177,3 +185,20 @@ async def post_json(client: httpx.AsyncClient, path: str, body: Any, expect: int
     response = await client.post(path, json=body)
     assert response.status_code == expect, response.text
     return response.json() if response.content else None
+
+
+def demo_app(*registries: Any, **overrides: Any) -> Any:
+    """An app on the memory backends with the demo kinds plus `registries`' kinds, a
+    fast sweep, and a 0.2 s shutdown grace (an app left with jobs running ends at once).
+    `overrides` are settings."""
+    from asyncproc.config import load_settings
+    from asyncproc.registry import load_plugins
+    from asyncproc.server import create_app
+
+    registry = load_plugins(["asyncproc.plugins.demo"])
+    for extra in registries:
+        registry.include(extra)
+    settings = load_settings(
+        environ={}, **{"sweep_interval": 0.05, "shutdown_grace": 0.2, **overrides}
+    )
+    return create_app(settings, registry=registry)

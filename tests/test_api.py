@@ -14,10 +14,7 @@ import msgspec
 import pytest
 
 from asyncproc import JobContext, JobError, Registry, RetryableJobError
-from asyncproc.config import load_settings
-from asyncproc.registry import load_plugins
-from asyncproc.server import create_app
-from tests.support import api_client, wait_until
+from tests.support import api_client, demo_app, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -133,13 +130,7 @@ async def short(ctx: JobContext, content: Any) -> None:
 
 
 def make_app(**overrides: Any) -> Any:
-    registry = load_plugins(["asyncproc.plugins.demo"])
-    registry.include(test_kinds)
-    # Apps left with jobs running end at once (a 0.2 s grace instead of 10 s).
-    settings = load_settings(
-        environ={}, **{"sweep_interval": 0.05, "shutdown_grace": 0.2, **overrides}
-    )
-    return create_app(settings, registry=registry)
+    return demo_app(test_kinds, **overrides)
 
 
 @pytest.fixture

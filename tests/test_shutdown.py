@@ -236,9 +236,7 @@ async def test_sigterm_to_a_node_process(tmp_path: Path) -> None:
                         last = json.loads(line[6:])
             assert last["state"] == "succeeded"
             assert last["attempt"] == 1
-        with anyio.fail_after(30):
-            while node.process.poll() is None:  # noqa: ASYNC110 - a process has no event
-                await anyio.sleep(0.05)
+        await node.exited(30)
         text = log.read_text()
         assert f"shut down with {len(queued)} job(s) still queued: they are lost" in text
         assert "Traceback" not in text
@@ -269,9 +267,7 @@ async def test_a_second_sigterm_ends_the_grace_at_once(tmp_path: Path) -> None:
 
             await wait_until(enqueue_answer, lambda r: r.status_code == 503)  # draining
             node.process.send_signal(signal.SIGTERM)
-        with anyio.fail_after(30):
-            while node.process.poll() is None:  # noqa: ASYNC110 - a process has no event
-                await anyio.sleep(0.05)
+        await node.exited(30)
         assert "still running after the grace: failing them" in node.log_path.read_text()
     finally:
         if node.process.poll() is None:

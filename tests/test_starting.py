@@ -17,9 +17,7 @@ import pytest
 from asyncproc import JobContext, Registry, RetryableJobError
 from asyncproc.config import load_settings
 from asyncproc.errors import ConfigError
-from asyncproc.registry import load_plugins
-from asyncproc.server import create_app
-from tests.support import api_client, wait_until
+from tests.support import api_client, demo_app, wait_until
 from tests.support import job_finished as finished
 from tests.support import job_status as status
 from tests.support import post_json as post
@@ -53,12 +51,7 @@ def plain_select(ctx: JobContext, params: Params) -> list[tuple[str, dict[str, A
 
 
 def make_app(**overrides: Any) -> Any:
-    registry = load_plugins(["asyncproc.plugins.demo"])
-    registry.include(test_kinds)
-    settings = load_settings(
-        environ={}, **{"sweep_interval": 0.05, "shutdown_grace": 0.2, **overrides}
-    )
-    return create_app(settings, registry=registry)
+    return demo_app(test_kinds, **overrides)
 
 
 @pytest.fixture

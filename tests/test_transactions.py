@@ -14,14 +14,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from asyncproc import BlockingJobContext, JobContext, Registry
-from asyncproc.config import load_settings
 from asyncproc.errors import TransitionRefused
 from asyncproc.lifecycle import Report, Start, StepDone, apply
 from asyncproc.model import Job, JobState
-from asyncproc.registry import load_plugins
 from asyncproc.rules import retry_backoff
-from asyncproc.server import create_app
-from tests.support import api_client, wait_until
+from tests.support import api_client, demo_app, wait_until
 from tests.support import job_finished as finished
 from tests.support import job_status as status
 from tests.support import post_json as post
@@ -50,12 +47,7 @@ def blocking_steps(ctx: BlockingJobContext, content: Any) -> dict[str, Any]:
 
 
 def make_app(**overrides: Any) -> Any:
-    registry = load_plugins(["asyncproc.plugins.demo"])
-    registry.include(test_kinds)
-    settings = load_settings(
-        environ={}, **{"sweep_interval": 0.05, "shutdown_grace": 0.2, **overrides}
-    )
-    return create_app(settings, registry=registry)
+    return demo_app(test_kinds, **overrides)
 
 
 @pytest.fixture

@@ -14,7 +14,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import anyio
 import httpx
 import pytest
 
@@ -77,14 +76,6 @@ def running_on(redis_url: str, key: str, node: NodeProcess) -> set[str]:
     }
 
 
-async def exited(node: NodeProcess, timeout: float) -> int:
-    """The node's exit status once it has exited (fails past `timeout` seconds)."""
-    with anyio.fail_after(timeout):
-        while node.process.poll() is None:  # noqa: ASYNC110 - a process has no event
-            await anyio.sleep(0.05)
-    return node.process.returncode
-
-
 def tally(ids: list[str], statuses: list[dict[str, Any]], runs: dict[str, Any]) -> Counter[str]:
     """accepted / terminal / succeeded / duplicates (ran to the end twice) / lost, printed."""
     counts: Counter[str] = Counter(
@@ -115,7 +106,7 @@ async def test_sigterm_lets_running_jobs_finish_on_their_node(
             in_flight = running_on(redis_url, runs_key, victim)
 
             # It finishes what it runs (2 s < the 5 s grace), then exits on its own.
-            await exited(victim, timeout=5 + 10)
+            await victim.exited(5 + 10)
             statuses = await wait_until(
                 lambda: all_statuses(client, ids),
                 lambda statuses: all(s["state"] in TERMINAL for s in statuses),
@@ -152,7 +143,7 @@ async def test_sigterm_gives_back_jobs_longer_than_the_grace(
             in_flight = running_on(redis_url, runs_key, victim)
 
             # Past the grace its jobs go back to the queue and the node exits.
-            await exited(victim, timeout=2 + 10)
+            await victim.exited(2 + 10)
             given_back = await all_statuses(client, sorted(in_flight))
             statuses = await wait_until(
                 lambda: all_statuses(client, ids),

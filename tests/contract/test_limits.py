@@ -8,45 +8,23 @@ fallback. Times are passed in, so nothing here waits.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import pytest
 
-from asyncproc.backends.memory import MemoryStateStore
-from asyncproc.backends.redis import RedisStateStore
 from asyncproc.interfaces import StateStore
 from asyncproc.lifecycle import RequestStop
 from asyncproc.limits import RATE_SLACK, WAKE_EARLY, Limits
 from asyncproc.model import utcnow
-from tests.contract import RecordingHub, delete_prefix, new_job
+from tests.contract import new_job
 
 pytestmark = pytest.mark.anyio
 
-BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 TWO_AT_ONCE = Limits(max_concurrency=2, rate=None)
 ONE_AT_ONCE = Limits(max_concurrency=1, rate=None)
 THREE_PER_SECOND = Limits(max_concurrency=None, rate=(3, 1.0))
 LEASE = timedelta(seconds=10)
 KIND = "demo.limited"
-
-
-@pytest.fixture(params=BACKENDS)
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
-    """A started store of the backend under test; what it stored is deleted afterwards."""
-    if request.param == "memory":
-        async with MemoryStateStore(RecordingHub()) as memory:
-            yield memory
-        return
-    url = request.getfixturevalue("redis_url")
-    prefix = request.getfixturevalue("unique_prefix")
-    redis_store = RedisStateStore(url, prefix=prefix, hub=RecordingHub())
-    try:
-        async with redis_store:
-            await redis_store.start()
-            yield redis_store
-    finally:
-        await delete_prefix(url, prefix)
 
 
 async def acquire(

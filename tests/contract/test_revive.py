@@ -6,42 +6,21 @@ deadline, and it can run and finish again like any queued job.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import timedelta
 
 import pytest
 import redis.asyncio as aioredis
 
-from asyncproc.backends.memory import MemoryStateStore
 from asyncproc.backends.redis import RedisStateStore
 from asyncproc.errors import TransitionRefused
 from asyncproc.interfaces import StateStore
 from asyncproc.lifecycle import DEAD_LETTER, Fail, Revive, Start, Succeed
 from asyncproc.model import ErrorInfo, JobState, utcnow
-from tests.contract import RecordingHub, delete_prefix, new_job
+from tests.contract import delete_prefix, new_job
 
 pytestmark = pytest.mark.anyio
 
-BACKENDS = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 DEAD = ErrorInfo(error_id=DEAD_LETTER, tech_msg="delivered 5 times without finishing")
-
-
-@pytest.fixture(params=BACKENDS)
-async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
-    """A started store of the backend under test; what it stored is deleted afterwards."""
-    if request.param == "memory":
-        async with MemoryStateStore(RecordingHub()) as memory:
-            yield memory
-        return
-    url = request.getfixturevalue("redis_url")
-    prefix = request.getfixturevalue("unique_prefix")
-    redis_store = RedisStateStore(url, prefix=prefix, hub=RecordingHub())
-    try:
-        async with redis_store:
-            await redis_store.start()
-            yield redis_store
-    finally:
-        await delete_prefix(url, prefix)
 
 
 async def dead_job(store: StateStore, *, retention: float = 1.0) -> str:
