@@ -24,6 +24,7 @@ __all__ = [
     "Role",
     "ScheduleSettings",
     "Settings",
+    "TokenSettings",
     "TriggerSettings",
     "client_defaults",
     "load_settings",
@@ -101,6 +102,20 @@ class TriggerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     id_field: str | None = None
 
 
+class TokenSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[[tokens]]`: an API token (API.md section 15): its name, the SHA-256 of the token
+    (`sha256:<hex>`; the token itself is never stored) and its scopes."""
+
+    name: str
+    hash: str
+    scopes: tuple[str, ...]
+
+
+SCOPES = ("submit", "read", "stop", "admin")
+_TOKEN_HASH = re.compile(r"sha256:[0-9a-f]{64}")
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every setting of API.md section 8 (durations in seconds)."""
 
@@ -136,6 +151,7 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     kinds: dict[str, KindSettings] = {}
     schedules: tuple[ScheduleSettings, ...] = ()
     triggers: tuple[TriggerSettings, ...] = ()
+    tokens: tuple[TokenSettings, ...] = ()
 
 
 DURATION_KEYS = frozenset(
@@ -143,7 +159,7 @@ DURATION_KEYS = frozenset(
 )
 _KIND_DURATIONS = ("processing_timeout", "retention", "retry_delay", "retry_max_delay")
 _SCHEDULE_DURATIONS = ("every", "catchup_window")
-TABLE_KEYS = frozenset({"kinds", "schedules", "triggers"})
+TABLE_KEYS = frozenset({"kinds", "schedules", "triggers", "tokens"})
 _FIELDS = frozenset(f.name for f in msgspec.structs.fields(Settings))
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -294,6 +310,7 @@ def _check(settings: Settings) -> None:
             raise ConfigError(where, "set exactly one of event, queue, exchange")
         if trigger.exchange is not None and trigger.binding_key is None:
             raise ConfigError(f"{where}.binding_key", "an exchange trigger needs binding_key")
+    _check_tokens(settings.tokens)
     mixed = (settings.state == "memory") != (settings.queue == "memory")
     if mixed or (settings.state == "memory" and settings.role is not Role.ALL):
         # Memory backends are per process: a split node or half-cluster would lose jobs.
@@ -301,6 +318,30 @@ def _check(settings: Settings) -> None:
             "state" if mixed else "role",
             "memory backends need state=memory, queue=memory and role=all",
         )
+
+
+def _check_tokens(tokens: tuple[TokenSettings, ...]) -> None:
+    names: set[str] = set()
+    hashes: set[str] = set()
+    for index, token in enumerate(tokens):
+        where = f"tokens[{index}]"
+        if not _TOKEN_NAME.fullmatch(token.name):
+            raise ConfigError(f"{where}.name", f"{token.name!r}: 1 to 64 of A-Z a-z 0-9 . _ @ -")
+        if token.name in names:
+            raise ConfigError(f"{where}.name", f"{token.name!r} is declared twice")
+        names.add(token.name)
+        if not _TOKEN_HASH.fullmatch(token.hash):
+            raise ConfigError(
+                f"{where}.hash", "expected sha256:<64 lower-case hex digits> (the token's SHA-256)"
+            )
+        if token.hash in hashes:
+            raise ConfigError(f"{where}.hash", "the same hash as another token")
+        hashes.add(token.hash)
+        if not token.scopes:
+            raise ConfigError(f"{where}.scopes", f"name at least one of {', '.join(SCOPES)}")
+        for scope in token.scopes:
+            if scope not in SCOPES:
+                raise ConfigError(f"{where}.scopes", f"{scope!r} is not one of {', '.join(SCOPES)}")
 
 
 def _check_kind(kind: str, options: KindSettings) -> None:

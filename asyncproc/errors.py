@@ -7,6 +7,8 @@
     ├── TransitionRefused      the lifecycle refuses an event in the job's state
     ├── ServiceError           a request the service refuses (API status codes)
     │   ├── BadRequest         400  body is not JSON, nested too deep, or misses a field
+    │   ├── Unauthorized       401  no token, or one the server does not know
+    │   ├── Forbidden          403  the token lacks the call's scope
     │   ├── NotFound           404  unknown kind, job or route
     │   │   ├── UnknownKind
     │   │   └── JobNotFound
@@ -91,6 +93,20 @@ class ServiceError(AsyncProcError):
 
 class BadRequest(ServiceError):
     """Raised when a body is not JSON or misses a required field."""
+
+
+class Unauthorized(ServiceError):
+    """Raised when a call needs a bearer token and has none the server knows."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """Raised when the caller's token lacks the scope a call needs."""
+
+    status_code = 403
+    code = "forbidden"
 
 
 class NotFound(ServiceError):

@@ -3,8 +3,11 @@
 A plugin's `Registry` carries a `Hooks`: checks (validate the settings against
 the registered kinds when the app is built, so a bad config stops start-up with
 one line), lifespans (background work while the node runs), routes (endpoints of its own), before-enqueue hooks (validate,
-refuse, rewrite a job about to be stored) and after-change hooks (see every
-stored change with the record before and after it). Before-hooks run in the
+refuse, rewrite a job about to be stored), after-change hooks (see every
+stored change with the record before and after it), middleware (ASGI wrappers
+around the whole app, each made from the settings when the app is built) and
+job visibility (predicates that hide jobs from the current caller, and query
+filters that narrow its job lists the same way, so a store can use an index). Before-hooks run in the
 order they were registered, after-hooks in reverse (as dramatiq's middleware
 `emit_before` / `emit_after`); a failing after-hook is logged and never breaks
 the job whose change it saw.
@@ -25,10 +28,22 @@ if TYPE_CHECKING:
     from starlette.applications import Starlette
 
     from .config import Settings
+    from .interfaces import JobQuery
     from .registry import JobKind
     from .service import JobService
 
-__all__ = ["AfterChange", "BeforeEnqueue", "Draft", "Hooks", "Lifespan", "Node", "SettingsCheck"]
+__all__ = [
+    "AfterChange",
+    "BeforeEnqueue",
+    "Draft",
+    "Hooks",
+    "Lifespan",
+    "ListFilter",
+    "Middleware",
+    "Node",
+    "SettingsCheck",
+    "Visibility",
+]
 
 log = logging.getLogger("asyncproc.hooks")
 
@@ -59,6 +74,13 @@ SettingsCheck = Callable[["Settings", Any], None]
 Lifespan = Callable[[Node], AbstractAsyncContextManager[Any]]
 BeforeEnqueue = Callable[[Draft], Awaitable[None]]
 AfterChange = Callable[[Job | None, Job], Awaitable[None]]
+# (the ASGI app inside, settings) -> the ASGI app wrapping it (or the same app: nothing to do).
+Middleware = Callable[[Any, "Settings"], Any]
+# Whether the current caller (as the plugin knows it, e.g. from a context variable)
+# may see a job; one that may not is, to that caller, not there.
+Visibility = Callable[[Job], bool]
+# The same rule for job lists: the query narrowed to what the caller may see.
+ListFilter = Callable[["JobQuery"], "JobQuery"]
 
 
 class Hooks:
@@ -72,6 +94,10 @@ class Hooks:
         # Before-enqueue hooks of one kind only (no cost to other kinds' enqueues).
         self.before_enqueue_of: dict[str, list[BeforeEnqueue]] = {}
         self.after_change: list[AfterChange] = []
+        # Outermost first: the first one registered sees a request first.
+        self.middleware: list[Middleware] = []
+        self.visibility: list[Visibility] = []
+        self.list_filters: list[ListFilter] = []
         # The OpenAPI paths of `routes`, and the Structs their `$ref`s name.
         self.openapi_paths: dict[str, Any] = {}
         self.openapi_types: list[Any] = []
@@ -85,6 +111,9 @@ class Hooks:
         for kind, hooks in other.before_enqueue_of.items():
             self.before_enqueue_of.setdefault(kind, []).extend(hooks)
         self.after_change += other.after_change
+        self.middleware += other.middleware
+        self.visibility += other.visibility
+        self.list_filters += other.list_filters
         self.openapi_paths.update(other.openapi_paths)
         self.openapi_types += [t for t in other.openapi_types if t not in self.openapi_types]
 
@@ -95,6 +124,16 @@ class Hooks:
             await hook(draft)
         for hook in self.before_enqueue_of.get(draft.kind.name, ()):
             await hook(draft)
+
+    def visible(self, job: Job) -> bool:
+        """Whether the current caller may see `job` (every visibility hook agrees)."""
+        return all(sees(job) for sees in self.visibility)
+
+    def narrow(self, query: JobQuery) -> JobQuery:
+        """`query` narrowed by every list filter to the jobs the current caller may see."""
+        for narrow in self.list_filters:
+            query = narrow(query)
+        return query
 
     def watches(self, after: Job) -> bool:
         """Whether any after-change hook wants to see a change to `after`'s state (a hook

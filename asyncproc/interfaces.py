@@ -45,6 +45,8 @@ class JobQuery(msgspec.Struct, frozen=True):
     parent: str | None = None
     limit: int = 50
     cursor: str | None = None
+    # The name of the token that enqueued the jobs (API.md section 15).
+    owner: str | None = None
 
     def after(self) -> tuple[datetime, str] | None:
         """The (createdAt, id) position the cursor points past, or None for page one."""
@@ -62,12 +64,13 @@ class JobQuery(msgspec.Struct, frozen=True):
             raise BadRequest("cursor is not one this service handed out") from None
 
     def matches(self, job: Job) -> bool:
-        """True when `job` passes the kind, state and key filters."""
+        """True when `job` passes the kind, state, key, parent and owner filters."""
         return (
             (self.kind is None or job.kind == self.kind)
             and (self.state is None or job.state == self.state)
             and (self.key is None or job.key == self.key)
             and (self.parent is None or job.parent_id == self.parent)
+            and (self.owner is None or job.owner == self.owner)
         )
 
 

@@ -20,7 +20,16 @@ import msgspec
 from starlette.routing import Route
 
 from .errors import ConfigError, InvalidContent, PluginError, UnknownKind
-from .hooks import AfterChange, BeforeEnqueue, Hooks, Lifespan, SettingsCheck
+from .hooks import (
+    AfterChange,
+    BeforeEnqueue,
+    Hooks,
+    Lifespan,
+    ListFilter,
+    Middleware,
+    SettingsCheck,
+    Visibility,
+)
 from .limits import parse_rate
 from .model import ErrorInfo, OnConflict, Uniqueness
 
@@ -315,6 +324,24 @@ class Registry:
         self.hooks.after_change.append(hook)
         return hook
 
+    def middleware(self, factory: Middleware) -> Middleware:
+        """Register `factory(app, settings)`, which answers the ASGI app wrapping `app`
+        (or `app` itself when it has nothing to do), applied when the app is built."""
+        self.hooks.middleware.append(factory)
+        return factory
+
+    def visibility(self, sees: Visibility) -> Visibility:
+        """Register `sees(job)`: a job it refuses is, to the current caller, not there
+        (404 to every call about it, left out of its lists and key contexts)."""
+        self.hooks.visibility.append(sees)
+        return sees
+
+    def list_filter(self, narrow: ListFilter) -> ListFilter:
+        """Register `narrow(query)`: the job list query narrowed to what the current
+        caller may see (the list twin of `visibility`, so a store can use an index)."""
+        self.hooks.list_filters.append(narrow)
+        return narrow
+
     def route(self, path: str, methods: list[str]) -> Callable[[Any], Any]:
         """Register the decorated Starlette endpoint at `path` (served by API nodes)."""
 
@@ -372,6 +399,7 @@ BUILTIN_PLUGINS = (
     "asyncproc.plugins.schedules",
     "asyncproc.plugins.triggers",
     "asyncproc.plugins.dead_letters",
+    "asyncproc.plugins.auth",
 )
 
 

@@ -191,7 +191,11 @@ def create_app(
     app = Starlette(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(IncomingAt, refuse=drain.refusal)],
+        middleware=[
+            Middleware(IncomingAt, refuse=drain.refusal),
+            # The plugins' (auth, ...): inside the door, outside the routes.
+            *(Middleware(factory, settings) for factory in registry.hooks.middleware),
+        ],
         lifespan=lifespan,
     )
     app.state.settings = settings

@@ -24,6 +24,7 @@ from .errors import (
     InvalidInput,
     JobNotFound,
     JobStateConflict,
+    KeyConflict,
     Overloaded,
     RequestIdConflict,
     ServiceError,
@@ -40,6 +41,7 @@ from .model import (
     OnConflict,
     Trigger,
     TriggerType,
+    Uniqueness,
     utcnow,
 )
 from .registry import Compensation, Registry
@@ -191,11 +193,13 @@ class JobService:
         check_depth: bool = True,
         after: str | None = None,
         publish: bool = True,
+        owner: str | None = None,
     ) -> tuple[Job, bool]:
         """Validate, store and queue a job; `(job, False)` when a job answers for it
         (its `requestId` exists, or the key's holder under `onConflict: existing`).
         With `after` (a job id), the job does not start before that job is terminal;
-        with `publish=False` the caller queues it (`publish`) once it is ready to."""
+        with `publish=False` the caller queues it (`publish`) once it is ready to;
+        `owner` is the job's owner when it inherits one (a job that started it)."""
         kind = self.registry.get(kind_name)
         kind.decode_content(request.content)
         routing = request.proc_routing or "default"
@@ -223,15 +227,31 @@ class JobService:
             trigger=trigger,
             parent_id=parent_id,
             after=after,
+            owner=owner,
         )
         on_conflict = request.on_conflict or kind.on_conflict
         if self.hooks.before_enqueue or kind.name in self.hooks.before_enqueue_of:
             draft = Draft(kind, job, on_conflict)
             await self.hooks.emit_before_enqueue(draft)
             job, on_conflict = draft.job, draft.on_conflict
+        if (
+            on_conflict is OnConflict.REPLACE
+            and self.hooks.visibility
+            and job.key is not None
+            and kind.uniqueness is not Uniqueness.NONE
+        ):
+            # A caller may not stop, by replacing it, a job it cannot see.
+            holder = await self.store.key_holder(kind.name, job.key)
+            if holder is not None and not self.hooks.visible(holder):
+                on_conflict = OnConflict.REJECT
         outcome = await self.store.insert(job, uniqueness=kind.uniqueness, on_conflict=on_conflict)
         stored = outcome.job
         if not outcome.created:
+            if self.hooks.visibility and not self.hooks.visible(stored):
+                # Taken by a job the caller cannot see: a conflict that shows nothing of it.
+                if stored.id == job.id:
+                    raise RequestIdConflict(f"requestId {job.id!r} is taken")
+                raise KeyConflict(f"key {job.key!r} of {kind.name} is held", jobId=stored.id)
             if stored.kind != kind.name:
                 raise RequestIdConflict(
                     f"requestId {job.id!r} names a job of kind {stored.kind}", jobId=stored.id
@@ -287,6 +307,7 @@ class JobService:
         incoming_at: datetime | None = None,
         trigger: Trigger = API_TRIGGER,
         parent_id: str | None = None,
+        owner: str | None = None,
     ) -> list[ItemOutcome]:
         """Enqueue every request at once, one outcome each, in order (API.md section 10).
 
@@ -323,6 +344,7 @@ class JobService:
                     trigger=trigger,
                     parent_id=parent_id,
                     check_depth=False,
+                    owner=owner,
                 )
                 outcomes[index] = ItemOutcome("created" if created else "existing", job)
             except ServiceError as exc:
@@ -344,7 +366,10 @@ class JobService:
         """The key's rule, holder and most recent jobs (API.md section 6)."""
         kind = self.registry.get(kind_name)
         holder = await self.store.key_holder(kind.name, key)
-        page = await self.store.list_jobs(JobQuery(kind=kind.name, key=key, limit=20))
+        if holder is not None and not self.hooks.visible(holder):
+            holder = None  # another owner's (API.md section 15)
+        query = self.hooks.narrow(JobQuery(kind=kind.name, key=key, limit=20))
+        page = await self.store.list_jobs(query)
         expose = self.expose_tech_info
         return {
             "kind": kind.name,
@@ -355,9 +380,14 @@ class JobService:
         }
 
     async def get(self, job_id: str, kind: str | None = None) -> Job:
-        """The job; `JobNotFound` when unknown, purged, or of another kind than `kind`."""
+        """The job; `JobNotFound` when unknown, purged, of another kind than `kind`, or
+        hidden from the current caller by a visibility hook (another owner's)."""
         job = await self.store.get(job_id)
-        if job is None or (kind is not None and job.kind != kind):
+        if (
+            job is None
+            or (kind is not None and job.kind != kind)
+            or (self.hooks.visibility and not self.hooks.visible(job))
+        ):
             raise JobNotFound(f"no job {job_id}" + (f" of kind {kind}" if kind else ""))
         return job
 
@@ -415,8 +445,8 @@ class JobService:
         return job, data
 
     async def list_jobs(self, query: JobQuery) -> Page:
-        """A page of jobs, newest first."""
-        return await self.store.list_jobs(query)
+        """A page of jobs, newest first (only those the current caller may see)."""
+        return await self.store.list_jobs(self.hooks.narrow(query))
 
     async def release(self, kind_name: str, key: str) -> bool:
         """Free a `once` key of `kind_name`."""
@@ -531,6 +561,7 @@ class JobService:
             parent_id=job.id,
             check_depth=False,
             publish=False,
+            owner=job.owner,
         )
         attempt = event.attempt
         try:

@@ -13,6 +13,7 @@ import random
 import traceback
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import anyio
@@ -431,7 +432,8 @@ class WorkerPool:
             headers=job.headers,
             report=report,
             key=job.key,
-            starter=service.enqueue_many,
+            # The jobs it starts (a selection's items) are its owner's too.
+            starter=partial(service.enqueue_many, owner=job.owner),
             steps=job.step_results,
             step_store=store_step,
         )

@@ -106,9 +106,16 @@ def _doc(raw: bytes) -> Doc:
 
 
 def _exp_entry(job: Job) -> bytes:
-    """The `exp` member of a finished record: [id, index member, kind, key, parent]."""
+    """The `exp` member of a finished record: [id, index member, kind, key, parent, owner]."""
     return msgspec.json.encode(
-        [job.id, index_member(job.created_at, job.id), job.kind, job.key, job.parent_id]
+        [
+            job.id,
+            index_member(job.created_at, job.id),
+            job.kind,
+            job.key,
+            job.parent_id,
+            job.owner,
+        ]
     )
 
 
@@ -203,6 +210,8 @@ class RedisStateStore(StateStore):
             return f"{self.prefix}idx:parent:{query.parent}"
         if query.key is not None:
             return f"{self.prefix}idx:key:{query.key}"
+        if query.owner is not None:
+            return f"{self.prefix}idx:owner:{query.owner}"
         if query.kind is not None:
             return f"{self.prefix}idx:kind:{query.kind}"
         return f"{self.prefix}idx"
@@ -297,6 +306,7 @@ class RedisStateStore(StateStore):
             f"{prefix}idx:parent:{job.parent_id}" if job.parent_id is not None else "",
             self._hold_key(job.kind, cast("str", job.key)) if ruled else "",
             "",
+            f"{prefix}idx:owner:{job.owner}" if job.owner is not None else "",
         ]
         token = self._token()
         keep_until = job.deadline + timedelta(seconds=max(job.retention, _UNFINISHED_MARGIN))
@@ -401,6 +411,7 @@ class RedisStateStore(StateStore):
             f"{prefix}idx:key:{job.key}" if job.key is not None else "",
             f"{prefix}idx:parent:{job.parent_id}" if job.parent_id is not None else "",
             self._hold_key(job.kind, job.key) if job.key is not None else "",
+            f"{prefix}idx:owner:{job.owner}" if job.owner is not None else "",
         ]
         args: list[Arg] = [current[1], index_member(job.created_at, job.id), job.id]
         forgotten = await self._eval(self._forget, keys, args)
@@ -755,7 +766,7 @@ class RedisStateStore(StateStore):
             )
             if not entries:
                 return 0
-            # [id, member, kind, key, parent]; entries written before `parent` have four.
+            # [id, member, kind, key, parent, owner]; older entries lack the last fields.
             decoded = [msgspec.json.decode(entry, type=list[str | None]) for entry in entries]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for fields in decoded:
@@ -766,6 +777,7 @@ class RedisStateStore(StateStore):
                 for entry, fields, stored in zip(entries, decoded, members, strict=True):
                     member, kind, key = fields[1:4]
                     parent = fields[4] if len(fields) > 4 else None
+                    owner = fields[5] if len(fields) > 5 else None
                     if member is None or (stored is not None and stored.decode() == member):
                         continue  # Redis has not dropped it yet
                     purged += 1
@@ -775,6 +787,8 @@ class RedisStateStore(StateStore):
                         pipe.zrem(f"{self.prefix}idx:key:{key}", member)
                     if parent is not None:
                         pipe.zrem(f"{self.prefix}idx:parent:{parent}", member)
+                    if owner is not None:
+                        pipe.zrem(f"{self.prefix}idx:owner:{owner}", member)
                     pipe.zrem(exp, entry)
                 if purged:
                     await pipe.execute()

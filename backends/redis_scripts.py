@@ -9,8 +9,9 @@ Keys, all under the prefix P:
     P idx:kind:<kind>      zset    the same members, one kind
     P idx:key:<key>        zset    the same members, one business key
     P idx:parent:<id>      zset    the same members, the jobs one job started
+    P idx:owner:<name>     zset    the same members, the jobs one token enqueued
     P due                  zset    ids of unfinished jobs, scored by deadline
-    P exp                  zset    [id, member, kind, key, parent] of finished jobs,
+    P exp                  zset    [id, member, kind, key, parent, owner] of finished jobs,
                                    scored by purge time
     P hold:<kind>:<key>    string  "<rule>|<id>" while a job holds the key (rule
                                    `active` or `once`), "done|<id>" for a succeeded
@@ -58,7 +59,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 # KEYS: 1 job, 2 idx, 3 idx:kind, 4 due, 5 exp, 6 idx:key, 7 idx:parent, 8 hold,
-#       9 the holder's job (6..9 are "" when not used)
+#       9 the holder's job, 10 idx:owner (6..10 are "" when not used)
 # ARGV: 1 record, 2 token, 3 member, 4 id, 5 deadline score, 6 expire ms, 7 hold value,
 #       8 change, 9 channel, 10 expected hold value ("?": take the key only if free,
 #       "": it is free, else the value read), 11 the holder's expected write token,
@@ -106,6 +107,7 @@ redis.call('ZADD', KEYS[2], 0, ARGV[3])
 redis.call('ZADD', KEYS[3], 0, ARGV[3])
 if KEYS[6] ~= '' then redis.call('ZADD', KEYS[6], 0, ARGV[3]) end
 if KEYS[7] ~= '' then redis.call('ZADD', KEYS[7], 0, ARGV[3]) end
+if KEYS[10] ~= '' then redis.call('ZADD', KEYS[10], 0, ARGV[3]) end
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
 redis.call('PUBLISH', ARGV[9], ARGV[8])
 return {2}
@@ -172,7 +174,8 @@ redis.call('PUBLISH', ARGV[5], ARGV[4])
 return {3}
 """
 
-# KEYS: job, idx, idx:kind, due, idx:key or '', idx:parent or '', hold or ''
+# KEYS: job, idx, idx:kind, due, idx:key or '', idx:parent or '', hold or '',
+#       idx:owner or ''
 # ARGV: expected token, member, id
 # Deletes a record nobody wrote since (the token), its index entries and its hold.
 FORGET = """
@@ -183,6 +186,7 @@ redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[3])
 if KEYS[5] ~= '' then redis.call('ZREM', KEYS[5], ARGV[2]) end
 if KEYS[6] ~= '' then redis.call('ZREM', KEYS[6], ARGV[2]) end
+if KEYS[8] ~= '' then redis.call('ZREM', KEYS[8], ARGV[2]) end
 if KEYS[7] ~= '' then
   local held = redis.call('GET', KEYS[7])
   if held and string.sub(held, string.find(held, '|', 1, true) + 1) == ARGV[3] then
