@@ -183,17 +183,21 @@ def _loopback(host: str) -> bool:
         return False
 
 
+@registry.check
+def warn_when_open(settings: Settings, _registry: Any) -> None:
+    """Start-up warns loudly when auth is off on a node that listens beyond loopback."""
+    if not settings.tokens and not _loopback(settings.host):
+        log.warning(
+            "AUTH IS OFF: no [[tokens]] are configured and host %s is not a loopback "
+            "address; anyone who reaches this port may start, read and stop every job",
+            settings.host,
+        )
+
+
 @registry.middleware
 def bearer_auth(app: Any, settings: Settings) -> Any:
-    """The auth middleware when tokens are configured; else `app`, with a warning when
-    the node listens beyond loopback."""
+    """The auth middleware when tokens are configured; else `app` itself (auth off)."""
     if not settings.tokens:
-        if not _loopback(settings.host):
-            log.warning(
-                "AUTH IS OFF: no [[tokens]] are configured and host %s is not a loopback "
-                "address; anyone who reaches this port may start, read and stop every job",
-                settings.host,
-            )
         return app
     return BearerAuth(app, TokenBook(settings.tokens))
 
