@@ -465,10 +465,37 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--parent", help="only the jobs this selection job started")
     listing.set_defaults(func=jobs_command)
 
+    make = commands.add_parser("token", help="make a new API token and its [[tokens]] entry")
+    make.add_argument("name", help="the token's name: the owner of the jobs it starts")
+    make.add_argument(
+        "--scopes",
+        default="submit,read,stop",
+        help="comma-separated, from submit, read, stop, admin (default submit,read,stop)",
+    )
+    make.set_defaults(func=token_command)
+
     from .cli_starting import add_commands
 
     add_commands(commands, common)
     return parser
+
+
+def token_command(args: argparse.Namespace) -> int:
+    """Print a new random token and the `[[tokens]]` table that admits it (its hash only)."""
+    from .plugins.auth import new_token
+
+    token, digest = new_token()
+    scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]
+    # The same checks as at start-up: a bad name or scope is refused here already.
+    load_settings(environ={}, tokens=[{"name": args.name, "hash": digest, "scopes": scopes}])
+    entry = msgspec.json.encode
+    print(f"token: {token}")
+    print("# Give the token to its user; it is shown once and stored nowhere. Add to the config:")
+    print("[[tokens]]")
+    print(f"name = {entry(args.name).decode()}")
+    print(f'hash = "{digest}"')
+    print(f"scopes = [{', '.join(entry(scope).decode() for scope in scopes)}]")
+    return EXIT_OK
 
 
 def _server_options(parser: argparse.ArgumentParser, default: Any) -> None:
