@@ -482,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def token_command(args: argparse.Namespace) -> int:
     """Print a new random token and the `[[tokens]]` table that admits it (its hash only)."""
-    from .plugins.auth import new_token
+    from .tokens import new_token
 
     token, digest = new_token()
     scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]

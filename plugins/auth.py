@@ -21,23 +21,21 @@ and start-up warns when `host` is not a loopback address.
 from __future__ import annotations
 
 import contextvars
-import hashlib
-import hmac
 import ipaddress
 import logging
-import secrets
 from typing import Any
 
 import msgspec
 
-from asyncproc.config import Settings, TokenSettings
+from asyncproc.config import Settings
 from asyncproc.errors import Forbidden, ServiceError, Unauthorized
 from asyncproc.hooks import Draft
 from asyncproc.interfaces import JobQuery
 from asyncproc.model import Job, TriggerType
 from asyncproc.registry import Registry
+from asyncproc.tokens import Principal, TokenBook, hash_token, new_token
 
-from .scopes import ADMIN, required_scope
+from .scopes import required_scope
 
 __all__ = ["Principal", "TokenBook", "caller", "hash_token", "new_token", "registry"]
 
@@ -54,61 +52,12 @@ caller: contextvars.ContextVar[Principal | None] = contextvars.ContextVar(
 _OWNED_TRIGGERS = frozenset({TriggerType.API, TriggerType.BATCH, TriggerType.EVENT})
 
 
-class Principal:
-    """A known token: its name (the owner of the jobs it starts) and its scopes."""
-
-    __slots__ = ("admin", "name", "scopes")
-
-    def __init__(self, name: str, scopes: frozenset[str]) -> None:
-        self.name = name
-        self.scopes = scopes
-        self.admin = ADMIN in scopes
-
-    def allows(self, scope: str) -> bool:
-        """Whether this token may make a call that needs `scope` (`admin` may all)."""
-        return self.admin or scope in self.scopes
-
-
-def hash_token(token: str) -> str:
-    """The `hash` of a token as `[[tokens]]` holds it: `sha256:<hex>`."""
-    return "sha256:" + hashlib.sha256(token.encode()).hexdigest()
-
-
-def new_token() -> tuple[str, str]:
-    """A new random token (256 bits, URL-safe) and its `hash`."""
-    token = secrets.token_urlsafe(32)
-    return token, hash_token(token)
-
-
-class TokenBook:
-    """The configured tokens, looked up in constant time: the presented token's SHA-256
-    is compared with every configured digest by `hmac.compare_digest`, all of them, so
-    neither the comparison nor which token matched shows in the time taken."""
-
-    def __init__(self, tokens: tuple[TokenSettings, ...]) -> None:
-        self._entries = [
-            (
-                bytes.fromhex(token.hash.removeprefix("sha256:")),
-                Principal(token.name, frozenset(token.scopes)),
-            )
-            for token in tokens
-        ]
-
-    def find(self, token: str) -> Principal | None:
-        """The principal of `token`, or None when no configured hash is its SHA-256."""
-        digest = hashlib.sha256(token.encode()).digest()
-        found: Principal | None = None
-        for configured, principal in self._entries:
-            if hmac.compare_digest(digest, configured):
-                found = principal
-        return found
-
-
 def _bearer(scope: dict[str, Any]) -> str | None:
     """The bearer token of the request's `Authorization` header, if any."""
     for name, value in scope["headers"]:
         if name == b"authorization":
-            scheme, _, token = value.decode("latin-1").strip().partition(" ")
+            header: str = value.decode("latin-1")
+            scheme, _, token = header.strip().partition(" ")
             if scheme.lower() == "bearer" and token.strip():
                 return token.strip()
             return None
@@ -164,8 +113,8 @@ class BearerAuth:
             return
         if not principal.allows(needed):
             error = Forbidden(f"token {principal.name!r} lacks the scope {needed!r}", scope=needed)
-            challenge = f'Bearer realm="asyncproc", error="insufficient_scope", scope="{needed}"'
-            await _refuse(send, error, [(b"www-authenticate", challenge.encode())])
+            insufficient = f'Bearer realm="asyncproc", error="insufficient_scope", scope="{needed}"'
+            await _refuse(send, error, [(b"www-authenticate", insufficient.encode())])
             return
         reset = caller.set(principal)
         try:

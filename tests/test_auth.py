@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from asyncproc import tokens
 from asyncproc.config import load_settings
 from asyncproc.errors import ConfigError
 from asyncproc.plugins import auth
@@ -316,7 +317,7 @@ async def test_tokens_are_compared_in_constant_time(monkeypatch: pytest.MonkeyPa
         compared.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    monkeypatch.setattr(tokens.hmac, "compare_digest", spy)
     async with served() as callers:
         assert (await callers["bob"].get("/api/kinds")).status_code == 200
     presented = hashlib.sha256(SECRETS["bob"].encode()).digest()
