@@ -449,8 +449,12 @@ class JobService:
         return await self.store.list_jobs(self.hooks.narrow(query))
 
     async def release(self, kind_name: str, key: str) -> bool:
-        """Free a `once` key of `kind_name`."""
+        """Free a `once` key of `kind_name` (not one whose holder the caller cannot see)."""
         self.registry.get(kind_name)
+        if self.hooks.visibility:
+            holder = await self.store.key_holder(kind_name, key)
+            if holder is not None and not self.hooks.visible(holder):
+                return False
         return await self.store.release_key(kind_name, key)
 
     # -- housekeeping ---------------------------------------------------------

@@ -202,9 +202,18 @@ async def test_another_owners_job_is_not_there() -> None:
         assert [j["id"] for j in (await alice.get("/api/keys/demo.count/k")).json()["jobs"]] == [
             job["id"]
         ]
+        # A `once` key another owner's job holds is not bob's to release.
+        once = await enqueue(alice, "demo.once", {"content": {"seconds": 0}, "key": "o"})
+        await wait_until(lambda: state_of(alice, once["id"]), lambda s: s == "succeeded")
+        release = await bob.post("/api/demo.once/release", json={"key": "o"})
+        assert release.json() == {"kind": "demo.once", "key": "o", "released": False}
+        again = await enqueue(alice, "demo.once", {"content": {"seconds": 0}, "key": "o"}, 409)
+        assert again["error"]["code"] == "key_conflict"
+        release = await alice.post("/api/demo.once/release", json={"key": "o"})
+        assert release.json()["released"] is True
         # Admin sees every owner's jobs.
         every = (await ops.get("/api/jobs")).json()["items"]
-        assert {item["id"] for item in every} == {job["id"], done["id"], mine["id"]}
+        assert {item["id"] for item in every} == {job["id"], done["id"], mine["id"], once["id"]}
         assert (await ops.get(f"/api/jobs/{job['id']}/result")).status_code == 409
         # Bob's stop attempts changed nothing; alice can stop her own job.
         assert await state_of(alice, job["id"]) == "running"
