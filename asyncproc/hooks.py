@@ -2,7 +2,8 @@
 
 A plugin's `Registry` carries a `Hooks`: checks (validate the settings against
 the registered kinds when the app is built, so a bad config stops start-up with
-one line), lifespans (background work while the node runs), routes (endpoints of its own), before-enqueue hooks (validate,
+one line; a check may also add hooks that only some settings need to the app's
+registry, so that an app without them pays nothing), lifespans (background work while the node runs), routes (endpoints of its own), before-enqueue hooks (validate,
 refuse, rewrite a job about to be stored), after-change hooks (see every
 stored change with the record before and after it), middleware (ASGI wrappers
 around the whole app, each made from the settings when the app is built) and

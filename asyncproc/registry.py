@@ -297,7 +297,8 @@ class Registry:
 
     def check(self, hook: SettingsCheck) -> SettingsCheck:
         """Register `hook(settings, registry)`, run when the app is built; its
-        `ConfigError` stops start-up naming the bad key."""
+        `ConfigError` stops start-up naming the bad key. `registry` is the app's: the hook
+        may add hooks to it that only these settings need."""
         self.hooks.checks.append(hook)
         return hook
 

@@ -133,9 +133,17 @@ def _loopback(host: str) -> bool:
 
 
 @registry.check
-def warn_when_open(settings: Settings, _registry: Any) -> None:
-    """Start-up warns loudly when auth is off on a node that listens beyond loopback."""
-    if not settings.tokens and not _loopback(settings.host):
+def set_up(settings: Settings, app_registry: Registry) -> None:
+    """With tokens, add the owner, visibility and list hooks to the app's registry (with
+    none they would have nothing to do: an app without auth pays nothing for them).
+    Without, warn loudly when the node listens beyond loopback."""
+    if settings.tokens:
+        hooks = app_registry.hooks
+        if own not in hooks.before_enqueue:
+            hooks.before_enqueue.append(own)
+            hooks.visibility.append(sees)
+            hooks.list_filters.append(own_jobs)
+    elif not _loopback(settings.host):
         log.warning(
             "AUTH IS OFF: no [[tokens]] are configured and host %s is not a loopback "
             "address; anyone who reaches this port may start, read and stop every job",
@@ -151,7 +159,6 @@ def bearer_auth(app: Any, settings: Settings) -> Any:
     return BearerAuth(app, TokenBook(settings.tokens))
 
 
-@registry.before_enqueue
 async def own(draft: Draft) -> None:
     """A job started by a call is owned by the caller's token."""
     principal = caller.get()
@@ -160,14 +167,12 @@ async def own(draft: Draft) -> None:
         draft.job = msgspec.structs.replace(job, owner=principal.name)
 
 
-@registry.visibility
 def sees(job: Job) -> bool:
     """Whether the caller may see `job`: its own, or any with `admin`."""
     principal = caller.get()
     return principal is None or principal.admin or job.owner == principal.name
 
 
-@registry.list_filter
 def own_jobs(query: JobQuery) -> JobQuery:
     """A caller without `admin` lists only its own jobs."""
     principal = caller.get()

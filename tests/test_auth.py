@@ -344,6 +344,11 @@ async def test_without_tokens_auth_is_off_and_a_public_host_is_warned_about(
         assert not caplog.records
         demo_app(host="0.0.0.0")
     assert "AUTH IS OFF" in caplog.text
+    # Nothing of auth runs when it is off (no cost on the job path).
+    hooks = demo_app().state.service.hooks
+    assert (hooks.visibility, hooks.list_filters) == ([], [])
+    assert auth.own not in hooks.before_enqueue
+    assert auth.own in demo_app(tokens=TOKENS).state.service.hooks.before_enqueue
     async with api_client(demo_app()) as client:
         job = await enqueue(client, "demo.count", {"content": {"n": 0}})
         assert job["owner"] is None
