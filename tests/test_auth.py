@@ -8,8 +8,11 @@ import hashlib
 import hmac
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +23,7 @@ from asyncproc.config import load_settings
 from asyncproc.errors import ConfigError
 from asyncproc.plugins import auth
 from asyncproc.plugins.scopes import required_scope
-from tests.support import api_client, demo_app, wait_until
+from tests.support import ROOT, api_client, demo_app, wait_until
 
 pytestmark = pytest.mark.anyio
 
@@ -370,6 +373,21 @@ def test_bad_tokens_name_the_problem(token: dict[str, Any], key: str) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(environ={}, tokens=[token])
     assert caught.value.key == key
+
+
+def test_a_bad_token_entry_stops_start_up_with_one_line_and_exit_2(tmp_path: Path) -> None:
+    config = tmp_path / "asyncproc.toml"
+    config.write_text(
+        '[[tokens]]\nname = "alice"\nhash = "sha256:beef"\nscopes = ["read"]\n', encoding="utf-8"
+    )
+    env = {"ASYNCPROC_CONFIG": str(config), "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(
+        [sys.executable, "app.py"], env=env, capture_output=True, text=True, timeout=60, cwd=ROOT
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "tokens[0].hash" in lines[0]
 
 
 def test_tokens_declared_twice_are_refused() -> None:
