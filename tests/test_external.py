@@ -58,7 +58,8 @@ async def test_a_processor_takes_reports_and_finishes_a_job() -> None:
         assert item["job"]["state"] == "running"
         assert item["job"]["attempt"] == 1
         assert item["content"] == {"rows": 3}
-        assert item["token"] and item["leaseUntil"]
+        assert item["token"]
+        assert item["leaseUntil"]
         token = item["token"]
 
         answer = await post(
