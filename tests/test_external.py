@@ -313,7 +313,10 @@ async def test_the_python_processor_runs_jobs_with_progress_results_errors_and_s
             await anyio.sleep(60)
         return {"mode": mode}
 
-    async with live_server(external_app(lease=0.6)) as url, httpx.AsyncClient(base_url=url) as client:
+    async with (
+        live_server(external_app(lease=0.6)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
         processor = Processor(url, [KIND], work, concurrency=3, wait=0.5)
         async with anyio.create_task_group() as tasks:
             tasks.start_soon(processor.run)
