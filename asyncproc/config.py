@@ -132,6 +132,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_deliveries: int = 5
     scheduler: bool = True
     lease: float = 10.0
+    # Memory mode: finished jobs kept at most (0: no cap); the oldest finished go first.
+    max_finished: int = 50_000
     # Kinds run by processors outside (API.md section 14): no Python handler.
     external_kinds: tuple[str, ...] = ()
     # TOML tables only.
@@ -277,6 +279,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("routings", "name at least one routing")
     if settings.max_body < 1:
         raise ConfigError("max_body", "must be at least 1 byte")
+    if settings.max_finished < 0:
+        raise ConfigError("max_finished", "must be 0 (no cap) or more")
     if settings.processing_timeout <= 0:
         raise ConfigError("processing_timeout", "must be more than 0")
     if settings.lease < 0.5:

@@ -56,7 +56,11 @@ def _backend_class(table: dict[str, tuple[str, str, str | None]], key: str, valu
 def open_store(settings: Settings) -> StateStore:
     """The StateStore named by `settings.state` (not yet started)."""
     cls = _backend_class(STORES, "state", settings.state)
-    store: StateStore = cls() if settings.state == "memory" else cls.from_settings(settings)
+    store: StateStore = (
+        cls(max_finished=settings.max_finished)
+        if settings.state == "memory"
+        else cls.from_settings(settings)
+    )
     return store
 
 
