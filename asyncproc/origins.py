@@ -93,7 +93,10 @@ class Origins:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        origin = host = fetch_site = preflight = None
+        origin: str | None = None
+        host: str | None = None
+        fetch_site: bytes | None = None
+        preflight: bytes | None = None
         for name, value in scope["headers"]:
             if name == b"origin":
                 origin = value.decode("latin-1")

@@ -98,7 +98,7 @@ def safe_headers(raw: Any, cacheable: bool) -> list[tuple[bytes, bytes]]:
     """`raw` (ASGI response headers) with the safety headers added where missing."""
     headers = list(raw)
     content_type: bytes | None = None
-    has = set()
+    has: set[bytes] = set()
     for name, value in headers:
         lower = name.lower()
         has.add(lower)

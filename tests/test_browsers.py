@@ -41,6 +41,20 @@ async def broken_route(request: Request) -> Response:
     raise RuntimeError("a bug")
 
 
+@broken.route("/api/report.html", methods=["GET"])
+async def plugin_html(request: Request) -> Response:
+    """A plugin route answering HTML of its own making, with no policy of its own."""
+    return Response(HTML, media_type="text/html")
+
+
+@broken.route("/plugin-page", methods=["GET"])
+async def plugin_page(request: Request) -> Response:
+    """A plugin page that names its own policy."""
+    return Response(
+        HTML, headers={"Content-Security-Policy": "default-src 'self'"}, media_type="text/html"
+    )
+
+
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
     async with api_client(demo_app(broken, cors_origins=f"{FRIEND}, http://localhost:3000")) as c:
@@ -163,6 +177,17 @@ async def test_a_passive_result_is_shown_inline_unless_downloaded(
     assert download.headers["content-disposition"] == f'attachment; filename="{job_id}.csv"'
 
 
+async def test_html_from_any_route_is_an_attachment_unless_it_names_its_policy(
+    client: httpx.AsyncClient,
+) -> None:
+    plugin = await client.get("/api/report.html")
+    assert plugin.headers["content-disposition"] == "attachment"
+    assert "sandbox" in plugin.headers["content-security-policy"]
+    page = await client.get("/plugin-page")
+    assert "content-disposition" not in page.headers
+    assert page.headers["content-security-policy"] == "default-src 'self'"
+
+
 @pytest.mark.parametrize(
     "mime",
     [
@@ -281,6 +306,25 @@ async def test_a_foreign_page_cannot_stop_a_job(client: httpx.AsyncClient) -> No
     )
     assert stopped.status_code == 202, stopped.text
     assert (await job_finished(client, job_id))["state"] == "stopped"
+
+
+async def test_a_foreign_page_cannot_change_schedules(client: httpx.AsyncClient) -> None:
+    schedule = {"kind": "demo.count", "content": {"n": 0}, "every": 3600, "paused": True}
+    assert (await client.put("/api/schedules/s", json=schedule)).status_code == 201
+    foreign = {"origin": FOREIGN}
+    calls = [
+        await client.put("/api/schedules/t", json=schedule, headers=foreign),
+        await client.post("/api/schedules/s/trigger", headers=foreign),
+        await client.post("/api/schedules/s/resume", headers=foreign),
+        await client.delete("/api/schedules/s", headers=foreign),
+        await client.patch("/api/schedules/s", json={}, headers=foreign),
+    ]
+    for response in calls:
+        assert_error(response, 403, "cross_origin")
+    names = [s["name"] for s in (await client.get("/api/schedules")).json()["items"]]
+    assert names == ["s"]
+    assert (await client.get("/api/schedules/s")).json()["paused"] is True
+    assert await jobs(client) == []
 
 
 async def test_a_cross_site_text_plain_enqueue_queues_nothing(client: httpx.AsyncClient) -> None:
