@@ -135,6 +135,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_deliveries: int = 5
     scheduler: bool = True
     lease: float = 10.0
+    # Kinds run by processors outside (API.md section 14): no Python handler.
+    external_kinds: tuple[str, ...] = ()
     # TOML tables only.
     kinds: dict[str, KindSettings] = {}
     schedules: tuple[ScheduleSettings, ...] = ()
@@ -166,7 +168,7 @@ def parse_duration(value: object) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-LIST_KEYS = frozenset({"routings", "plugins", "hidden_headers", "cors_origins"})
+LIST_KEYS = frozenset({"routings", "plugins", "hidden_headers", "external_kinds", "cors_origins"})
 
 
 def load_settings(
