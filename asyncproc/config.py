@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from .errors import ConfigError
+from .origins import normalize_origin
 
 __all__ = [
     "KindSettings",
@@ -121,6 +122,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Request headers never kept for a handler, besides Authorization, Cookie and
     # Proxy-Authorization (lower case).
     hidden_headers: tuple[str, ...] = ("x-api-key", "x-auth-token", "x-amz-security-token")
+    # Origins whose pages may call the API from a browser (`scheme://host[:port]`).
+    cors_origins: tuple[str, ...] = ()
     callback_exchange: str = ""
     plugins: tuple[str, ...] = ("asyncproc.plugins.demo",)
     # Beyond API.md: how long shutdown waits for running jobs before cancelling them,
@@ -167,7 +170,7 @@ def parse_duration(value: object) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-LIST_KEYS = frozenset({"routings", "plugins", "hidden_headers", "external_kinds"})
+LIST_KEYS = frozenset({"routings", "plugins", "hidden_headers", "external_kinds", "cors_origins"})
 
 
 def load_settings(
@@ -287,6 +290,13 @@ def _check(settings: Settings) -> None:
         raise ConfigError("lease", "must be at least 500ms")
     if settings.max_deliveries < 1:
         raise ConfigError("max_deliveries", "must be at least 1")
+    for origin in settings.cors_origins:
+        if origin.strip() == "*":
+            raise ConfigError("cors_origins", "'*' is not allowed: list the origins one by one")
+        try:
+            normalize_origin(origin)
+        except ValueError as exc:
+            raise ConfigError("cors_origins", str(exc)) from None
     for kind, options in settings.kinds.items():
         _check_kind(kind, options)
     names: set[str] = set()
