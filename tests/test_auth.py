@@ -114,7 +114,7 @@ ROUTES: list[tuple[str, str, Any]] = [
     ("GET", "/api/triggers", None),
     ("POST", "/api/events/count", {"n": 1}),
     ("GET", "/api/dead-letters", None),
-    ("GET", "/api/workers/whatever", None),
+    ("POST", "/api/workers/take", {"kinds": ["demo.count"], "worker": "w"}),
     ("GET", "/api/no-such-route/at/all", None),
     ("GET", "/metrics", None),
 ]
