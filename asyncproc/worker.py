@@ -432,7 +432,9 @@ class WorkerPool:
             report=report,
             key=job.key,
             # The jobs it starts (a selection's items) are its owner's too.
-            starter=partial(service.enqueue_many, owner=job.owner),
+            starter=service.enqueue_many
+            if job.owner is None
+            else partial(service.enqueue_many, owner=job.owner),
             steps=job.step_results,
             step_store=store_step,
         )
