@@ -30,6 +30,7 @@ from rich.table import Table
 
 from .config import Settings, client_defaults, load_settings
 from .errors import ApiError, AsyncProcError, ConfigError
+from .messages import invalid_json
 from .model import JobState, JobStatus
 
 __all__ = [
@@ -224,7 +225,8 @@ def _client(args: argparse.Namespace) -> Any:
     return Client(args.url or url, args.token or token)
 
 
-def _content(spec: str) -> Any:
+def _content(spec: str, option: str = "--content") -> Any:
+    """The JSON value of an option: inline, or `@FILE` (`@-` for stdin)."""
     if spec.startswith("@"):
         name = spec[1:]
         try:
@@ -236,7 +238,7 @@ def _content(spec: str) -> Any:
     try:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
-        raise _InputError(f"--content is not valid JSON: {exc}") from None
+        raise _InputError(invalid_json(exc, raw, option)) from None
 
 
 def submit(args: argparse.Namespace) -> int:

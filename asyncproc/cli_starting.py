@@ -37,7 +37,7 @@ def batch_command(args: argparse.Namespace) -> int:
             )
             labels = keys
         else:
-            items = _content(args.items)
+            items = _content(args.items, "--items")
             if not isinstance(items, list):
                 _err("asyncproc: --items must be a JSON list of items")
                 return EXIT_USAGE
@@ -102,7 +102,7 @@ def schedule_command(args: argparse.Namespace) -> int:
 
 def event_command(args: argparse.Namespace) -> int:
     """Post an event; one line per trigger listening for it."""
-    data = _content(args.data)
+    data = _content(args.data, "--data")
     with _client(args) as client:
         items = client.post_event(args.name, data)
     if args.json:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from starlette.routing import Route
 
+from . import messages
 from .errors import ConfigError, InvalidContent, PluginError, UnknownKind
 from .hooks import AfterChange, BeforeEnqueue, Hooks, Lifespan, SettingsCheck
 from .limits import parse_rate
@@ -128,8 +129,12 @@ class JobKind:
         """The typed content; raises `InvalidInput` naming what is wrong."""
         try:
             content = self.decoder.decode(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise InvalidContent(_content_message(str(exc))) from None
+        except msgspec.ValidationError as exc:  # before DecodeError: it is a subclass
+            raise InvalidContent(
+                messages.invalid_value(exc, self.content_type, raw, "content")
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidContent(messages.invalid_json(exc, raw, "content")) from None
         if self.check is not None:
             try:
                 self.check(content)
@@ -140,11 +145,6 @@ class JobKind:
     def schema(self) -> dict[str, Any]:
         """The JSON Schema of the content."""
         return msgspec.json.schema(self.content_type)
-
-
-def _content_message(text: str) -> str:
-    # msgspec says "... - at `$.n`"; the client sent it under `content`.
-    return "content: " + text.replace("`$", "`$.content", 1)
 
 
 class Compensation(msgspec.Struct, frozen=True, rename="camel"):
@@ -344,7 +344,7 @@ class Registry:
         """The kind called `name`; raises `UnknownKind`."""
         kind = self._kinds.get(name)
         if kind is None:
-            raise UnknownKind(f"no job kind {name!r}")
+            raise UnknownKind(messages.unknown_kind(name, self._kinds))
         return kind
 
     def __iter__(self) -> Any:

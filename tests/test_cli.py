@@ -253,9 +253,12 @@ async def test_jobs_table_lists_jobs(server_url: str) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["submit", "demo.count", "--content", '{"n": -1}'], "Expected `int` >= 0"),
+        (
+            ["submit", "demo.count", "--content", '{"n": -1}'],
+            "content.n: expected an integer of 0 or more, got -1",
+        ),
         (["submit", "no.such.kind", "--content", "{}"], "no.such.kind"),
-        (["submit", "demo.count", "--content", "{not json"], "not valid JSON"),
+        (["submit", "demo.count", "--content", "{not json"], "--content must be JSON: "),
         (["submit", "demo.count", "--content", "@/nonexistent/file.json"], "cannot read"),
         (["status", "0123456789abcdef0123456789abcdef"], "0123456789abcdef0123456789abcdef"),
     ],
