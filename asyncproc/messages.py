@@ -20,11 +20,14 @@ from msgspec import inspect as mi
 
 __all__ = [
     "describe_type",
+    "explain",
     "invalid_json",
     "invalid_query",
+    "invalid_setting",
     "invalid_value",
     "state_phrase",
     "suggest",
+    "unknown_field",
     "unknown_kind",
 ]
 
@@ -67,36 +70,64 @@ def invalid_value(error: msgspec.ValidationError, type_: Any, raw: bytes, root: 
     (`content.n`). Without a root, fields go by their own names (`wait`) and the
     value itself is `body`.
     """
+    try:
+        value: Any = msgspec.json.decode(raw)
+    except (msgspec.DecodeError, RecursionError):
+        value = _NOTHING
+    path, problem = explain(error, type_, value)
+    return f"{_name(path, root)}: {problem}"
+
+
+def invalid_setting(error: msgspec.ValidationError, type_: Any, value: Any) -> tuple[str, str]:
+    """The key (`port`, `schedules[0].every`; empty for `value` itself) and the problem
+    of a `ValidationError` from converting the settings `value` to `type_`."""
+    path, problem = explain(error, type_, value, unknown="setting")
+    return (_name(path, "") if path else ""), problem
+
+
+def explain(
+    error: msgspec.ValidationError, type_: Any, value: Any, *, unknown: str = "field"
+) -> tuple[list[_Segment], str]:
+    """Where in `value` the error is (a path of names and indexes) and what is wrong
+    there, in words: `expected an integer, got "ten"`; `unknown` is what an unknown
+    name is called."""
     text = str(error)
     match = _AT.match(text)
     problem = match.group("problem") if match else text
     path = _parse_path(match.group("path") if match else None)
-    given = _given(raw, path)
     missing = _MISSING.match(problem)
     if missing:
         field = missing.group("field")
-        holder = _type_at(type_, path)
-        field_type = _field_type(holder, field)
+        field_type = _field_type(_type_at(type_, path), field)
         words = describe_type(field_type) if field_type is not None else "a value"
-        return f"{_name([*path, field], root)}: expected {words}, got nothing"
-    unknown = _UNKNOWN.match(problem)
-    if unknown:
-        fields = _field_names(_type_at(type_, path))
-        known = f" (known: {', '.join(fields)})" if fields else ""
-        return f"{_name([*path, unknown.group('field')], root)}: unknown field{known}"
-    where = _name(path, root)
+        return [*path, field], f"expected {words}, got nothing"
+    extra = _UNKNOWN.match(problem)
+    if extra:
+        field = extra.group("field")
+        known = _field_names(_type_at(type_, path))
+        return [*path, field], unknown_field(field, known, unknown)
     if not problem.startswith(_MSGSPEC_WORDING):
-        return f"{where}: {problem}"  # a type's own check said it: keep its words
+        return path, problem  # a type's own check said it: keep its words
     expected_type = _type_at(type_, path)
     if expected_type is None:
-        return f"{where}: {_tidy(problem)}"
+        return path, _tidy(problem)
     expected = describe_type(expected_type)
+    given = _given(value, path)
     if given is _NOTHING:  # a dict's value: msgspec does not say under which key
         got = _GOT.search(problem)
-        return f"{where}: expected {expected}" + (
-            f", got {_NOUNS.get(got.group('got'), got.group('got'))}" if got else ""
-        )
-    return f"{where}: expected {expected}, got {_show(given)}"
+        noun = _NOUNS.get(got.group("got"), got.group("got")) if got else None
+        return path, f"expected {expected}" + (f", got {noun}" if noun else "")
+    return path, f"expected {expected}, got {_show(given)}"
+
+
+def unknown_field(name: str, known: Iterable[str], what: str = "field") -> str:
+    """`unknown field, did you mean "delay"? (known: n, delay)`."""
+    names = list(known)
+    close = suggest(name, names)
+    message = f"unknown {what}"
+    if close is not None:
+        message += f", did you mean {_quote(close)}?"
+    return message + (f" (known: {', '.join(names)})" if names else "")
 
 
 def invalid_query(name: str, raw: str, type_: Any) -> str:
@@ -286,12 +317,8 @@ class _Nothing:
 _NOTHING: Any = _Nothing()
 
 
-def _given(raw: bytes, path: list[_Segment]) -> Any:
-    """The value at `path` in the JSON `raw`, or `_NOTHING`."""
-    try:
-        value: Any = msgspec.json.decode(raw)
-    except (msgspec.DecodeError, RecursionError):
-        return _NOTHING
+def _given(value: Any, path: list[_Segment]) -> Any:
+    """The value at `path` in `value`, or `_NOTHING`."""
     for segment in path:
         found = (isinstance(segment, str) and isinstance(value, dict) and segment in value) or (
             isinstance(segment, int) and isinstance(value, list) and segment < len(value)

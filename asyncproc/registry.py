@@ -406,7 +406,7 @@ def apply_kind_settings(registry: Registry, settings: Settings) -> None:
     is a `ConfigError`."""
     for name, options in settings.kinds.items():
         if name not in registry:
-            raise ConfigError(f"kinds.{name}", "no such kind is registered")
+            raise ConfigError(f"kinds.{name}", messages.unknown_kind(name, registry._kinds))
         kind = registry.get(name)
         if options.processing_timeout is not None:
             kind.processing_timeout = options.processing_timeout
