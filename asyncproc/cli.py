@@ -76,11 +76,19 @@ def serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .server import create_app
-    from .serving import CONNECTIONS_GRACE, DrainingServer
+    from .serving import (
+        CONNECTIONS_GRACE,
+        DrainingServer,
+        current_directory_on_path,
+        listening_socket,
+    )
 
+    current_directory_on_path()
     settings = _settings(args)
     app = create_app(settings)
-    print(f"asyncproc {settings.role} node on http://{settings.host}:{settings.port}/", flush=True)
+    # Bound before serving: a port in use is one line naming the setting, not a URL
+    # that looks served followed by uvicorn's error.
+    sock = listening_socket(settings.host, settings.port)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -90,11 +98,14 @@ def serve(args: argparse.Namespace) -> int:
         # The jobs' grace is spent before uvicorn's shutdown begins (DrainingServer).
         timeout_graceful_shutdown=CONNECTIONS_GRACE,
     )
-    server = DrainingServer(config, app.state.drain)
+    announce = f"asyncproc {settings.role} node on http://{settings.host}:{settings.port}/"
+    server = DrainingServer(config, app.state.drain, announce)
     try:
-        server.run()
+        server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it held back once drained
         pass
+    finally:
+        sock.close()
     if not server.started:
         return 3  # uvicorn's start-up failure status (its lifespan refused to start)
     return 0

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import difflib
 import enum
+import os
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -25,6 +27,7 @@ __all__ = [
     "invalid_query",
     "invalid_setting",
     "invalid_value",
+    "plugin_not_found",
     "state_phrase",
     "suggest",
     "unknown_field",
@@ -166,6 +169,17 @@ def unknown_kind(name: str, known: Iterable[str]) -> str:
     if len(kinds) > _KNOWN_LIMIT:
         listed += f" and {len(kinds) - _KNOWN_LIMIT} more (GET /api/kinds)"
     return f"{message}; known kinds: {listed}"
+
+
+def plugin_not_found(module: str, named_by: str) -> str:
+    """Where a plugin module was looked for, and what named it."""
+    here = os.getcwd()
+    on_path = any(os.path.abspath(entry or ".") == here for entry in sys.path)
+    where = f"the current directory {here} {'included' if on_path else 'not on it'}"
+    return (
+        f"plugin module {_quote(module)} not found on the Python path ({where}); "
+        f"it is named by {named_by}"
+    )
 
 
 def suggest(word: str, candidates: Iterable[str]) -> str | None:

@@ -375,6 +375,9 @@ BUILTIN_PLUGINS = (
 )
 
 
+SETTING_NAMES_PLUGINS = "the plugins setting (ASYNCPROC_PLUGINS, or plugins in the config file)"
+
+
 def load_plugins(
     modules: Iterable[str],
     *,
@@ -389,9 +392,16 @@ def load_plugins(
     for ep in entry_points(group=entry_point_group):
         if ep.value not in names:
             names.append(ep.value)
+    named = set(modules)
     for name in names:
         try:
             module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+                raise PluginError(f"plugin {name}: cannot import: {exc}") from exc
+            # The module itself is missing, not something it imports.
+            by = SETTING_NAMES_PLUGINS if name in named else f"the {entry_point_group} entry points"
+            raise PluginError(messages.plugin_not_found(name, by)) from None
         except ImportError as exc:
             raise PluginError(f"plugin {name}: cannot import: {exc}") from exc
         plugin = getattr(module, "registry", None)
