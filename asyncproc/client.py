@@ -37,8 +37,10 @@ __all__ = [
     "AsyncClient",
     "BatchItem",
     "Client",
+    "ExternalJob",
     "JobPage",
     "JobResult",
+    "Processor",
     "ProgressCallback",
 ]
 
@@ -603,3 +605,7 @@ class Client:
             if page.next is None:
                 return
             cursor = page.next
+
+
+# The processor of external kinds, offered here beside the client (it uses `api_error`).
+from .processor import ExternalJob, Processor  # noqa: E402

@@ -7,6 +7,7 @@
     ├── TransitionRefused      the lifecycle refuses an event in the job's state
     ├── ServiceError           a request the service refuses (API status codes)
     │   ├── BadRequest         400  body is not JSON, nested too deep, or misses a field
+    │   ├── CrossOriginRefused 403  a page of another origin asks for a change
     │   ├── NotFound           404  unknown kind, job or route
     │   │   ├── UnknownKind
     │   │   └── JobNotFound
@@ -14,6 +15,8 @@
     │   ├── Conflict           409
     │   │   ├── RequestIdConflict
     │   │   ├── KeyConflict
+    │   │   ├── LeaseLost      an external processor's token lost its lease or attempt
+    │   │   ├── NotStopping    `stopped` reported for a job nobody asked to stop
     │   │   └── JobStateConflict   answered with the job's status, not an error body
     │   ├── BodyTooLarge       413
     │   ├── UnsupportedMediaType  415  a JSON call's body has another Content-Type
@@ -95,6 +98,14 @@ class BadRequest(ServiceError):
     """Raised when a body is not JSON or misses a required field."""
 
 
+class CrossOriginRefused(ServiceError):
+    """Raised when a browser page of another origin (not in `cors_origins`) asks for a
+    change (any method but GET, HEAD and OPTIONS)."""
+
+    status_code = 403
+    code = "cross_origin"
+
+
 class NotFound(ServiceError):
     """Raised when a route, kind or job does not exist."""
 
@@ -138,6 +149,19 @@ class KeyConflict(Conflict):
     """Raised when a kind's uniqueness rule refuses another job for a key."""
 
     code = "key_conflict"
+
+
+class LeaseLost(Conflict):
+    """Raised when an external processor's token no longer holds its job: the lease
+    lapsed, or the job moved on (finished, stopped, taken back and started again)."""
+
+    code = "lease_lost"
+
+
+class NotStopping(Conflict):
+    """Raised when a processor confirms a stop that nobody requested."""
+
+    code = "not_stopping"
 
 
 class JobStateConflict(Conflict):
