@@ -397,7 +397,7 @@ BUILTIN_PLUGINS = (
 )
 
 
-SETTING_NAMES_PLUGINS = "the plugins setting (ASYNCPROC_PLUGINS, or plugins in the config file)"
+_PLUGINS_SETTING = "the plugins setting (ASYNCPROC_PLUGINS, or plugins in the config file)"
 
 
 def load_plugins(
@@ -422,7 +422,7 @@ def load_plugins(
             if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
                 raise PluginError(f"plugin {name}: cannot import: {exc}") from exc
             # The module itself is missing, not something it imports.
-            by = SETTING_NAMES_PLUGINS if name in named else f"the {entry_point_group} entry points"
+            by = _PLUGINS_SETTING if name in named else f"the {entry_point_group} entry points"
             raise PluginError(messages.plugin_not_found(name, by)) from None
         except ImportError as exc:
             raise PluginError(f"plugin {name}: cannot import: {exc}") from exc
@@ -447,7 +447,9 @@ def apply_kind_settings(registry: Registry, settings: Settings) -> None:
             raise ConfigError("external_kinds", str(exc)) from None
     for name, options in settings.kinds.items():
         if name not in registry:
-            raise ConfigError(f"kinds.{name}", messages.unknown_kind(name, registry._kinds))
+            raise ConfigError(
+                f"kinds.{name}", messages.unknown_kind(name, (k.name for k in registry))
+            )
         kind = registry.get(name)
         if options.processing_timeout is not None:
             kind.processing_timeout = options.processing_timeout
