@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from starlette.routing import Route
 
+from . import messages
 from .errors import ConfigError, InvalidContent, PluginError, UnknownKind
 from .hooks import (
     AfterChange,
@@ -140,8 +141,12 @@ class JobKind:
         """The typed content; raises `InvalidInput` naming what is wrong."""
         try:
             content = self.decoder.decode(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise InvalidContent(_content_message(str(exc))) from None
+        except msgspec.ValidationError as exc:  # before DecodeError: it is a subclass
+            raise InvalidContent(
+                messages.invalid_value(exc, self.content_type, raw, "content")
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidContent(messages.invalid_json(exc, raw, "content")) from None
         if self.check is not None:
             try:
                 self.check(content)
@@ -152,11 +157,6 @@ class JobKind:
     def schema(self) -> dict[str, Any]:
         """The JSON Schema of the content."""
         return msgspec.json.schema(self.content_type)
-
-
-def _content_message(text: str) -> str:
-    # msgspec says "... - at `$.n`"; the client sent it under `content`.
-    return "content: " + text.replace("`$", "`$.content", 1)
 
 
 class Compensation(msgspec.Struct, frozen=True, rename="camel"):
@@ -388,7 +388,7 @@ class Registry:
         """The kind called `name`; raises `UnknownKind`."""
         kind = self._kinds.get(name)
         if kind is None:
-            raise UnknownKind(f"no job kind {name!r}")
+            raise UnknownKind(messages.unknown_kind(name, self._kinds))
         return kind
 
     def __iter__(self) -> Any:
@@ -426,6 +426,9 @@ BUILTIN_PLUGINS = (
 )
 
 
+_PLUGINS_SETTING = "the plugins setting (ASYNCPROC_PLUGINS, or plugins in the config file)"
+
+
 def load_plugins(
     modules: Iterable[str],
     *,
@@ -440,9 +443,16 @@ def load_plugins(
     for ep in entry_points(group=entry_point_group):
         if ep.value not in names:
             names.append(ep.value)
+    named = set(modules)
     for name in names:
         try:
             module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+                raise PluginError(f"plugin {name}: cannot import: {exc}") from exc
+            # The module itself is missing, not something it imports.
+            by = _PLUGINS_SETTING if name in named else f"the {entry_point_group} entry points"
+            raise PluginError(messages.plugin_not_found(name, by)) from None
         except ImportError as exc:
             raise PluginError(f"plugin {name}: cannot import: {exc}") from exc
         plugin = getattr(module, "registry", None)
@@ -466,7 +476,9 @@ def apply_kind_settings(registry: Registry, settings: Settings) -> None:
             raise ConfigError("external_kinds", str(exc)) from None
     for name, options in settings.kinds.items():
         if name not in registry:
-            raise ConfigError(f"kinds.{name}", "no such kind is registered")
+            raise ConfigError(
+                f"kinds.{name}", messages.unknown_kind(name, (k.name for k in registry))
+            )
         kind = registry.get(name)
         if options.processing_timeout is not None:
             kind.processing_timeout = options.processing_timeout

@@ -360,13 +360,13 @@ async def test_without_tokens_auth_is_off_and_a_public_host_is_warned_about(
 @pytest.mark.parametrize(
     ("token", "key"),
     [
-        ({"hash": auth.hash_token("x"), "scopes": ["read"]}, "tokens[0]"),
+        ({"hash": auth.hash_token("x"), "scopes": ["read"]}, "tokens[0].name"),
         ({"name": "a", "hash": "sha256:abc", "scopes": ["read"]}, "tokens[0].hash"),
         ({"name": "a", "hash": "md5:" + "0" * 64, "scopes": ["read"]}, "tokens[0].hash"),
         ({"name": "a", "hash": auth.hash_token("x"), "scopes": []}, "tokens[0].scopes"),
         ({"name": "a", "hash": auth.hash_token("x"), "scopes": ["write"]}, "tokens[0].scopes"),
         ({"name": "a b", "hash": auth.hash_token("x"), "scopes": ["read"]}, "tokens[0].name"),
-        ({"name": "a", "hash": auth.hash_token("x"), "scopes": ["read"], "x": 1}, "tokens[0]"),
+        ({"name": "a", "hash": auth.hash_token("x"), "scopes": ["read"], "x": 1}, "tokens[0].x"),
     ],
 )
 def test_bad_tokens_name_the_problem(token: dict[str, Any], key: str) -> None:
