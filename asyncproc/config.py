@@ -132,6 +132,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_deliveries: int = 5
     scheduler: bool = True
     lease: float = 10.0
+    # OTLP/HTTP base URL that receives traces (`<it>/v1/traces`); empty: tracing off.
+    otel_endpoint: str = ""
     # TOML tables only.
     kinds: dict[str, KindSettings] = {}
     schedules: tuple[ScheduleSettings, ...] = ()
@@ -281,6 +283,11 @@ def _check(settings: Settings) -> None:
         raise ConfigError("lease", "must be at least 500ms")
     if settings.max_deliveries < 1:
         raise ConfigError("max_deliveries", "must be at least 1")
+    if settings.otel_endpoint and not re.match(r"https?://[^/\s]", settings.otel_endpoint):
+        raise ConfigError(
+            "otel_endpoint",
+            f"{settings.otel_endpoint!r}: expected an http(s) URL such as http://127.0.0.1:4318",
+        )
     for kind, options in settings.kinds.items():
         _check_kind(kind, options)
     names: set[str] = set()

@@ -152,7 +152,6 @@ def create_app(
             stack.push_async_callback(store.aclose)
             await queue.start()
             stack.push_async_callback(queue.aclose)
-            node = Node(settings, service, app)
             for hook in registry.hooks.lifespans:
                 await stack.enter_async_context(hook(node))
             async with anyio.create_task_group() as tasks:
@@ -194,6 +193,12 @@ def create_app(
         middleware=[Middleware(IncomingAt, refuse=drain.refusal)],
         lifespan=lifespan,
     )
+    node = Node(settings, service, app)
+    for factory in registry.hooks.middleware:
+        # Added before the app starts (added last, runs first: outside the door checks).
+        middleware = factory(node)
+        if middleware is not None:
+            app.user_middleware.insert(0, middleware)
     app.state.settings = settings
     app.state.service = service
     app.state.worker = worker
