@@ -16,7 +16,7 @@ from asyncproc.config import load_settings
 from asyncproc.errors import ConfigError
 from asyncproc.hooks import Attempt
 from asyncproc.registry import Registry
-from tests.otlp import Receiver, ReceivedSpan, otlp_receiver
+from tests.otlp import ReceivedSpan, Receiver, otlp_receiver
 from tests.support import ROOT, api_client, demo_app, job_finished, post_json
 
 pytestmark = pytest.mark.anyio
@@ -93,12 +93,17 @@ async def test_each_attempt_has_a_span_and_a_failure_is_an_error() -> None:
             client, "/api/demo.flaky/enqueue", {"content": {"failures": 1}}, 202
         )
         failing = await post_json(
-            client, "/api/demo.fail/enqueue", {"content": {"mode": "reported", "message": "boom"}}, 202
+            client,
+            "/api/demo.fail/enqueue",
+            {"content": {"mode": "reported", "message": "boom"}},
+            202,
         )
         assert (await job_finished(client, flaky["id"]))["state"] == "succeeded"
         assert (await job_finished(client, failing["id"]))["state"] == "failed"
     enqueues = {s.trace_id: s for s in receiver.named(ENQUEUE)}
-    first, second = sorted(receiver.of_job(flaky["id"]), key=lambda s: s.attributes["asyncproc.attempt"])
+    first, second = sorted(
+        receiver.of_job(flaky["id"]), key=lambda s: s.attributes["asyncproc.attempt"]
+    )
     assert (first.attributes["asyncproc.attempt"], second.attributes["asyncproc.attempt"]) == (1, 2)
     for span in (first, second):  # every attempt is a child of the enqueue request
         assert span.parent_span_id == enqueues[span.trace_id].span_id
