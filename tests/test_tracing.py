@@ -205,3 +205,33 @@ async def test_a_failing_around_attempt_hook_never_breaks_the_job() -> None:
         job = await post_json(client, "/api/demo.count/enqueue", {"content": {"n": 0}}, 202)
         assert (await job_finished(client, job["id"]))["state"] == "succeeded"
     assert seen == [(1, "succeeded")]
+
+
+async def test_a_handler_runs_inside_its_attempts_span() -> None:
+    from opentelemetry import trace
+
+    from asyncproc import JobContext
+    from asyncproc.context import BlockingJobContext
+
+    plugin = Registry()
+
+    def current_span() -> str:
+        return format(trace.get_current_span().get_span_context().span_id, "016x")
+
+    @plugin.job("t.async")
+    async def in_task(ctx: JobContext, content: Any) -> str:
+        return current_span()
+
+    @plugin.job("t.blocking")
+    def in_thread(ctx: BlockingJobContext, content: Any) -> str:
+        return current_span()
+
+    async with traced_app(plugin) as (receiver, client):
+        ids = []
+        for kind in ("t.async", "t.blocking"):
+            job = await post_json(client, f"/api/{kind}/enqueue", {"content": None}, 202)
+            assert (await job_finished(client, job["id"]))["state"] == "succeeded"
+            result = await client.get(f"/api/jobs/{job['id']}/result")
+            ids.append((job["id"], result.text))
+    for job_id, seen in ids:
+        assert seen == only(receiver.of_job(job_id)).span_id
