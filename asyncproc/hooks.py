@@ -172,7 +172,7 @@ class Hooks:
 class _Guarded:
     """An around-attempt hook whose own failures are logged, not raised."""
 
-    __slots__ = ("attempt", "entered", "hook", "manager")
+    __slots__ = ("attempt", "hook", "manager")
 
     def __init__(self, hook: AroundAttempt, attempt: Attempt) -> None:
         self.hook = hook
