@@ -54,10 +54,12 @@ class Tracing:
     async def running(self, hooks: Hooks) -> AsyncIterator[None]:
         """Export spans and add this node's tracing hooks while the node runs; then
         remove them and flush what is left."""
-        resource = Resource.create(
-            {"service.name": "asyncproc", "asyncproc.role": str(self.settings.role)}
-        )
-        provider = TracerProvider(resource=resource)
+        resource = Resource.create({"asyncproc.role": str(self.settings.role)})
+        if str(resource.attributes.get("service.name", "")).startswith("unknown_service"):
+            # `OTEL_SERVICE_NAME` (the SDK reads it) names the service; else asyncproc.
+            resource = resource.merge(Resource({"service.name": "asyncproc"}))
+        # Shut down by this lifespan, not at exit: no atexit hook keeping every app's provider.
+        provider = TracerProvider(resource=resource, shutdown_on_exit=False)
         provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=self.url)))
         self.tracer = provider.get_tracer("asyncproc")
         hooks.before_enqueue.append(self.stamp)
