@@ -325,7 +325,8 @@ class Registry:
 
     def middleware(self, factory: MiddlewareFactory) -> MiddlewareFactory:
         """Register `factory(node)`, called when the app is built: the Starlette
-        `Middleware` to wrap every HTTP request in, or None (then it costs nothing)."""
+        `Middleware` to wrap every HTTP request in (outside the node's own door checks;
+        the first registered outermost), or None (then it costs nothing)."""
         self.hooks.middleware.append(factory)
         return factory
 

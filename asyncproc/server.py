@@ -194,11 +194,9 @@ def create_app(
         lifespan=lifespan,
     )
     node = Node(settings, service, app)
-    for factory in registry.hooks.middleware:
-        # Added before the app starts (added last, runs first: outside the door checks).
-        middleware = factory(node)
-        if middleware is not None:
-            app.user_middleware.insert(0, middleware)
+    added = [m for m in (factory(node) for factory in registry.hooks.middleware) if m is not None]
+    # Outside the door checks (their refusals are seen too), the first registered outermost.
+    app.user_middleware[:0] = added
     app.state.settings = settings
     app.state.service = service
     app.state.worker = worker

@@ -235,3 +235,22 @@ async def test_a_handler_runs_inside_its_attempts_span() -> None:
             ids.append((job["id"], result.text))
     for job_id, seen in ids:
         assert seen == only(receiver.of_job(job_id)).span_id
+
+
+async def test_requests_refused_at_the_door_and_server_errors_are_traced_too() -> None:
+    plugin = Registry()
+
+    @plugin.route("/api/t/broken", methods=["GET"])
+    async def broken(request: Any) -> Any:
+        raise RuntimeError("bug")
+
+    async with traced_app(plugin) as (receiver, client):
+        huge = await client.get("/api/kinds", headers={"x-big": "x" * 70_000})
+        assert huge.status_code == 431
+        assert (await client.get("/api/t/broken")).status_code == 500
+    refused = only([s for s in receiver.spans if s.attributes.get("url.path") == "/api/kinds"])
+    assert refused.attributes["http.response.status_code"] == 431
+    assert refused.status == "STATUS_CODE_UNSET"  # a 4xx is the client's error, not ours
+    failed = only(receiver.named("GET /api/t/broken"))
+    assert failed.attributes["http.response.status_code"] == 500
+    assert failed.status == "STATUS_CODE_ERROR"
