@@ -157,6 +157,23 @@ async def test_tracing_off_adds_no_middleware_and_no_hook() -> None:
     assert len(traced.user_middleware) == plain + 1
 
 
+def test_tracing_off_imports_nothing_of_opentelemetry() -> None:
+    code = (
+        "import sys; from asyncproc.config import load_settings; "
+        "from asyncproc.server import create_app; create_app(load_settings(environ={})); "
+        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().strip() == "[]"
+
+
 def test_a_bad_endpoint_is_a_config_error() -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(environ={"ASYNCPROC_OTEL_ENDPOINT": "127.0.0.1:4318"})
