@@ -2,31 +2,35 @@
 
 A plugin's `Registry` carries a `Hooks`: checks (validate the settings against
 the registered kinds when the app is built, so a bad config stops start-up with
-one line; a check may also add hooks that only some settings need to the app's
-registry, so that an app without them pays nothing), lifespans (background work while the node runs), routes (endpoints of its own), before-enqueue hooks (validate,
-refuse, rewrite a job about to be stored), after-change hooks (see every
-stored change with the record before and after it), middleware (ASGI wrappers
-around the whole app, each made from the settings when the app is built) and
-job visibility (predicates that hide jobs from the current caller, and query
-filters that narrow its job lists the same way, so a store can use an index). Before-hooks run in the
-order they were registered, after-hooks in reverse (as dramatiq's middleware
-`emit_before` / `emit_after`); a failing after-hook is logged and never breaks
-the job whose change it saw.
+one line; a check may also add to the app's registry hooks that only some settings
+need, so that an app without them pays nothing), lifespans (background work while
+the node runs), routes (endpoints of its own), before-enqueue hooks (validate,
+refuse, rewrite a job about to be stored), after-change hooks (see every stored
+change with the record before and after it), middleware (a Starlette `Middleware`
+made for the node when the app is built, or none), around-attempt hooks (around
+each attempt of a job on the node that runs it) and job visibility (predicates that
+hide jobs from the current caller, and query filters that narrow its job lists the
+same way, so a store can use an index). Before-hooks run in the order they were
+registered, after-hooks in reverse (as dramatiq's middleware `emit_before` /
+`emit_after`); a failing after-hook is logged and never breaks the job whose change
+it saw.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from starlette.routing import BaseRoute
 
-from .model import Job, OnConflict
+from .model import ErrorInfo, Job, JobState, OnConflict
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
 
     from .config import Settings
     from .interfaces import JobQuery
@@ -35,12 +39,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AfterChange",
+    "AroundAttempt",
+    "Attempt",
     "BeforeEnqueue",
     "Draft",
     "Hooks",
     "Lifespan",
     "ListFilter",
-    "Middleware",
+    "MiddlewareFactory",
     "Node",
     "SettingsCheck",
     "Visibility",
@@ -71,12 +77,29 @@ class Draft:
         self.on_conflict = on_conflict
 
 
+class Attempt:
+    """What an around-attempt hook gets: the job as this attempt started (`running`, its
+    `attempt` number), and, once the handler is done, how the attempt ended.
+
+    `outcome` is the state the attempt leads to (`succeeded`, `failed`, `stopped`, or
+    `queued` for a retry) with its `error`; it stays None when the attempt was cut off
+    (the node shut down, or the job ended elsewhere meanwhile).
+    """
+
+    __slots__ = ("error", "job", "outcome")
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.outcome: JobState | None = None
+        self.error: ErrorInfo | None = None
+
+
 SettingsCheck = Callable[["Settings", Any], None]
 Lifespan = Callable[[Node], AbstractAsyncContextManager[Any]]
 BeforeEnqueue = Callable[[Draft], Awaitable[None]]
 AfterChange = Callable[[Job | None, Job], Awaitable[None]]
-# (the ASGI app inside, settings) -> the ASGI app wrapping it (or the same app: nothing to do).
-Middleware = Callable[[Any, "Settings"], Any]
+MiddlewareFactory = Callable[[Node], "Middleware | None"]
+AroundAttempt = Callable[[Attempt], AbstractAsyncContextManager[Any]]
 # Whether the current caller (as the plugin knows it, e.g. from a context variable)
 # may see a job; one that may not is, to that caller, not there.
 Visibility = Callable[[Job], bool]
@@ -95,8 +118,8 @@ class Hooks:
         # Before-enqueue hooks of one kind only (no cost to other kinds' enqueues).
         self.before_enqueue_of: dict[str, list[BeforeEnqueue]] = {}
         self.after_change: list[AfterChange] = []
-        # Outermost first: the first one registered sees a request first.
-        self.middleware: list[Middleware] = []
+        self.middleware: list[MiddlewareFactory] = []
+        self.around_attempt: list[AroundAttempt] = []
         self.visibility: list[Visibility] = []
         self.list_filters: list[ListFilter] = []
         # The OpenAPI paths of `routes`, and the Structs their `$ref`s name.
@@ -113,6 +136,7 @@ class Hooks:
             self.before_enqueue_of.setdefault(kind, []).extend(hooks)
         self.after_change += other.after_change
         self.middleware += other.middleware
+        self.around_attempt += other.around_attempt
         self.visibility += other.visibility
         self.list_filters += other.list_filters
         self.openapi_paths.update(other.openapi_paths)
@@ -159,3 +183,54 @@ class Hooks:
                 await hook(before, after)
             except Exception:
                 log.exception("after-change hook %r failed for job %s", hook, after.id)
+
+    @asynccontextmanager
+    async def around(self, attempt: Attempt) -> AsyncIterator[None]:
+        """Enter the around-attempt hooks for `attempt`, the first registered outermost.
+
+        A hook failing on entry or exit is logged and never breaks the job (its
+        outcome must still be stored); the attempt's own exceptions pass through.
+        """
+        async with AsyncExitStack() as stack:
+            for hook in self.around_attempt:
+                await stack.enter_async_context(_Guarded(hook, attempt))
+            yield
+
+
+class _Guarded:
+    """An around-attempt hook whose own failures are logged, not raised."""
+
+    __slots__ = ("attempt", "hook", "manager")
+
+    def __init__(self, hook: AroundAttempt, attempt: Attempt) -> None:
+        self.hook = hook
+        self.attempt = attempt
+        self.manager: AbstractAsyncContextManager[Any] | None = None
+
+    async def __aenter__(self) -> None:
+        try:
+            manager = self.hook(self.attempt)
+            await manager.__aenter__()
+        except Exception:
+            log.exception(
+                "around-attempt hook %r failed for job %s", self.hook, self.attempt.job.id
+            )
+        else:
+            self.manager = manager
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self.manager is None:
+            return False
+        try:
+            await self.manager.__aexit__(exc_type, exc, tb)
+        except Exception as raised:
+            if raised is not exc:
+                log.exception(
+                    "around-attempt hook %r failed for job %s", self.hook, self.attempt.job.id
+                )
+        return False  # never swallows what the attempt raised

@@ -23,11 +23,12 @@ from . import messages
 from .errors import ConfigError, InvalidContent, PluginError, UnknownKind
 from .hooks import (
     AfterChange,
+    AroundAttempt,
     BeforeEnqueue,
     Hooks,
     Lifespan,
     ListFilter,
-    Middleware,
+    MiddlewareFactory,
     SettingsCheck,
     Visibility,
 )
@@ -328,11 +329,18 @@ class Registry:
         self.hooks.after_change.append(hook)
         return hook
 
-    def middleware(self, factory: Middleware) -> Middleware:
-        """Register `factory(app, settings)`, which answers the ASGI app wrapping `app`
-        (or `app` itself when it has nothing to do), applied when the app is built."""
+    def middleware(self, factory: MiddlewareFactory) -> MiddlewareFactory:
+        """Register `factory(node)`, called when the app is built: the Starlette
+        `Middleware` to wrap every HTTP request in (outside the node's own door checks;
+        the first registered outermost), or None (then it costs nothing)."""
         self.hooks.middleware.append(factory)
         return factory
+
+    def around_attempt(self, hook: AroundAttempt) -> AroundAttempt:
+        """Register `hook(attempt)`, an async context manager entered around each attempt
+        of a job on the node that runs it (`hooks.Attempt` says how it ended)."""
+        self.hooks.around_attempt.append(hook)
+        return hook
 
     def visibility(self, sees: Visibility) -> Visibility:
         """Register `sees(job)`: a job it refuses is, to the current caller, not there
@@ -422,6 +430,7 @@ BUILTIN_PLUGINS = (
     "asyncproc.plugins.triggers",
     "asyncproc.plugins.dead_letters",
     "asyncproc.plugins.external",
+    "asyncproc.plugins.tracing",
     "asyncproc.plugins.auth",
 )
 

@@ -26,10 +26,11 @@ import logging
 from typing import Any
 
 import msgspec
+from starlette.middleware import Middleware
 
 from asyncproc.config import Settings
 from asyncproc.errors import Forbidden, ServiceError, Unauthorized
-from asyncproc.hooks import Draft
+from asyncproc.hooks import Draft, Node
 from asyncproc.interfaces import JobQuery
 from asyncproc.model import Job, TriggerType
 from asyncproc.registry import Registry
@@ -152,11 +153,10 @@ def set_up(settings: Settings, app_registry: Registry) -> None:
 
 
 @registry.middleware
-def bearer_auth(app: Any, settings: Settings) -> Any:
-    """The auth middleware when tokens are configured; else `app` itself (auth off)."""
-    if not settings.tokens:
-        return app
-    return BearerAuth(app, TokenBook(settings.tokens))
+def bearer_auth(node: Node) -> Middleware | None:
+    """The auth middleware when tokens are configured; none when auth is off."""
+    tokens = node.settings.tokens
+    return Middleware(BearerAuth, book=TokenBook(tokens)) if tokens else None
 
 
 async def own(draft: Draft) -> None:
