@@ -132,6 +132,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_deliveries: int = 5
     scheduler: bool = True
     lease: float = 10.0
+    # MyLab.AsyncProcessor API v2 (API.md section 14): served when `mylab`; its
+    # `POST /requests` creates jobs of `mylab_kind`, each also published to
+    # `mylab_queue` (RabbitMQ; empty: not published).
+    mylab: bool = False
+    mylab_kind: str = ""
+    mylab_queue: str = ""
     # TOML tables only.
     kinds: dict[str, KindSettings] = {}
     schedules: tuple[ScheduleSettings, ...] = ()
@@ -281,6 +287,8 @@ def _check(settings: Settings) -> None:
         raise ConfigError("lease", "must be at least 500ms")
     if settings.max_deliveries < 1:
         raise ConfigError("max_deliveries", "must be at least 1")
+    if settings.mylab and not settings.mylab_kind:
+        raise ConfigError("mylab_kind", "required when mylab is true")
     for kind, options in settings.kinds.items():
         _check_kind(kind, options)
     names: set[str] = set()

@@ -3,8 +3,9 @@
 A plugin's `Registry` carries a `Hooks`: checks (validate the settings against
 the registered kinds when the app is built, so a bad config stops start-up with
 one line), lifespans (background work while the node runs), routes (endpoints of its own), before-enqueue hooks (validate,
-refuse, rewrite a job about to be stored) and after-change hooks (see every
-stored change with the record before and after it). Before-hooks run in the
+refuse, rewrite a job about to be stored), after-change hooks (see every
+stored change with the record before and after it) and callback shapes (a kind's
+own message on the callback exchange, in place of the status JSON). Before-hooks run in the
 order they were registered, after-hooks in reverse (as dramatiq's middleware
 `emit_before` / `emit_after`); a failing after-hook is logged and never breaks
 the job whose change it saw.
@@ -28,7 +29,16 @@ if TYPE_CHECKING:
     from .registry import JobKind
     from .service import JobService
 
-__all__ = ["AfterChange", "BeforeEnqueue", "Draft", "Hooks", "Lifespan", "Node", "SettingsCheck"]
+__all__ = [
+    "AfterChange",
+    "BeforeEnqueue",
+    "CallbackShape",
+    "Draft",
+    "Hooks",
+    "Lifespan",
+    "Node",
+    "SettingsCheck",
+]
 
 log = logging.getLogger("asyncproc.hooks")
 
@@ -59,6 +69,8 @@ SettingsCheck = Callable[["Settings", Any], None]
 Lifespan = Callable[[Node], AbstractAsyncContextManager[Any]]
 BeforeEnqueue = Callable[[Draft], Awaitable[None]]
 AfterChange = Callable[[Job | None, Job], Awaitable[None]]
+# `shape(before, after)` -> the callback message body of a change (None: nothing to tell).
+CallbackShape = Callable[[Job | None, Job], Awaitable[bytes | None]]
 
 
 class Hooks:
@@ -72,6 +84,8 @@ class Hooks:
         # Before-enqueue hooks of one kind only (no cost to other kinds' enqueues).
         self.before_enqueue_of: dict[str, list[BeforeEnqueue]] = {}
         self.after_change: list[AfterChange] = []
+        # Kind -> the shape of its callback messages (default: the status JSON).
+        self.callback_shapes: dict[str, CallbackShape] = {}
         # The OpenAPI paths of `routes`, and the Structs their `$ref`s name.
         self.openapi_paths: dict[str, Any] = {}
         self.openapi_types: list[Any] = []
@@ -85,6 +99,7 @@ class Hooks:
         for kind, hooks in other.before_enqueue_of.items():
             self.before_enqueue_of.setdefault(kind, []).extend(hooks)
         self.after_change += other.after_change
+        self.callback_shapes.update(other.callback_shapes)
         self.openapi_paths.update(other.openapi_paths)
         self.openapi_types += [t for t in other.openapi_types if t not in self.openapi_types]
 

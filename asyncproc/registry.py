@@ -34,6 +34,7 @@ __all__ = [
     "apply_kind_settings",
     "load_plugins",
     "optional_backend",
+    "switched_on",
 ]
 
 KIND_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
@@ -373,6 +374,15 @@ BUILTIN_PLUGINS = (
     "asyncproc.plugins.triggers",
     "asyncproc.plugins.dead_letters",
 )
+
+
+# Plugins a setting switches on: loaded (their routes served) only when it is true.
+SETTING_PLUGINS = (("mylab", "asyncproc.plugins.mylab"),)
+
+
+def switched_on(settings: Settings) -> list[str]:
+    """The plugin modules that `settings` switch on (`SETTING_PLUGINS`)."""
+    return [module for name, module in SETTING_PLUGINS if getattr(settings, name, False)]
 
 
 def load_plugins(

@@ -29,7 +29,13 @@ from .errors import BackendUnavailable
 from .hooks import Node
 from .interfaces import Queue, StateStore
 from .openapi import openapi_document
-from .registry import Registry, apply_kind_settings, load_plugins, optional_backend
+from .registry import (
+    Registry,
+    apply_kind_settings,
+    load_plugins,
+    optional_backend,
+    switched_on,
+)
 from .service import JobService
 from .worker import WorkerPool
 
@@ -105,10 +111,10 @@ def create_app(
     """
     settings = settings or load_settings()
     if registry is None:
-        registry = load_plugins(settings.plugins)
+        registry = load_plugins([*settings.plugins, *switched_on(settings)])
     elif not registry.builtins:
         # Schedules, triggers and callbacks work for an embedder's registry too.
-        full = load_plugins(())
+        full = load_plugins(switched_on(settings))
         full.include(registry)
         registry = full
     apply_kind_settings(registry, settings)
