@@ -138,6 +138,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     mylab: bool = False
     mylab_kind: str = ""
     mylab_queue: str = ""
+    # Kinds run by processors outside (API.md section 14): no Python handler.
+    external_kinds: tuple[str, ...] = ()
     # TOML tables only.
     kinds: dict[str, KindSettings] = {}
     schedules: tuple[ScheduleSettings, ...] = ()
@@ -169,7 +171,7 @@ def parse_duration(value: object) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-LIST_KEYS = frozenset({"routings", "plugins", "hidden_headers"})
+LIST_KEYS = frozenset({"routings", "plugins", "hidden_headers", "external_kinds"})
 
 
 def load_settings(

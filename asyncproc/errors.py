@@ -14,6 +14,8 @@
     │   ├── Conflict           409
     │   │   ├── RequestIdConflict
     │   │   ├── KeyConflict
+    │   │   ├── LeaseLost      an external processor's token lost its lease or attempt
+    │   │   ├── NotStopping    `stopped` reported for a job nobody asked to stop
     │   │   └── JobStateConflict   answered with the job's status, not an error body
     │   ├── BodyTooLarge       413
     │   ├── UnsupportedMediaType  415  a JSON call's body has another Content-Type
@@ -136,6 +138,19 @@ class KeyConflict(Conflict):
     """Raised when a kind's uniqueness rule refuses another job for a key."""
 
     code = "key_conflict"
+
+
+class LeaseLost(Conflict):
+    """Raised when an external processor's token no longer holds its job: the lease
+    lapsed, or the job moved on (finished, stopped, taken back and started again)."""
+
+    code = "lease_lost"
+
+
+class NotStopping(Conflict):
+    """Raised when a processor confirms a stop that nobody requested."""
+
+    code = "not_stopping"
 
 
 class JobStateConflict(Conflict):

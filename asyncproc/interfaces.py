@@ -368,6 +368,14 @@ class Queue(_Closable, ABC):
         """
 
     @abstractmethod
+    async def take(self, routings: Sequence[str], count: int, wait: float) -> list[Delivery]:
+        """Up to `count` deliveries waiting on `routings` (in that order), without a
+        consumer: for a caller that hands jobs to someone else (an external processor).
+        Waits up to `wait` seconds for the first one; `[]` when none came. The caller
+        settles each; an unsettled one goes back to the queue when this process or its
+        connection goes away."""
+
+    @abstractmethod
     async def depth(self, routing: str) -> int:
         """Messages ready and waiting (not delivered) on `routing`; delayed ones not yet due
         are not counted."""

@@ -52,6 +52,7 @@ class JobKind:
         "content_type",
         "decoder",
         "description",
+        "external",
         "handler",
         "is_async",
         "max_concurrency",
@@ -124,6 +125,8 @@ class JobKind:
         self.rate_limit = rate_limit
         # For a selection kind (section 11): the kind its items start.
         self.selection: str | None = None
+        # Run by processors outside over HTTP (`external.py`): `handler` is never called.
+        self.external = False
 
     def decode_content(self, raw: bytes) -> Any:
         """The typed content; raises `InvalidInput` naming what is wrong."""
@@ -325,6 +328,19 @@ class Registry:
 
         return register
 
+    def external(self, name: str, *, title: str | None = None, description: str = "") -> JobKind:
+        """Register `name` as an external kind (API.md section 14): any JSON content, no
+        Python handler; processors outside take its jobs over HTTP."""
+        kind = JobKind(
+            name,
+            _external_handler,
+            title=title or f"{name} (external)",
+            description=description or "Run by an external processor over HTTP.",
+        )
+        kind.external = True
+        self.add(kind)
+        return kind
+
     def add(self, kind: JobKind) -> None:
         """Register a kind; a name registered twice is an error."""
         if kind.name in self._kinds:
@@ -358,6 +374,11 @@ class Registry:
         return name in self._kinds
 
 
+async def _external_handler(ctx: Any, content: Any) -> None:
+    """Never called: an external kind's jobs are taken by processors outside."""
+    raise RuntimeError("an external kind has no handler in this process")
+
+
 def optional_backend(module: str, setting: str, extra: str | None) -> Any:
     """Import a backend module that needs an optional extra; `ConfigError` naming
     `setting` and the extra to install when it is missing."""
@@ -373,6 +394,7 @@ BUILTIN_PLUGINS = (
     "asyncproc.plugins.schedules",
     "asyncproc.plugins.triggers",
     "asyncproc.plugins.dead_letters",
+    "asyncproc.plugins.external",
 )
 
 
@@ -412,8 +434,17 @@ def load_plugins(
 
 
 def apply_kind_settings(registry: Registry, settings: Settings) -> None:
-    """Apply the `[kinds."<kind>"]` tables to the registered kinds; an unknown kind
-    is a `ConfigError`."""
+    """Register `external_kinds`, then apply the `[kinds."<kind>"]` tables to the
+    registered kinds; an unknown kind is a `ConfigError`."""
+    for name in settings.external_kinds:
+        if name in registry:
+            if registry.get(name).external:
+                continue  # an app built twice from one registry
+            raise ConfigError("external_kinds", f"{name} is a kind with a Python handler")
+        try:
+            registry.external(name)
+        except PluginError as exc:
+            raise ConfigError("external_kinds", str(exc)) from None
     for name, options in settings.kinds.items():
         if name not in registry:
             raise ConfigError(f"kinds.{name}", "no such kind is registered")

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -31,7 +32,7 @@ from .errors import (
 )
 from .hooks import Draft
 from .interfaces import JobQuery, Page, Queue, StateStore
-from .lifecycle import TIMEOUT_ERROR, Event, Fail, RequestStop, Retry, TimeOut
+from .lifecycle import TIMEOUT_ERROR, Event, Fail, RequestStop, Retry, Stopped, TimeOut
 from .model import (
     API_TRIGGER,
     ErrorInfo,
@@ -42,7 +43,8 @@ from .model import (
     TriggerType,
     utcnow,
 )
-from .registry import Compensation, Registry
+from .registry import Compensation, JobKind, Registry
+from .rules import retry_backoff
 
 __all__ = ["EnqueueRequest", "ItemOutcome", "JobService"]
 
@@ -76,6 +78,11 @@ def dead_letter_error(job: Job) -> ErrorInfo:
 def compensation_id(job_id: str) -> str:
     """The id of the job compensating `job_id` (the same however often it is asked)."""
     return "comp-" + hashlib.sha256(job_id.encode()).hexdigest()[:32]
+
+
+def external_routing(kind: str) -> str:
+    """The queue routing on which an external kind's jobs wait for processors."""
+    return f"ext.{kind}"
 
 
 def new_job_id() -> str:
@@ -166,6 +173,14 @@ class JobService:
         self._taken_back: dict[str, tuple[datetime, int]] = {}
         self._next_repair = utcnow() + REPAIR_EVERY
         self.hooks = registry.hooks
+        self._external = frozenset(kind.name for kind in registry if kind.external)
+
+    def routing_of(self, job: Job) -> str:
+        """The queue routing of `job`'s messages: its `procRouting`, except that an
+        external kind's jobs wait on `ext.<kind>` for the processors that take them."""
+        if job.kind in self._external:
+            return external_routing(job.kind)
+        return job.proc_routing
 
     # -- changes --------------------------------------------------------------
 
@@ -198,7 +213,9 @@ class JobService:
         with `publish=False` the caller queues it (`publish`) once it is ready to."""
         kind = self.registry.get(kind_name)
         kind.decode_content(request.content)
-        routing = request.proc_routing or "default"
+        routing = (
+            external_routing(kind.name) if kind.external else request.proc_routing or "default"
+        )
         if check_depth:
             await self._check_depth(routing)
         now = utcnow()
@@ -213,7 +230,7 @@ class JobService:
             not_before=start_at,
             retention=kind.retention if kind.retention is not None else self.retention,
             key=request.key,
-            proc_routing=routing,
+            proc_routing=request.proc_routing or "default",
             callback_routing=request.callback_routing,
             content=request.content,
             headers={
@@ -264,11 +281,12 @@ class JobService:
         delay = 0.0
         if job.not_before is not None:
             delay = max(0.0, (job.not_before - utcnow()).total_seconds())
+        routing = self.routing_of(job)
         try:
             if delay > 0:
-                await self.queue.publish(job.id, job.proc_routing, delay=delay)
+                await self.queue.publish(job.id, routing, delay=delay)
             else:
-                await self.queue.publish(job.id, job.proc_routing)
+                await self.queue.publish(job.id, routing)
         except BackendUnavailable:
             with contextlib.suppress(BackendUnavailable):
                 await self.store.forget(job)
@@ -295,12 +313,18 @@ class JobService:
         publishes go out together (the Redis store pipelines what one event-loop turn
         sends; the broker confirms them together), so a batch is not a round trip per item.
         """
-        self.registry.get(kind_name)
+        kind = self.registry.get(kind_name)
         outcomes: list[ItemOutcome] = [ItemOutcome("refused")] * len(requests)
         full: dict[str, ServiceError | None] = {}
+
+        def routing_of(request: EnqueueRequest) -> str:
+            return (
+                external_routing(kind.name) if kind.external else request.proc_routing or "default"
+            )
+
         for request in requests:
             if isinstance(request, EnqueueRequest):
-                routing = request.proc_routing or "default"
+                routing = routing_of(request)
                 if routing not in full:
                     try:
                         await self._check_depth(routing)
@@ -312,7 +336,7 @@ class JobService:
             try:
                 if isinstance(request, ServiceError):
                     raise request
-                refusal = full.get(request.proc_routing or "default")
+                refusal = full.get(routing_of(request))
                 if refusal is not None:
                     raise refusal
                 job, created = await self.enqueue(
@@ -454,9 +478,10 @@ class JobService:
                 continue
             if now - (job.not_before or job.created_at) < REPAIR_AFTER:
                 continue
-            if await self.queue.depth(job.proc_routing) > 0:
+            routing = self.routing_of(job)
+            if await self.queue.depth(routing) > 0:
                 continue  # a backlog: its message is most likely waiting its turn
-            await self.queue.publish(job.id, job.proc_routing)
+            await self.queue.publish(job.id, routing)
             republished += 1
             log.warning("job %s was queued with no message: published it again", job.id)
         return republished
@@ -473,7 +498,7 @@ class JobService:
             # (until the broker notices it is gone). A spare copy costs nothing: the
             # start is a compare-and-set.
             self._taken_back[job_id] = (now, count + 1)
-            await self.queue.publish(job.id, job.proc_routing)
+            await self.queue.publish(job.id, self.routing_of(job))
 
     async def take_back(self, job_id: str, now: datetime) -> None:
         """Re-queue a running job whose lease lapsed (its node is dead, frozen or cut
@@ -490,7 +515,10 @@ class JobService:
             await self.store.drop_lease(job_id)  # it ended; the lease was left behind
             return
         try:
-            if job.attempt >= self.max_deliveries:
+            if job.stop_requested:
+                # Asked to stop and its node (or processor) is gone: nothing runs it again.
+                await self.transition(job.id, Stopped(job.attempt))
+            elif job.attempt >= self.max_deliveries:
                 await self.fail_for_good(job, Fail(dead_letter_error(job), job.attempt))
             else:
                 await self.transition(job.id, Retry(LOST_ERROR, attempt=job.attempt))
@@ -500,6 +528,18 @@ class JobService:
             pass  # it moved on meanwhile
         finally:
             await self.store.drop_lease(job_id)
+
+    async def retry_later(self, job: Job, kind: JobKind, error: ErrorInfo | None) -> Job:
+        """End `job`'s running attempt with a retryable `error`: queued again, not before
+        the kind's backoff for this attempt (API.md section 13), its message published
+        with that delay. The caller checked that retries are left."""
+        backoff = retry_backoff(
+            job.attempt, kind.retry_delay, kind.retry_max_delay, random.uniform(-0.25, 0.25)
+        )
+        not_before = utcnow() + timedelta(seconds=backoff) if backoff > 0 else None
+        queued = await self.transition(job.id, Retry(error, not_before, job.attempt))
+        await self.queue.publish(job.id, self.routing_of(job), delay=max(backoff, 0.0))
+        return queued
 
     # -- failing for good -----------------------------------------------------
 
@@ -540,7 +580,7 @@ class JobService:
                 await self.store.forget(undo)
             raise
         if undo.state is JobState.QUEUED:
-            await self.queue.publish(undo.id, undo.proc_routing)
+            await self.queue.publish(undo.id, self.routing_of(undo))
         return failed
 
     async def run_sweeper(self, interval: float) -> None:

@@ -9,7 +9,6 @@ job's terminal (or re-queued) state is stored.
 from __future__ import annotations
 
 import logging
-import random
 import traceback
 from collections.abc import Sequence
 from datetime import datetime, timedelta
@@ -36,7 +35,7 @@ from .lifecycle import Event, Fail, Report, Retry, Start, StepDone, Stopped, Suc
 from .limits import StartGate
 from .model import ErrorInfo, Job, JobState, utcnow
 from .registry import JobKind
-from .rules import retries_left, retry_backoff
+from .rules import retries_left
 from .service import LOST_ERROR, JobService, dead_letter_error
 
 __all__ = ["WorkerPool"]
@@ -566,20 +565,11 @@ class WorkerPool:
             return
         if isinstance(event, Retry):
             if retries_left(job, kind.retries):
-                backoff = retry_backoff(
-                    job.attempt, kind.retry_delay, kind.retry_max_delay, random.uniform(-0.25, 0.25)
-                )
-                not_before = utcnow() + timedelta(seconds=backoff) if backoff > 0 else None
-                retry = Retry(event.error, not_before, job.attempt)
                 with anyio.CancelScope(shield=True):
                     try:
-                        await self.service.transition(job.id, retry)
+                        await self.service.retry_later(job, kind, event.error)
                     except (TransitionRefused, JobNotFound):
-                        return
-                    if backoff > 0:
-                        await self.service.queue.publish(job.id, job.proc_routing, delay=backoff)
-                    else:
-                        await self.service.queue.publish(job.id, job.proc_routing)
+                        pass  # stopped, timed out or purged meanwhile: that outcome stands
                 return
             event = Fail(event.error or ErrorInfo(error_id="failed"))
         if isinstance(event, Fail | TimeOut):

@@ -474,6 +474,30 @@ class MemoryQueue(Queue):
             for delivery in list(consumer.unsettled):
                 await delivery.requeue()
 
+    async def take(self, routings: Sequence[str], count: int, wait: float) -> list[Delivery]:
+        """See `Queue.take`: a short-lived consumer of `count` deliveries."""
+        consumer = _Consumer(self, routings, count)
+        for routing in consumer.routings:
+            self._consumers.setdefault(routing, set()).add(consumer)
+        taken: list[Delivery] = []
+        try:
+            with anyio.move_on_after(wait):
+                while not self._take_into(consumer, taken):
+                    await consumer.wakeup.wait()
+                    consumer.wakeup = anyio.Event()
+            self._take_into(consumer, taken)  # what came as the wait ran out
+        finally:
+            for routing in consumer.routings:
+                self._consumers[routing].discard(consumer)
+        return taken
+
+    @staticmethod
+    def _take_into(consumer: _Consumer, taken: list[Delivery]) -> bool:
+        """Move what `consumer` may take into `taken` (its prefetch is the count)."""
+        while (delivery := consumer.take()) is not None:
+            taken.append(delivery)
+        return bool(taken)
+
     async def depth(self, routing: str) -> int:
         """See `Queue.depth`."""
         return len(self._waiting.get(routing, ()))
