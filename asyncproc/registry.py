@@ -32,6 +32,7 @@ __all__ = [
     "JobKind",
     "Registry",
     "apply_kind_settings",
+    "include_plugins",
     "load_plugins",
     "optional_backend",
     "switched_on",
@@ -168,6 +169,7 @@ class Registry:
         self._kinds: dict[str, JobKind] = {}
         self.hooks = Hooks()
         self.builtins = False  # True once the built-in plugins are included
+        self.plugins: list[str] = []  # the plugin modules included, by name
 
     def job(
         self,
@@ -356,6 +358,7 @@ class Registry:
         for kind in other:
             self.add(copy.copy(kind))
         self.hooks.include(other.hooks)
+        self.plugins += [name for name in other.plugins if name not in self.plugins]
 
     def get(self, name: str) -> JobKind:
         """The kind called `name`; raises `UnknownKind`."""
@@ -421,7 +424,16 @@ def load_plugins(
     for ep in entry_points(group=entry_point_group):
         if ep.value not in names:
             names.append(ep.value)
-    for name in names:
+    include_plugins(registry, names)
+    return registry
+
+
+def include_plugins(registry: Registry, modules: Iterable[str]) -> None:
+    """Include in `registry` the kinds and hooks of the plugin `modules` it does not
+    include yet."""
+    for name in modules:
+        if name in registry.plugins:
+            continue
         try:
             module = importlib.import_module(name)
         except ImportError as exc:
@@ -430,7 +442,7 @@ def load_plugins(
         if not isinstance(plugin, Registry):
             raise PluginError(f"plugin {name}: no module-level `registry = Registry()`")
         registry.include(plugin)
-    return registry
+        registry.plugins.append(name)
 
 
 def apply_kind_settings(registry: Registry, settings: Settings) -> None:

@@ -32,6 +32,7 @@ from .openapi import openapi_document
 from .registry import (
     Registry,
     apply_kind_settings,
+    include_plugins,
     load_plugins,
     optional_backend,
     switched_on,
@@ -111,12 +112,13 @@ def create_app(
     """
     settings = settings or load_settings()
     if registry is None:
-        registry = load_plugins([*settings.plugins, *switched_on(settings)])
+        registry = load_plugins(settings.plugins)
     elif not registry.builtins:
         # Schedules, triggers and callbacks work for an embedder's registry too.
-        full = load_plugins(switched_on(settings))
+        full = load_plugins(())
         full.include(registry)
         registry = full
+    include_plugins(registry, switched_on(settings))
     apply_kind_settings(registry, settings)
     for check in registry.hooks.checks:
         check(settings, registry)

@@ -85,6 +85,13 @@ class RequestCompleted(Conflict):
     code = "request_completed"
 
 
+class TakenElsewhere(Conflict):
+    """Raised when a MyLab processor call names a job a processor took over
+    `/api/workers/take` (it holds the lease)."""
+
+    code = "request_taken"
+
+
 class NotStartable(Conflict):
     """Raised when a MyLab processor starts a request that may not start yet (its
     `notBefore` is ahead, or the key's previous holder still runs)."""
@@ -95,26 +102,15 @@ class NotStartable(Conflict):
 # -- settings -------------------------------------------------------------------------
 
 
-def external_kinds(settings: Settings) -> tuple[str, ...]:
-    """The kinds external processors run (`external_kinds`)."""
-    return tuple(getattr(settings, "external_kinds", ()))
-
-
 @registry.check
 def check_settings(settings: Settings, kinds: Registry) -> None:
     """`mylab_kind` names a registered or external kind; `mylab_queue` needs RabbitMQ."""
-    kind = settings.mylab_kind
-    if kind not in kinds and kind not in external_kinds(settings):
-        raise ConfigError("mylab_kind", f"{kind!r} is no registered or external kind")
+    if settings.mylab_kind not in kinds:
+        raise ConfigError(
+            "mylab_kind", f"{settings.mylab_kind!r} is no registered or external kind"
+        )
     if settings.mylab_queue and settings.queue != "rabbitmq":
         raise ConfigError("mylab_queue", "needs queue = rabbitmq")
-
-
-def is_external(settings: Settings, kinds: Registry, kind: str) -> bool:
-    """Whether processors outside the node run `kind` (it has no Python handler)."""
-    if kind in external_kinds(settings):
-        return True
-    return kind in kinds and bool(getattr(kinds.get(kind), "external", False))
 
 
 # -- hooks ----------------------------------------------------------------------------
@@ -291,7 +287,7 @@ async def running_job(request: Request) -> Job:
     `409 request_completed`, and so does one whose stop was requested (it stops now)."""
     service = service_of(request)
     job = await request_job(request)
-    if not is_external(request.app.state.settings, service.registry, job.kind):
+    if not service.registry.get(job.kind).external:
         raise NotExternal(f"jobs of kind {job.kind} are run by its Python handler")
     if job.state is JobState.QUEUED:
         try:
@@ -300,6 +296,9 @@ async def running_job(request: Request) -> Job:
             job = refused.job
             if job.state is JobState.QUEUED:
                 raise NotStartable(f"request {job.id} may not start yet") from None
+    if job.state is JobState.RUNNING and await service.store.lease_of(job.id) is not None:
+        # Taken over `/api/workers/take`: its processor holds the lease (and the token).
+        raise TakenElsewhere(f"request {job.id} is run by a processor with a lease")
     if job.state is JobState.RUNNING and job.stop_requested:
         try:
             job = await service.transition(job.id, Stopped())
