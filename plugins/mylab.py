@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
+import anyio
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -30,6 +31,7 @@ from starlette.responses import Response
 from asyncproc.api import decode_body, handler_headers, json_response, read_body, service_of
 from asyncproc.config import Settings
 from asyncproc.errors import (
+    BackendUnavailable,
     BadRequest,
     ConfigError,
     Conflict,
@@ -42,7 +44,7 @@ from asyncproc.hooks import Node
 from asyncproc.lifecycle import Event, Fail, Report, Start, Stopped, Succeed
 from asyncproc.model import Job, JobState
 from asyncproc.registry import Registry, optional_backend
-from asyncproc.service import EnqueueRequest, JobService
+from asyncproc.service import EnqueueRequest, JobService, external_routing
 
 from .mylab_model import (
     CreateRequest,
@@ -177,6 +179,49 @@ class LeaselessStopper:
             pass  # it finished meanwhile
 
 
+# How long the spare-message drain waits for messages, and pauses when the oldest one
+# is a job still pending with the MyLab processors.
+DRAIN_EVERY = 1.0
+
+
+async def drain_spare_messages(service: JobService, kind: str) -> None:
+    """Ack the spare messages on the external kind's queue routing (`ext.<kind>`).
+
+    Every job of an external kind also has a message there (for processors that take
+    jobs over `/api/workers/take`). A MyLab processor starts its job from MyLab's
+    queue message instead, which leaves that message spare: this drain acks the
+    messages of jobs no longer queued, oldest first, so they never pile up (nor count
+    in `max_queue_depth`). It stops at the first job still queued (puts it back, and
+    looks again after a pause): its message is the job's while it waits.
+    """
+    routing = external_routing(kind)
+    while True:
+        try:
+            deliveries = await service.queue.take([routing], 32, DRAIN_EVERY)
+        except BackendUnavailable:
+            await anyio.sleep(DRAIN_EVERY)
+            continue
+        waiting = False
+        for delivery in deliveries:
+            with anyio.CancelScope(shield=True):
+                if waiting:
+                    await delivery.requeue()
+                    continue
+                try:
+                    job = await service.store.get(delivery.job_id)
+                except BackendUnavailable:
+                    job, waiting = None, True
+                    await delivery.requeue()
+                    continue
+                if job is not None and job.state is JobState.QUEUED:
+                    waiting = True
+                    await delivery.requeue()
+                else:
+                    await delivery.ack()
+        if waiting:
+            await anyio.sleep(DRAIN_EVERY)
+
+
 @registry.lifespan
 @asynccontextmanager
 async def mylab(node: Node) -> AsyncIterator[None]:
@@ -201,6 +246,10 @@ async def mylab(node: Node) -> AsyncIterator[None]:
             teller = NewJobTeller(kind, publisher)
             hooks.after_change.append(teller)
             stack.callback(hooks.after_change.remove, teller)
+            if service.registry.get(kind).external:
+                tasks = await stack.enter_async_context(anyio.create_task_group())
+                tasks.start_soon(drain_spare_messages, service, kind)
+                stack.callback(tasks.cancel_scope.cancel)
         stopper = LeaselessStopper(kind, service)
         hooks.after_change.append(stopper)
         stack.callback(hooks.after_change.remove, stopper)

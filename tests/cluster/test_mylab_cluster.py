@@ -238,6 +238,12 @@ async def test_a_mylab_processor_runs_mylab_requests_on_the_cluster(
             ids[name]: content for name, content in contents.items()
         }
 
+        # The jobs' own messages (for `/api/workers/take` processors) are spare once
+        # MyLab processors started the jobs: they do not pile up on the node's queue.
+        async with RabbitMQQueue(amqp_url, prefix=unique_prefix) as queue:
+            await queue.start()
+            await wait_until(lambda: queue.depth(f"ext.{KIND}"), lambda n: n == 0, timeout=10)
+
 
 async def test_a_stop_reaches_the_mylab_processor_on_the_cluster(
     redis_url: str, amqp_url: str, unique_prefix: str, tmp_path: Path
