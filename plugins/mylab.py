@@ -12,16 +12,16 @@ SDK use) for jobs of `mylab_kind`:
 
 Its lifespan hook gives `mylab_kind` MyLab's callback message shape (hook layer:
 `Hooks.callback_shapes`), publishes each new job's MyLab queue message to `mylab_queue`
-(RabbitMQ), and stops at once a running MyLab job whose stop was requested while no
-lease holder runs it (a MyLab processor would only learn of it at its next call).
-The mapping itself is `plugins.mylab_model`.
+(RabbitMQ) and drains the spare messages that leaves on `ext.<kind>`, and stops at
+once a running MyLab job whose stop was requested while no lease holder runs it (a
+MyLab processor would only learn of it at its next call): `plugins.mylab_hooks`. The
+mapping itself is `plugins.mylab_model`, the OpenAPI paths `plugins.mylab_openapi`.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
-from typing import Any
 
 import anyio
 import msgspec
@@ -31,7 +31,6 @@ from starlette.responses import Response
 from asyncproc.api import decode_body, handler_headers, json_response, read_body, service_of
 from asyncproc.config import Settings
 from asyncproc.errors import (
-    BackendUnavailable,
     BadRequest,
     ConfigError,
     Conflict,
@@ -44,13 +43,13 @@ from asyncproc.hooks import Node
 from asyncproc.lifecycle import Event, Fail, Report, Start, Stopped, Succeed
 from asyncproc.model import Job, JobState
 from asyncproc.registry import Registry, optional_backend
-from asyncproc.service import EnqueueRequest, JobService, external_routing
+from asyncproc.service import EnqueueRequest
 
+from . import mylab_openapi
+from .mylab_hooks import CallbackShape, LeaselessStopper, NewJobTeller, drain_spare_messages
 from .mylab_model import (
     CreateRequest,
     ProcessingError,
-    QueueMessage,
-    callback_message,
     error_info,
     is_json,
     process_step,
@@ -63,8 +62,6 @@ __all__ = ["registry"]
 registry = Registry()
 
 PREFIXES = ("/requests", "/v2/requests")
-
-_encoder = msgspec.json.Encoder()
 
 
 class ResultNotReady(ServiceError):
@@ -116,110 +113,6 @@ def check_settings(settings: Settings, kinds: Registry) -> None:
 
 
 # -- hooks ----------------------------------------------------------------------------
-
-
-class CallbackShape:
-    """MyLab's callback message of a change to a MyLab job (with its result, read from
-    the store, when it completes with one)."""
-
-    def __init__(self, service: JobService, *, expose_tech_info: bool) -> None:
-        self.service = service
-        self.expose_tech_info = expose_tech_info
-
-    async def __call__(self, before: Job | None, after: Job) -> bytes | None:
-        """The message body, or None when MyLab tells nothing of this change."""
-        result = None
-        if after.state is JobState.SUCCEEDED and after.result_size is not None:
-            result = await self.service.store.get_result(after.id)
-        message = callback_message(before, after, result, expose_tech_info=self.expose_tech_info)
-        return _encoder.encode(message) if message is not None else None
-
-
-class NewJobTeller:
-    """After-change hook: MyLab's queue message `{"id", "content"}` of each new MyLab
-    job goes to `mylab_queue`, for MyLab processors."""
-
-    states = frozenset({JobState.QUEUED})
-
-    def __init__(self, kind: str, publisher: Any) -> None:
-        self.kind = kind
-        self.publisher = publisher
-
-    async def __call__(self, before: Job | None, after: Job) -> None:
-        """Queue the message of a job just created."""
-        if before is None and after.kind == self.kind:
-            await self.publisher.send(_encoder.encode(QueueMessage(after.id, after.content)))
-
-
-class LeaselessStopper:
-    """After-change hook: a stop requested on a running MyLab job that no lease holder
-    runs (a MyLab processor started it) stops it at once; the processor's next call
-    answers `409`."""
-
-    states = frozenset({JobState.RUNNING})
-
-    def __init__(self, kind: str, service: JobService) -> None:
-        self.kind = kind
-        self.service = service
-
-    async def __call__(self, before: Job | None, after: Job) -> None:
-        """Stop the job if the change is its stop request."""
-        if (
-            after.kind != self.kind
-            or not after.stop_requested
-            or before is None
-            or before.stop_requested
-        ):
-            return
-        if await self.service.store.lease_of(after.id) is not None:
-            return  # a processor with a lease confirms the stop itself
-        try:
-            await self.service.transition(after.id, Stopped())
-        except TransitionRefused:
-            pass  # it finished meanwhile
-
-
-# How long the spare-message drain waits for messages, and pauses when the oldest one
-# is a job still pending with the MyLab processors.
-DRAIN_EVERY = 1.0
-
-
-async def drain_spare_messages(service: JobService, kind: str) -> None:
-    """Ack the spare messages on the external kind's queue routing (`ext.<kind>`).
-
-    Every job of an external kind also has a message there (for processors that take
-    jobs over `/api/workers/take`). A MyLab processor starts its job from MyLab's
-    queue message instead, which leaves that message spare: this drain acks the
-    messages of jobs no longer queued, oldest first, so they never pile up (nor count
-    in `max_queue_depth`). It stops at the first job still queued (puts it back, and
-    looks again after a pause): its message is the job's while it waits.
-    """
-    routing = external_routing(kind)
-    while True:
-        try:
-            deliveries = await service.queue.take([routing], 32, DRAIN_EVERY)
-        except BackendUnavailable:
-            await anyio.sleep(DRAIN_EVERY)
-            continue
-        waiting = False
-        for delivery in deliveries:
-            with anyio.CancelScope(shield=True):
-                if waiting:
-                    await delivery.requeue()
-                    continue
-                try:
-                    job = await service.store.get(delivery.job_id)
-                except BackendUnavailable:
-                    job, waiting = None, True
-                    await delivery.requeue()
-                    continue
-                if job is not None and job.state is JobState.QUEUED:
-                    waiting = True
-                    await delivery.requeue()
-                else:
-                    await delivery.ack()
-        if waiting:
-            await anyio.sleep(DRAIN_EVERY)
 
 
 @registry.lifespan
@@ -442,6 +335,9 @@ async def put_result(request: Request) -> Response:
     job = await running_job(request)
     return await report(request, job, Succeed(len(data), mime), data)
 
+
+registry.hooks.openapi_types += mylab_openapi.TYPES
+registry.hooks.openapi_paths.update(mylab_openapi.paths(PREFIXES))
 
 for _prefix in PREFIXES:
     registry.route(_prefix, ["POST"])(create)

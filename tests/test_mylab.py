@@ -9,6 +9,7 @@ from typing import Any
 
 import httpx
 import pytest
+from openapi_spec_validator import validate
 
 from asyncproc.config import load_settings
 from asyncproc.errors import ConfigError
@@ -321,6 +322,16 @@ async def test_a_python_kind_serves_clients_and_refuses_processors() -> None:
         assert (await details(client, req_id, "true"))["resObj"]["content"] == {"value": 1}
         refused = await call(client, "POST", f"/requests/{req_id}/status/step/processing", 409)
         assert refused.json()["error"]["code"] == "not_external"
+
+
+async def test_openapi_documents_the_mylab_routes() -> None:
+    async with api_client(mylab_app()) as client:
+        document = (await client.get("/openapi.json")).json()
+    validate(document)
+    for prefix in ("/requests", "/v2/requests"):
+        assert set(document["paths"][prefix + "/{id}/result"]) == {"get", "put"}
+        assert prefix + "/{id}/status/step/completed" in document["paths"]
+    assert "RequestStatus" in document["components"]["schemas"]
 
 
 async def test_routes_are_served_only_with_mylab() -> None:
