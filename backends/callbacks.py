@@ -41,6 +41,9 @@ log = logging.getLogger("asyncproc.rabbitmq")
 _STATUS_ENCODER = msgspec.json.Encoder()
 _BATCH = 256
 
+# A message waiting to go out: routing key, body, AMQP headers.
+_Message = tuple[str, bytes, dict[str, str] | None]
+
 
 class ConfirmedPublisher:
     """Publishes messages through one exchange with publisher confirms, in order.
@@ -54,7 +57,9 @@ class ConfirmedPublisher:
     def __init__(self, url: str, exchange: str, *, buffer: int = 10_000, name: str) -> None:
         self.exchange = exchange
         self._link = Link(url, name)
-        self._pending: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(maxsize=buffer)
+        self._pending: asyncio.Queue[_Message] = asyncio.Queue(maxsize=buffer)
+        # What the messages go to, for log lines.
+        self.target = f"exchange {exchange}"
         self._channel: Channel | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -91,10 +96,10 @@ class ConfirmedPublisher:
             with anyio.CancelScope(shield=True):
                 await self.aclose()
 
-    async def post(self, routing: str, body: bytes) -> None:
-        """Queue `body` for the exchange with routing key `routing` (waits only while
-        the buffer is full)."""
-        await self._pending.put((routing, body))
+    async def post(self, routing: str, body: bytes, headers: dict[str, str] | None = None) -> None:
+        """Queue `body` (with AMQP `headers`, if any) for the exchange with routing key
+        `routing` (waits only while the buffer is full)."""
+        await self._pending.put((routing, body, headers))
 
     async def _publishing_channel(self) -> Channel:
         channel = self._channel
@@ -103,17 +108,23 @@ class ConfirmedPublisher:
             channel = self._channel = await open_channel(connection, confirms=True)
         return channel
 
-    async def _publish(self, channel: Channel, routing: str, body: bytes) -> None:
+    async def _publish(
+        self, channel: Channel, routing: str, body: bytes, headers: dict[str, str] | None
+    ) -> None:
         await channel.basic_publish(
             body,
             exchange=self.exchange,
             routing_key=routing,
-            properties=spec.Basic.Properties(content_type="application/json", delivery_mode=2),
+            properties=spec.Basic.Properties(
+                content_type="application/json",
+                delivery_mode=2,
+                headers=dict(headers) if headers else None,
+            ),
             wait=False,
         )
 
     async def _drain(self) -> None:
-        batch: list[tuple[str, bytes]] = []
+        batch: list[_Message] = []
         delay = BACKOFF_MIN
         while True:
             if not batch:
@@ -125,14 +136,14 @@ class ConfirmedPublisher:
             except FAILED as exc:
                 if aborted(exc):
                     raise
-                log.warning("callback exchange: %s; retrying", describe(exc))
+                log.warning("%s: %s; retrying", self.target, describe(exc))
                 await asyncio.sleep(delay)
                 delay = backoff(delay)
                 continue
             # The tasks reach the channel's (FIFO) lock in creation order, so the
             # messages go out in order while their confirms are awaited together.
             outcomes = await asyncio.gather(
-                *(self._publish(channel, routing, body) for routing, body in batch),
+                *(self._publish(channel, *message) for message in batch),
                 return_exceptions=True,
             )
             errors = [(i, out) for i, out in enumerate(outcomes) if isinstance(out, BaseException)]
@@ -143,7 +154,7 @@ class ConfirmedPublisher:
             if errors:
                 if cancelled_for_real():
                     raise asyncio.CancelledError
-                log.warning("callback exchange: %s; resending", describe(errors[0][1]))
+                log.warning("%s: %s; resending", self.target, describe(errors[0][1]))
                 await asyncio.sleep(delay)
                 delay = backoff(delay)
             else:
@@ -187,6 +198,7 @@ class CallbackPublisher(ConfirmedPublisher):
         shapes: Mapping[str, CallbackShape] | None = None,
     ) -> None:
         super().__init__(url, exchange, buffer=buffer, name=name)
+        self.target = f"callback exchange {exchange}"
         self.expose_tech_info = expose_tech_info
         self.shapes: Mapping[str, CallbackShape] = shapes if shapes is not None else {}
 
@@ -228,10 +240,10 @@ class CallbackPublisher(ConfirmedPublisher):
         if shape is not None:
             shaped = await shape(before, after)
             if shaped is not None:
-                await self._pending.put((routing, shaped))
+                await self._pending.put((routing, shaped, None))
             return
         body = _STATUS_ENCODER.encode(after.status(expose_tech_info=self.expose_tech_info))
-        await self._pending.put((routing, body))
+        await self._pending.put((routing, body, None))
 
 
 class QueuePublisher(ConfirmedPublisher):
@@ -242,12 +254,13 @@ class QueuePublisher(ConfirmedPublisher):
     def __init__(self, url: str, queue: str, *, buffer: int = 10_000, name: str) -> None:
         super().__init__(url, "", buffer=buffer, name=name)
         self.queue = queue
+        self.target = f"queue {queue}"
 
     async def _declare(self, connection: AbstractConnection) -> None:
         channel = await open_channel(connection, confirms=False)
         await channel.queue_declare(self.queue, durable=True)
         await close_channel(channel)
 
-    async def send(self, body: bytes) -> None:
-        """Queue a JSON message for the queue."""
-        await self.post(self.queue, body)
+    async def send(self, body: bytes, headers: dict[str, str] | None = None) -> None:
+        """Queue a JSON message (with AMQP `headers`, if any) for the queue."""
+        await self.post(self.queue, body, headers)

@@ -46,7 +46,8 @@ class CallbackShape:
 
 class NewJobTeller:
     """After-change hook: MyLab's queue message `{"id", "content"}` of each new MyLab
-    job goes to `mylab_queue`, for MyLab processors."""
+    job goes to `mylab_queue`, for MyLab processors, with the headers the job keeps
+    (those of the request that created it) as the message's headers."""
 
     states = frozenset({JobState.QUEUED})
 
@@ -57,7 +58,9 @@ class NewJobTeller:
     async def __call__(self, before: Job | None, after: Job) -> None:
         """Queue the message of a job just created."""
         if before is None and after.kind == self.kind:
-            await self.publisher.send(_encoder.encode(QueueMessage(after.id, after.content)))
+            body = _encoder.encode(QueueMessage(after.id, after.content))
+            # The headers of the request that created it, as MyLab's server passes them on.
+            await self.publisher.send(body, after.headers or None)
 
 
 class LeaselessStopper:

@@ -5,7 +5,8 @@ It consumes MyLab's queue messages `{"id", "content"}` from `MYLAB_QUEUE`, says
 `processing`, runs the content's `command` (the commands of MyLab's own test processor)
 and reports through MyLab's processor calls under `/v2/requests`; an exception of its
 logic is reported as MyLab's SDK does (`techMgs` = the message, `techInfo` = the
-trace). Each message it gets is appended, as received, to the file `MYLAB_SEEN`.
+trace). Each message it gets is appended, as received (body and headers), to the file
+`MYLAB_SEEN`.
 
 Run: `python tests/mylab_processor.py` with `MYLAB_URL`, `MYLAB_AMQP_URL`,
 `MYLAB_QUEUE` and `MYLAB_SEEN` set.
@@ -83,15 +84,23 @@ async def logic(api: ProcessorApi, req_id: str, request: dict[str, Any]) -> None
         raise RuntimeError("foo")
 
 
-def record(seen_path: str, body: bytes) -> None:
-    """Append a message as received (one line: a message body is one-line JSON)."""
-    with open(seen_path, "ab") as seen:
-        seen.write(body + b"\n")
+def record(seen_path: str, message: aiormq.abc.DeliveredMessage) -> None:
+    """Append a message as received: one JSON line `{"body": text, "headers": {...}}`."""
+    headers = message.header.properties.headers or {}
+    line = {
+        "body": message.body.decode(),
+        "headers": {
+            name: value.decode() if isinstance(value, bytes) else str(value)
+            for name, value in headers.items()
+        },
+    }
+    with open(seen_path, "a", encoding="utf-8") as seen:
+        seen.write(json.dumps(line) + "\n")
 
 
 async def consume(api: ProcessorApi, seen_path: str, message: aiormq.abc.DeliveredMessage) -> None:
     """One queue message, as MyLab's SDK consumes it."""
-    record(seen_path, message.body)
+    record(seen_path, message)
     payload = json.loads(message.body)
     req_id = payload["id"]
     try:

@@ -127,7 +127,9 @@ def start_processor(
 
 async def create(client: httpx.AsyncClient, content: dict[str, Any]) -> str:
     answer = await client.post(
-        "/v2/requests", json={"content": content, "callbackRouting": "client1"}
+        "/v2/requests",
+        json={"content": content, "callbackRouting": "client1"},
+        headers={"X-Client-Name": "mylab-test", "Authorization": "Bearer secret"},
     )
     assert answer.status_code == 200, answer.text
     return answer.text
@@ -231,12 +233,17 @@ async def test_a_mylab_processor_runs_mylab_requests_on_the_cluster(
         last = (await callbacks(setup, req_id))[-1]
         assert last["error"] == {"techMgs": "foo", "errorId": "processing_error"}
 
-        # The processor got MyLab's queue message of each request, content as sent.
-        lines = (await anyio.Path(setup.seen_path).read_bytes()).splitlines()
-        messages = [checked(json.loads(line), QUEUE_MESSAGE) for line in lines]
+        # The processor got MyLab's queue message of each request, content as sent, with
+        # the headers of the request that created it (those a handler would see).
+        lines = (await anyio.Path(setup.seen_path).read_text()).splitlines()
+        seen = [json.loads(line) for line in lines]
+        messages = [checked(json.loads(item["body"]), QUEUE_MESSAGE) for item in seen]
         assert {m["id"]: m["content"] for m in messages} == {
             ids[name]: content for name, content in contents.items()
         }
+        for item in seen:
+            assert item["headers"]["x-client-name"] == "mylab-test"
+            assert "authorization" not in item["headers"]
 
         # The jobs' own messages (for `/api/workers/take` processors) are spare once
         # MyLab processors started the jobs: they do not pile up on the node's queue.
