@@ -36,8 +36,10 @@ __all__ = [
     "AsyncClient",
     "BatchItem",
     "Client",
+    "ExternalJob",
     "JobPage",
     "JobResult",
+    "Processor",
     "ProgressCallback",
 ]
 
@@ -602,3 +604,7 @@ class Client:
             if page.next is None:
                 return
             cursor = page.next
+
+
+# The processor of external kinds, offered here beside the client (it uses `api_error`).
+from .processor import ExternalJob, Processor  # noqa: E402

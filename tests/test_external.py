@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from asyncproc.external import make_token, token_attempt
-from tests.support import api_client, demo_app, wait_until
+from tests.support import api_client, demo_app, live_server, wait_until
 from tests.support import job_finished as finished
 from tests.support import job_status as status
 from tests.support import post_json as post
@@ -296,3 +296,101 @@ async def test_external_kinds_cannot_shadow_python_kinds() -> None:
 
     with pytest.raises(ConfigError, match="external_kinds"):
         demo_app(external_kinds=["demo.count"])
+
+
+async def test_the_python_processor_runs_jobs_with_progress_results_errors_and_stop() -> None:
+    from asyncproc.client import ExternalJob, Processor
+    from asyncproc.errors import JobError
+
+    async def work(job: ExternalJob) -> Any:
+        mode = job.content["mode"]
+        await job.progress(percent=50, biz_step=mode)
+        if mode == "fail":
+            raise JobError("cannot render", tech_msg="no template", error_id="render.failed")
+        if mode == "crash":
+            raise RuntimeError("boom")
+        if mode == "hang":
+            await anyio.sleep(60)
+        return {"mode": mode}
+
+    async with (
+        live_server(external_app(lease=0.6)) as url,
+        httpx.AsyncClient(base_url=url) as client,
+    ):
+        processor = Processor(url, [KIND], work, concurrency=3, wait=0.5)
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(processor.run)
+            ok = await enqueue(client, {"mode": "ok"})
+            fail = await enqueue(client, {"mode": "fail"})
+            crash = await enqueue(client, {"mode": "crash"})
+            hang = await enqueue(client, {"mode": "hang"})
+            done = await finished(client, ok)
+            assert done["state"] == "succeeded"
+            assert (await client.get(f"/api/jobs/{ok}/result")).json() == {"mode": "ok"}
+            failed = await finished(client, fail)
+            assert failed["error"]["errorId"] == "render.failed"
+            assert failed["error"]["bizMsg"] == "cannot render"
+            crashed = await finished(client, crash)
+            assert crashed["error"]["errorId"] == "unhandled"
+            assert crashed["error"]["techMsg"] == "boom"
+            running = await wait_until(
+                lambda: status(client, hang),
+                lambda s: s["progress"]["bizStep"] == "hang",
+            )
+            # Heartbeats keep the lease: it outlives several lease lengths.
+            await anyio.sleep(1.5)
+            assert (await status(client, hang))["state"] == "running"
+            assert running["attempt"] == 1
+            assert (await client.post(f"/api/jobs/{hang}/stop")).status_code == 202
+            stopped = await finished(client, hang)
+            assert stopped["state"] == "stopped"
+            assert stopped["attempt"] == 1
+            tasks.cancel_scope.cancel()
+        await processor.aclose()
+
+
+async def test_schedules_and_event_triggers_start_external_jobs() -> None:
+    trigger = {"name": "render-on-event", "kind": KIND, "event": "render", "id_field": "id"}
+    async with api_client(external_app(triggers=[trigger])) as client:
+        put = await client.put(
+            "/api/schedules/every-second", json={"kind": KIND, "content": {"rows": 1}, "every": 1}
+        )
+        assert put.status_code == 201, put.text
+        [scheduled] = await take(client, wait=10)
+        assert scheduled["job"]["trigger"] == {"type": "schedule", "name": "every-second"}
+        assert scheduled["content"] == {"rows": 1}
+        await client.post("/api/schedules/every-second/pause")
+        fired = await post(client, "/api/events/render", {"id": "e-1", "rows": 2}, 200)
+        [made] = fired["items"]
+        assert made["outcome"] == "created"
+        taken = await take(client, count=5, wait=5)
+        by_id = {item["job"]["id"]: item for item in taken}
+        assert made["status"]["id"] in by_id
+        assert by_id[made["status"]["id"]]["job"]["trigger"]["type"] == "event"
+
+
+async def test_a_replacing_job_waits_for_the_key_holder_to_end() -> None:
+    settings = {"kinds": {KIND: {"unique": "active", "on_conflict": "replace"}}}
+    async with api_client(external_app(**settings)) as client:
+        holder = await enqueue(client, key="order-7")
+        [held] = await take(client)
+        replacement = await enqueue(client, key="order-7")
+        stopping = await status(client, holder)
+        assert stopping["stopRequested"] is True
+        # The replacement is not handed out while the holder still runs.
+        assert await take(client, wait=0.5) == []
+        assert (await status(client, replacement))["state"] == "queued"
+        await post(client, f"/api/workers/jobs/{holder}/stopped", {"token": held["token"]}, 200)
+        [taken] = await take(client, wait=10)
+        assert taken["job"]["id"] == replacement
+        key = (await client.get(f"/api/keys/{KIND}/order-7")).json()
+        assert key["holder"]["id"] == replacement
+
+
+async def test_a_queued_external_job_stops_at_once_and_is_never_handed_out() -> None:
+    async with api_client(external_app()) as client:
+        job_id = await enqueue(client)
+        stop = await client.post(f"/api/jobs/{job_id}/stop")
+        assert stop.status_code == 200
+        assert stop.json()["state"] == "stopped"
+        assert await take(client, wait=0.3) == []
