@@ -4,6 +4,7 @@ job, a stop that needs no processor's confirmation, and the drain of spare messa
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import anyio
@@ -23,6 +24,8 @@ __all__ = [
     "NewJobTeller",
     "drain_spare_messages",
 ]
+
+log = logging.getLogger("asyncproc.mylab")
 
 _encoder = msgspec.json.Encoder()
 
@@ -109,26 +112,34 @@ async def drain_spare_messages(service: JobService, kind: str) -> None:
     routing = external_routing(kind)
     while True:
         try:
-            deliveries = await service.queue.take([routing], 32, DRAIN_EVERY)
+            waiting = await _drain_once(service, routing)
         except BackendUnavailable:
-            await anyio.sleep(DRAIN_EVERY)
-            continue
-        waiting = False
-        for delivery in deliveries:
-            with anyio.CancelScope(shield=True):
-                if waiting:
-                    await delivery.requeue()
-                    continue
-                try:
-                    job = await service.store.get(delivery.job_id)
-                except BackendUnavailable:
-                    job, waiting = None, True
-                    await delivery.requeue()
-                    continue
-                if job is not None and job.state is JobState.QUEUED:
-                    waiting = True
-                    await delivery.requeue()
-                else:
-                    await delivery.ack()
+            waiting = True
+        except Exception:  # a background loop must outlive a surprise; log it
+            log.exception("mylab: draining %s failed", routing)
+            waiting = True
         if waiting:
             await anyio.sleep(DRAIN_EVERY)
+
+
+async def _drain_once(service: JobService, routing: str) -> bool:
+    """One round of the drain; True when it stopped at a job still queued."""
+    deliveries = await service.queue.take([routing], 32, DRAIN_EVERY)
+    waiting = False
+    for delivery in deliveries:
+        with anyio.CancelScope(shield=True):
+            if waiting:
+                await delivery.requeue()
+                continue
+            try:
+                job = await service.store.get(delivery.job_id)
+            except BackendUnavailable:
+                job, waiting = None, True
+                await delivery.requeue()
+                continue
+            if job is not None and job.state is JobState.QUEUED:
+                waiting = True
+                await delivery.requeue()
+            else:
+                await delivery.ack()
+    return waiting
