@@ -38,6 +38,7 @@ from .input_limits import (
 )
 from .interfaces import JobQuery
 from .model import Job, JobState, OnConflict, Trigger, TriggerType, utcnow
+from .safe_answers import attachment, is_active_content
 from .service import BusinessKey, EnqueueRequest, JobService
 
 __all__ = ["EXCEPTION_HANDLERS", "api_routes"]
@@ -319,10 +320,10 @@ async def _result(request: Request, job_id: str, kind: str | None, *, download: 
     if data is None:
         return Response(status_code=204)
     headers = {}
-    if download:
-        headers["Content-Disposition"] = (
-            f'attachment; filename="{job.id}{_suffix(job.result_mime)}"'
-        )
+    # A type a browser would run (HTML, SVG, XML) is never shown inline: a job's output
+    # must not run as this origin.
+    if download or is_active_content(job.result_mime):
+        headers["Content-Disposition"] = attachment(f"{job.id}{_suffix(job.result_mime)}")
     return Response(data, 200, headers, media_type=job.result_mime)
 
 
@@ -333,6 +334,8 @@ def _suffix(mime: str | None) -> str:
         "text/csv": ".csv",
         "text/plain": ".txt",
         "text/html": ".html",
+        "image/svg+xml": ".svg",
+        "application/xml": ".xml",
         "application/pdf": ".pdf",
     }.get(base, ".bin")
 

@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from .errors import ConfigError
+from .origins import normalize_origin
 
 __all__ = [
     "KindSettings",
@@ -121,6 +122,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Request headers never kept for a handler, besides Authorization, Cookie and
     # Proxy-Authorization (lower case).
     hidden_headers: tuple[str, ...] = ("x-api-key", "x-auth-token", "x-amz-security-token")
+    # Origins whose pages may call the API from a browser (`scheme://host[:port]`).
+    cors_origins: tuple[str, ...] = ()
     callback_exchange: str = ""
     plugins: tuple[str, ...] = ("asyncproc.plugins.demo",)
     # Beyond API.md: how long shutdown waits for running jobs before cancelling them,
@@ -132,6 +135,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_deliveries: int = 5
     scheduler: bool = True
     lease: float = 10.0
+    # Memory mode: finished jobs kept at most (0: no cap); the oldest finished go first.
+    max_finished: int = 50_000
     # MyLab.AsyncProcessor API v2 (API.md section 14): served when `mylab`; its
     # `POST /requests` creates jobs of `mylab_kind`, each also published to
     # `mylab_queue` (RabbitMQ; empty: not published).
@@ -171,7 +176,7 @@ def parse_duration(value: object) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-LIST_KEYS = frozenset({"routings", "plugins", "hidden_headers", "external_kinds"})
+LIST_KEYS = frozenset({"routings", "plugins", "hidden_headers", "external_kinds", "cors_origins"})
 
 
 def load_settings(
@@ -283,12 +288,21 @@ def _check(settings: Settings) -> None:
         raise ConfigError("routings", "name at least one routing")
     if settings.max_body < 1:
         raise ConfigError("max_body", "must be at least 1 byte")
+    if settings.max_finished < 0:
+        raise ConfigError("max_finished", "must be 0 (no cap) or more")
     if settings.processing_timeout <= 0:
         raise ConfigError("processing_timeout", "must be more than 0")
     if settings.lease < 0.5:
         raise ConfigError("lease", "must be at least 500ms")
     if settings.max_deliveries < 1:
         raise ConfigError("max_deliveries", "must be at least 1")
+    for origin in settings.cors_origins:
+        if origin.strip() == "*":
+            raise ConfigError("cors_origins", "'*' is not allowed: list the origins one by one")
+        try:
+            normalize_origin(origin)
+        except ValueError as exc:
+            raise ConfigError("cors_origins", str(exc)) from None
     if settings.mylab and not settings.mylab_kind:
         raise ConfigError("mylab_kind", "required when mylab is true")
     for kind, options in settings.kinds.items():

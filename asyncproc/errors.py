@@ -7,6 +7,7 @@
     ├── TransitionRefused      the lifecycle refuses an event in the job's state
     ├── ServiceError           a request the service refuses (API status codes)
     │   ├── BadRequest         400  body is not JSON, nested too deep, or misses a field
+    │   ├── CrossOriginRefused 403  a page of another origin asks for a change
     │   ├── NotFound           404  unknown kind, job or route
     │   │   ├── UnknownKind
     │   │   └── JobNotFound
@@ -93,6 +94,14 @@ class ServiceError(AsyncProcError):
 
 class BadRequest(ServiceError):
     """Raised when a body is not JSON or misses a required field."""
+
+
+class CrossOriginRefused(ServiceError):
+    """Raised when a browser page of another origin (not in `cors_origins`) asks for a
+    change (any method but GET, HEAD and OPTIONS)."""
+
+    status_code = 403
+    code = "cross_origin"
 
 
 class NotFound(ServiceError):

@@ -27,8 +27,10 @@ from .config import Settings, load_settings
 from .drain import Drain
 from .errors import BackendUnavailable
 from .hooks import Node
+from .input_limits import hidden_header_names
 from .interfaces import Queue, StateStore
 from .openapi import openapi_document
+from .origins import Origins
 from .registry import (
     Registry,
     apply_kind_settings,
@@ -37,6 +39,7 @@ from .registry import (
     optional_backend,
     switched_on,
 )
+from .safe_answers import PAGE_CSP, SafeStarlette
 from .service import JobService
 from .worker import WorkerPool
 
@@ -63,7 +66,11 @@ def _backend_class(table: dict[str, tuple[str, str, str | None]], key: str, valu
 def open_store(settings: Settings) -> StateStore:
     """The StateStore named by `settings.state` (not yet started)."""
     cls = _backend_class(STORES, "state", settings.state)
-    store: StateStore = cls() if settings.state == "memory" else cls.from_settings(settings)
+    store: StateStore = (
+        cls(max_finished=settings.max_finished)
+        if settings.state == "memory"
+        else cls.from_settings(settings)
+    )
     return store
 
 
@@ -133,6 +140,7 @@ def create_app(
         expose_tech_info=settings.expose_tech_info,
         max_queue_depth=settings.max_queue_depth,
         max_deliveries=settings.max_deliveries,
+        hidden_headers=hidden_header_names(settings.hidden_headers),
     )
     worker = (
         WorkerPool(
@@ -196,10 +204,14 @@ def create_app(
             Route("/dead-letters", page, methods=["GET"]),
             Mount("/static", StaticFiles(directory=_web_dir()), name="static"),
         ]
-    app = Starlette(
+    # SafeStarlette: every answer, a 500 included, carries nosniff & co (safe_answers.py).
+    app = SafeStarlette(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[Middleware(IncomingAt, refuse=drain.refusal)],
+        middleware=[
+            Middleware(IncomingAt, refuse=drain.refusal),
+            Middleware(Origins, allowed=settings.cors_origins),
+        ],
         lifespan=lifespan,
     )
     app.state.settings = settings
@@ -243,4 +255,5 @@ async def openapi(request: Request) -> Response:
 async def page(request: Request) -> Response:
     """The web page (`/`, `/jobs/{id}`, `/new`, `/schedules`, `/dead-letters`: the page
     routes itself)."""
-    return FileResponse(f"{_web_dir()}/index.html", media_type="text/html")
+    headers = {"Content-Security-Policy": PAGE_CSP}
+    return FileResponse(f"{_web_dir()}/index.html", headers=headers, media_type="text/html")

@@ -31,6 +31,7 @@ from .errors import (
     TransitionRefused,
 )
 from .hooks import Draft
+from .input_limits import ALWAYS_HIDDEN_HEADERS
 from .interfaces import JobQuery, Page, Queue, StateStore
 from .lifecycle import TIMEOUT_ERROR, Event, Fail, RequestStop, Retry, Stopped, TimeOut
 from .model import (
@@ -52,9 +53,6 @@ RequestId = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._:-]{1,128}$")]
 BusinessKey = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 RoutingName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 CallbackRouting = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
-
-HIDDEN_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
-
 
 # The repair sweep: how often it looks, and how long a ready job may wait unstarted
 # in an empty queue before its message counts as lost.
@@ -159,6 +157,7 @@ class JobService:
         expose_tech_info: bool = False,
         max_queue_depth: int = 0,
         max_deliveries: int = 5,
+        hidden_headers: frozenset[str] = ALWAYS_HIDDEN_HEADERS,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -168,6 +167,8 @@ class JobService:
         self.expose_tech_info = expose_tech_info
         self.max_queue_depth = max_queue_depth
         self.max_deliveries = max_deliveries
+        # Lower-case names never kept for a handler, whoever passes the headers in.
+        self.hidden_headers = hidden_headers
         # Jobs this node took back after a lapsed lease -> (when, publishes): published
         # again while they stay queued, as the message may have gone to the frozen node.
         self._taken_back: dict[str, tuple[datetime, int]] = {}
@@ -234,7 +235,9 @@ class JobService:
             callback_routing=request.callback_routing,
             content=request.content,
             headers={
-                k.lower(): v for k, v in (headers or {}).items() if k.lower() not in HIDDEN_HEADERS
+                k.lower(): v
+                for k, v in (headers or {}).items()
+                if k.lower() not in self.hidden_headers
             },
             incoming_at=incoming_at or now,
             trigger=trigger,

@@ -26,7 +26,6 @@ from asyncproc.interfaces import (
     Page,
     Queue,
     StateStore,
-    cursor_of,
 )
 from asyncproc.lifecycle import Event, Revive, Succeed, apply
 from asyncproc.limits import Limits, Permits
@@ -40,6 +39,8 @@ from asyncproc.rules import (
     waits_for,
 )
 
+from .memory_index import JobIndex
+
 __all__ = ["MemoryQueue", "MemoryStateStore"]
 
 
@@ -48,9 +49,14 @@ class MemoryStateStore(StateStore):
 
     name = "memory"
 
-    def __init__(self, hub: ChangeHub | None = None) -> None:
+    def __init__(self, hub: ChangeHub | None = None, *, max_finished: int = 0) -> None:
         self.hub = hub or ChangeHub()
+        # Finished jobs kept at most (0: no cap); past it the oldest finished go first.
+        self.max_finished = max_finished
         self._jobs: dict[str, Job] = {}
+        self._index = JobIndex()
+        # Finished job ids in the order they finished: what the cap drops first.
+        self._finished: dict[str, None] = {}
         self._results: dict[str, bytes] = {}
         self._unfinished: dict[str, datetime] = {}
         self._expiry: list[tuple[datetime, str]] = []
@@ -74,9 +80,21 @@ class MemoryStateStore(StateStore):
         return job
 
     def _drop(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
+        job = self._jobs.pop(job_id, None)
+        if job is not None:
+            self._index.remove(job, self._indexed)
         self._results.pop(job_id, None)
         self._unfinished.pop(job_id, None)
+        self._finished.pop(job_id, None)
+
+    def _indexed(self, entry: tuple[datetime, str]) -> bool:
+        job = self._jobs.get(entry[1])
+        return job is not None and job.created_at == entry[0]
+
+    def _cap(self) -> None:
+        """Drop the oldest finished jobs past `max_finished`."""
+        while len(self._finished) > self.max_finished:
+            self._drop(next(iter(self._finished)))
 
     def _holder(self, kind: str, key: str) -> Job | None:
         """The job holding (kind, key), forgetting an entry that no longer holds."""
@@ -137,6 +155,7 @@ class MemoryStateStore(StateStore):
                 job = msgspec.structs.replace(job, after=wait)
             self._holders[(job.kind, key)] = (job.id, uniqueness)
         self._jobs[job.id] = job
+        self._index.add(job)
         self._unfinished[job.id] = job.deadline
         self._publish(job)
         return Created(job, True, replaced)
@@ -194,16 +213,21 @@ class MemoryStateStore(StateStore):
             return job
         job_id = job.id
         self._jobs[job_id] = new
+        self._index.moved(job, new)
         if isinstance(event, Succeed) and result is not None:
             self._results[job_id] = result
         if new.finished_at is not None:
             self._unfinished.pop(job_id, None)
             heapq.heappush(self._expiry, (new.expires_at, job_id))
             self._release_on_finish(new)
+            self._finished[job_id] = None
+            if self.max_finished and len(self._finished) > self.max_finished:
+                self._cap()
         elif job.finished_at is not None:
             # Revived (a dead letter requeued): unfinished again, with a new deadline;
             # its entry in the expiry heap is skipped by `purge_expired`.
             self._unfinished[job_id] = new.deadline
+            self._finished.pop(job_id, None)
         self._publish(new)
         return new
 
@@ -216,19 +240,8 @@ class MemoryStateStore(StateStore):
 
     async def list_jobs(self, query: JobQuery) -> Page:
         """See `StateStore.list_jobs`."""
-        after = query.after()
         now = utcnow()
-        found = (
-            job
-            for job in self._jobs.values()
-            if query.matches(job)
-            and (after is None or (job.created_at, job.id) < after)
-            and not expired(job, now)
-        )
-        items = heapq.nlargest(query.limit + 1, found, key=lambda j: (j.created_at, j.id))
-        more = len(items) > query.limit
-        items = items[: query.limit]
-        return Page(items=items, next=cursor_of(items[-1]) if more else None)
+        return self._index.page(query, self._jobs.get, lambda job: not expired(job, now))
 
     async def release_key(self, kind: str, key: str) -> bool:
         """See `StateStore.release_key`."""
@@ -259,6 +272,11 @@ class MemoryStateStore(StateStore):
             if job is not None and job.finished_at is not None and job.expires_at <= now:
                 self._drop(job_id)
                 purged += 1
+        if len(self._expiry) > 2 * len(self._finished) + 1024:
+            # Entries of jobs the cap dropped (or revived): rebuild rather than keep them
+            # until their time comes, so the heap stays the size of what is held.
+            self._expiry = [(self._jobs[i].expires_at, i) for i in self._finished]
+            heapq.heapify(self._expiry)
         return purged
 
     async def hold_lease(self, job_ids: Sequence[str], until: datetime) -> None:

@@ -1,5 +1,5 @@
 """The demo kinds of API.md section 9: count, report, fail, sleep, echo, bytes, keyed, once,
-select, flaky, saga."""
+select, flaky, saga, limited, page."""
 
 from __future__ import annotations
 
@@ -239,3 +239,15 @@ async def limited(ctx: JobContext, content: Limited) -> None:
     """Sleeps `seconds`; `max_concurrency` 2 across all nodes holds the rest in queued."""
     await ctx.progress(percent=0.0, biz_step="working")
     await anyio.sleep(content.seconds)
+
+
+class Page(msgspec.Struct, forbid_unknown_fields=True):
+    """An HTML document to return as the result."""
+
+    html: str
+
+
+@registry.job("demo.page", content=Page, title="HTML page")
+async def page(ctx: JobContext, content: Page) -> Result:
+    """Returns the HTML as `text/html`: served as an attachment, never run by the page."""
+    return Result(content.html, "text/html; charset=utf-8")

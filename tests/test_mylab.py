@@ -354,3 +354,13 @@ def test_settings_are_checked_at_start_up() -> None:
             )
         )
     assert no_broker.value.key == "mylab_queue"
+
+
+async def test_a_draining_memory_node_refuses_new_requests_on_both_paths() -> None:
+    app = mylab_app()
+    async with api_client(app) as client:
+        app.state.drain.begin()
+        for path in ("/requests", "/v2/requests"):
+            answer = await client.post(path, json={"content": {}})
+            assert answer.status_code == 503, path
+            assert answer.json()["error"]["code"] == "shutting_down"
