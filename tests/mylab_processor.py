@@ -75,6 +75,11 @@ async def logic(api: ProcessorApi, req_id: str, request: dict[str, Any]) -> None
         await api.make_completed(req_id)
     elif command == "reported-error":
         await api.error(req_id, {"bizMgs": "foo", "techMgs": "bar", "techInfo": "at Logic()"})
+    elif command == "steps":
+        for step in range(int(value2 or 0)):
+            await api.biz_step(req_id, f"step {step}")
+            await asyncio.sleep(0.1)
+        await api.object_result(req_id, "done")
     elif command == "slow":
         # Reports a step every 50 ms until the server refuses (a stop reaches it so).
         for step in range(600):

@@ -10,7 +10,7 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,11 +39,15 @@ KIND = "mylab.req"
 
 @dataclass
 class Setup:
-    """The node's client, what the callback queue heard, and where the processor writes."""
+    """The node's client, what the callback queue heard, where the processors write, and
+    the processor processes."""
 
     client: httpx.AsyncClient
     heard: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     seen_path: Path = Path()
+    processors: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Starts one more processor process (it joins `processors`).
+    start_processor: Callable[[], subprocess.Popen[bytes]] | None = None
 
 
 @asynccontextmanager
@@ -72,7 +76,7 @@ async def mylab_node(
         "ASYNCPROC_SHUTDOWN_GRACE": "1",
     }
     node = NodeProcess(env, tmp_path, "api")
-    processor: subprocess.Popen[bytes] | None = None
+    setup: Setup | None = None
     try:
         node.wait_healthy()  # it declared the callback exchange and the MyLab queue
         setup = Setup(httpx.AsyncClient(base_url=node.url, timeout=30))
@@ -88,12 +92,21 @@ async def mylab_node(
                 setup.heard.append((message.routing_key or "", json.loads(message.body)))
 
             await channel.basic_consume(declared.queue, on_message, no_ack=True)
-            processor = start_processor(node.url, amqp_url, mylab_queue, setup.seen_path, tmp_path)
+
+            def another_processor() -> subprocess.Popen[bytes]:
+                process = start_processor(
+                    node.url, amqp_url, mylab_queue, setup.seen_path, tmp_path
+                )
+                setup.processors.append(process)
+                return process
+
+            setup.start_processor = another_processor
+            another_processor()
             yield setup
     finally:
-        if processor is not None:
-            processor.kill()
-            processor.wait()
+        for process in setup.processors if setup is not None else ():
+            process.kill()
+            process.wait()
         node.stop()
         await forget_cluster(redis_url, amqp_url, prefix)
         queue = RabbitMQQueue(amqp_url, prefix=prefix)
@@ -109,7 +122,7 @@ def start_processor(
     url: str, amqp_url: str, queue: str, seen_path: Path, log_dir: Path
 ) -> subprocess.Popen[bytes]:
     """The MyLab processor process, its output in `log_dir`/processor.log."""
-    with (log_dir / "processor.log").open("wb") as log:
+    with (log_dir / "processor.log").open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "tests/mylab_processor.py"],
             cwd=ROOT,
@@ -284,3 +297,31 @@ async def test_a_stop_reaches_the_mylab_processor_on_the_cluster(
 
 async def _read(path: Path) -> str:
     return await anyio.Path(path).read_text(errors="replace")
+
+
+async def test_a_killed_mylab_processor_s_request_is_finished_by_another(
+    redis_url: str, amqp_url: str, unique_prefix: str, tmp_path: Path
+) -> None:
+    # MyLab's own recovery: the killed processor never acked MyLab's queue message, so
+    # RabbitMQ hands it to the next processor, whose `processing` call is answered 200
+    # (the request is processing already) and which then finishes the request.
+    async with mylab_node(redis_url, amqp_url, unique_prefix, tmp_path) as setup:
+        client = setup.client
+        req_id = await create(client, {"command": "steps", "value2": 20})
+
+        async def biz_step() -> str | None:
+            answer = await client.get(f"/v2/requests/{req_id}/status")
+            step: str | None = answer.json().get("bizStep")
+            return step
+
+        await wait_until(biz_step, lambda step: step is not None, timeout=20)
+        [first] = setup.processors
+        first.kill()
+        first.wait()
+        assert setup.start_processor is not None
+        setup.start_processor()
+        status = await completed(client, req_id)
+        assert (status["successful"], status["bizStep"]) == (True, "step 19")
+        assert (await client.get(f"/v2/requests/{req_id}/result")).json() == "done"
+        job = (await client.get(f"/api/jobs/{req_id}")).json()
+        assert (job["state"], job["attempt"]) == ("succeeded", 1)
