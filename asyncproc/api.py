@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from . import messages
 from .errors import (
     BackendUnavailable,
     BadRequest,
@@ -153,12 +154,13 @@ def decode_body(body: bytes, type_: type[T]) -> T:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as exc:  # before DecodeError: it is a subclass
         text = str(exc)
+        message = messages.invalid_value(exc, type_, body)
         top_level = "$." not in text
         if top_level and text.startswith(("Expected `object`", "Object missing required field")):
-            raise BadRequest(f"body: {text}") from None
-        raise InvalidInput(f"body: {text}") from None
+            raise BadRequest(message) from None
+        raise InvalidInput(message) from None
     except msgspec.DecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
+        raise BadRequest(messages.invalid_json(exc, body)) from None
     except RecursionError:  # a body that did not come through `read_body`
         raise BadRequest(f"body is JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
 
@@ -177,7 +179,7 @@ def _query_number(request: Request, name: str, type_: Any) -> Any:
     try:
         return msgspec.json.decode(raw.encode(), type=type_)
     except (msgspec.DecodeError, msgspec.ValidationError):
-        raise InvalidInput(f"query parameter {name}={raw!r} is not valid") from None
+        raise InvalidInput(messages.invalid_query(name, raw, type_)) from None
 
 
 # -- per-kind calls ------------------------------------------------------------
@@ -236,8 +238,10 @@ def batch_requests(body: BatchRequest) -> list[EnqueueRequest | ServiceError]:
                 request = msgspec.json.decode(raw, type=EnqueueRequest)
         except msgspec.ValidationError as exc:
             where = "keys" if body.keys is not None else "items"
-            text = str(exc).replace("`$", f"`$.{where}[{index}]", 1)
-            requests.append(InvalidInput(f"{where}[{index}]: {text}"))
+            type_ = BusinessKey if body.keys is not None else EnqueueRequest
+            requests.append(
+                InvalidInput(messages.invalid_value(exc, type_, raw, f"{where}[{index}]"))
+            )
             continue
         if body.on_conflict is not None and request.on_conflict is None:
             request = msgspec.structs.replace(request, on_conflict=body.on_conflict)

@@ -29,6 +29,7 @@ import msgspec
 from anyio.from_thread import BlockingPortal
 
 from .errors import ApiError
+from .messages import state_phrase
 from .model import JobState, JobStatus
 
 __all__ = [
@@ -136,7 +137,7 @@ def api_error(response: httpx.Response) -> ApiError:
 
 
 def _state_message(status: JobStatus) -> str:
-    message = f"job {status.id} is {status.state}"
+    message = f"job {status.id} {state_phrase(status.state)}"
     if status.error is not None:
         reason = status.error.biz_msg or status.error.tech_msg or status.error.error_id
         if reason:

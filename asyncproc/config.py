@@ -18,6 +18,7 @@ from typing import Any
 import msgspec
 
 from .errors import ConfigError
+from .messages import invalid_setting, suggest
 from .origins import normalize_origin
 
 __all__ = [
@@ -198,20 +199,14 @@ def load_settings(
             raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
         for key in values:
             if key not in _FIELDS:
-                raise ConfigError(key, f"unknown setting in {path}")
+                close = suggest(key, _FIELDS)
+                hint = f', did you mean "{close}"?' if close else ""
+                raise ConfigError(key, f"unknown setting in {path}{hint}")
     for name in _FIELDS - TABLE_KEYS:
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is not None:
             values[name] = raw
-    for variable in sorted(env):
-        name = variable[len(ENV_PREFIX) :]
-        if (
-            variable.startswith(ENV_PREFIX)
-            and name.lower() not in _FIELDS - TABLE_KEYS
-            and name not in _OTHER_VARIABLES
-            and not name.startswith("TEST_")
-        ):
-            log.warning("%s names no setting; it is ignored", variable)
+    _warn_unknown_variables(env)
     values.update(overrides)
     _parse_tables(values)
     for name in DURATION_KEYS & values.keys():
@@ -231,20 +226,40 @@ def load_settings(
         # Not strict: environment values are strings ("8", "true").
         settings = msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_key_of(str(exc)), str(exc)) from None
+        key, problem = invalid_setting(exc, Settings, values)
+        raise ConfigError(key or "config", problem) from None
     _check(settings)
     return settings
 
 
+def _warn_unknown_variables(env: Mapping[str, str]) -> None:
+    """Warn about each `ASYNCPROC_<X>` that names no setting (a typo is otherwise
+    silently ignored), suggesting the closest one."""
+    known = [n.upper() for n in sorted(_FIELDS - TABLE_KEYS)] + sorted(_OTHER_VARIABLES)
+    for variable in sorted(env):
+        name = variable[len(ENV_PREFIX) :]
+        if variable.startswith(ENV_PREFIX) and name not in known and not name.startswith("TEST_"):
+            close = suggest(name.upper(), known)
+            hint = f" (did you mean {ENV_PREFIX}{close}?)" if close else ""
+            log.warning("%s names no setting; it is ignored%s", variable, hint)
+
+
 def _parse_tables(values: dict[str, Any]) -> None:
-    """Durations inside the `[kinds.*]` and `[[schedules]]` tables, in place."""
+    """Durations inside the `[kinds.*]` and `[[schedules]]` tables, in place; a
+    `[kinds."<kind>"]` table is checked here, where its kind can still be named."""
     kinds = values.get("kinds")
     if isinstance(kinds, dict):
         for kind, table in kinds.items():
-            if isinstance(table, dict):
-                for field in _KIND_DURATIONS:
-                    if field in table:
-                        table[field] = _duration(f"kinds.{kind}.{field}", table[field])
+            if not isinstance(table, dict):
+                raise ConfigError(f"kinds.{kind}", "expected a table of the kind's options")
+            for field in _KIND_DURATIONS:
+                if field in table:
+                    table[field] = _duration(f"kinds.{kind}.{field}", table[field])
+            try:
+                msgspec.convert(table, KindSettings, strict=False)
+            except msgspec.ValidationError as exc:
+                key, problem = invalid_setting(exc, KindSettings, table)
+                raise ConfigError(".".join(filter(None, ("kinds", kind, key))), problem) from None
     schedules = values.get("schedules")
     if isinstance(schedules, list):
         for index, table in enumerate(schedules):
@@ -268,11 +283,6 @@ def client_defaults(environ: Mapping[str, str] | None = None) -> tuple[str, str 
     url = env.get(ENV_PREFIX + "URL") or "http://127.0.0.1:8000"
     token = env.get(ENV_PREFIX + "TOKEN") or None
     return url, token
-
-
-def _key_of(message: str) -> str:
-    match = re.search(r"`\$\.([\w.\[\]\-\"]+)", message)
-    return match.group(1) if match else "config"
 
 
 def _check(settings: Settings) -> None:

@@ -37,6 +37,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from .messages import state_phrase
+
 if TYPE_CHECKING:
     from .model import Job, JobStatus
 
@@ -168,7 +170,7 @@ class JobStateConflict(Conflict):
     code = "state_conflict"
 
     def __init__(self, job: Job) -> None:
-        super().__init__(f"job {job.id} is {job.state}")
+        super().__init__(f"job {job.id} {state_phrase(job.state)}")
         self.job = job
 
 

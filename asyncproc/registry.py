@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from starlette.routing import Route
 
+from . import messages
 from .errors import ConfigError, InvalidContent, PluginError, UnknownKind
 from .hooks import AfterChange, BeforeEnqueue, Hooks, Lifespan, SettingsCheck
 from .limits import parse_rate
@@ -133,8 +134,12 @@ class JobKind:
         """The typed content; raises `InvalidInput` naming what is wrong."""
         try:
             content = self.decoder.decode(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise InvalidContent(_content_message(str(exc))) from None
+        except msgspec.ValidationError as exc:  # before DecodeError: it is a subclass
+            raise InvalidContent(
+                messages.invalid_value(exc, self.content_type, raw, "content")
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidContent(messages.invalid_json(exc, raw, "content")) from None
         if self.check is not None:
             try:
                 self.check(content)
@@ -145,11 +150,6 @@ class JobKind:
     def schema(self) -> dict[str, Any]:
         """The JSON Schema of the content."""
         return msgspec.json.schema(self.content_type)
-
-
-def _content_message(text: str) -> str:
-    # msgspec says "... - at `$.n`"; the client sent it under `content`.
-    return "content: " + text.replace("`$", "`$.content", 1)
 
 
 class Compensation(msgspec.Struct, frozen=True, rename="camel"):
@@ -364,7 +364,7 @@ class Registry:
         """The kind called `name`; raises `UnknownKind`."""
         kind = self._kinds.get(name)
         if kind is None:
-            raise UnknownKind(f"no job kind {name!r}")
+            raise UnknownKind(messages.unknown_kind(name, self._kinds))
         return kind
 
     def __iter__(self) -> Any:
@@ -401,6 +401,8 @@ BUILTIN_PLUGINS = (
 )
 
 
+_PLUGINS_SETTING = "the plugins setting (ASYNCPROC_PLUGINS, or plugins in the config file)"
+
 # Plugins a setting switches on: loaded (their routes served) only when it is true.
 SETTING_PLUGINS = (("mylab", "asyncproc.plugins.mylab"),)
 
@@ -420,22 +422,41 @@ def load_plugins(
     and those of installed entry-point plugins."""
     registry = Registry()
     registry.builtins = True
+    modules = list(modules)
     names = list(dict.fromkeys([*builtin, *modules]))
     for ep in entry_points(group=entry_point_group):
         if ep.value not in names:
             names.append(ep.value)
-    include_plugins(registry, names)
+    include_plugins(registry, names, named=modules, entry_point_group=entry_point_group)
     return registry
 
 
-def include_plugins(registry: Registry, modules: Iterable[str]) -> None:
+def include_plugins(
+    registry: Registry,
+    modules: Iterable[str],
+    *,
+    named: Iterable[str] | None = None,
+    entry_point_group: str = "asyncproc.plugins",
+) -> None:
     """Include in `registry` the kinds and hooks of the plugin `modules` it does not
-    include yet."""
+    include yet. `named`: those of them the plugins setting named (when given, a missing
+    one of the others is said to come from the entry points)."""
+    settings_named = None if named is None else set(named)
     for name in modules:
         if name in registry.plugins:
             continue
         try:
             module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+                raise PluginError(f"plugin {name}: cannot import: {exc}") from exc
+            # The module itself is missing, not something it imports.
+            by = (
+                _PLUGINS_SETTING
+                if settings_named is None or name in settings_named
+                else f"the {entry_point_group} entry points"
+            )
+            raise PluginError(messages.plugin_not_found(name, by)) from None
         except ImportError as exc:
             raise PluginError(f"plugin {name}: cannot import: {exc}") from exc
         plugin = getattr(module, "registry", None)
@@ -459,7 +480,9 @@ def apply_kind_settings(registry: Registry, settings: Settings) -> None:
             raise ConfigError("external_kinds", str(exc)) from None
     for name, options in settings.kinds.items():
         if name not in registry:
-            raise ConfigError(f"kinds.{name}", "no such kind is registered")
+            raise ConfigError(
+                f"kinds.{name}", messages.unknown_kind(name, (k.name for k in registry))
+            )
         kind = registry.get(name)
         if options.processing_timeout is not None:
             kind.processing_timeout = options.processing_timeout

@@ -27,6 +27,7 @@ from asyncproc.api import json_response, service_of, status_response
 from asyncproc.errors import Conflict, InvalidInput, JobNotFound, NotFound, TransitionRefused
 from asyncproc.hooks import Node
 from asyncproc.lifecycle import Revive
+from asyncproc.messages import invalid_query
 from asyncproc.model import Job, JobState, Uniqueness
 from asyncproc.openapi import ERROR, ERRORS, STATUS, answer, ref
 from asyncproc.registry import Registry
@@ -94,7 +95,7 @@ async def list_dead_letters(request: Request) -> Response:
     try:
         limit = 50 if raw is None else msgspec.json.decode(raw.encode(), type=_LIMIT)
     except (msgspec.DecodeError, msgspec.ValidationError):
-        raise InvalidInput(f"query parameter limit={raw!r} is not valid") from None
+        raise InvalidInput(invalid_query("limit", raw or "", _LIMIT)) from None
     cursor = request.query_params.get("cursor") or None
     return json_response(await _book(request).page(min(limit, 200), cursor))
 

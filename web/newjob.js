@@ -110,12 +110,9 @@ function fieldList(schema) {
   );
 }
 
-/** A 422 message made for people: "at `n`" rather than "at `$.content.n`". */
+/** A 422 message on the content form: "n: expected ..." rather than "content.n: expected ...". */
 export function readableProblem(message) {
-  return message
-    .replace(/^content: /, "")
-    .replace(/`\$\.content\.?/g, "`")
-    .replace(/``/g, "the content");
+  return message.replace(/^content: /, "").replace(/^content\.(?=\S)/, "");
 }
 
 /** Mount the New job form into `root`; returns the cleanup function. */

@@ -285,7 +285,9 @@ async def test_new_job_shows_readable_422_next_to_the_editor(browsing: Browsing)
 
     await content.fill('{"n": "many"}')
     await page.get_by_role("button", name="Start job").click()
-    await expect(problem).to_contain_text("Expected `int`, got `str` - at `n`")
+    await expect(problem).to_contain_text(
+        'content: n: expected an integer of 0 or more, got "many"'
+    )
     await expect(page).to_have_url(f"{browsing.base}/new?kind=demo.count")
     # Chromium reports the refused request itself; the page logs nothing.
     browsing.assert_no_console_errors("status of 422")
