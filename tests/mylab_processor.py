@@ -90,10 +90,11 @@ async def logic(api: ProcessorApi, req_id: str, request: dict[str, Any]) -> None
 
 
 def record(seen_path: str, message: aiormq.abc.DeliveredMessage) -> None:
-    """Append a message as received: one JSON line `{"body": text, "headers": {...}}`."""
+    """Append a message as received: one JSON line `{"body", "persistent", "headers"}`."""
     headers = message.header.properties.headers or {}
     line = {
         "body": message.body.decode(),
+        "persistent": message.header.properties.delivery_mode == 2,
         "headers": {
             name: value.decode() if isinstance(value, bytes) else str(value)
             for name, value in headers.items()

@@ -255,6 +255,7 @@ async def test_a_mylab_processor_runs_mylab_requests_on_the_cluster(
             ids[name]: content for name, content in contents.items()
         }
         for item in seen:
+            assert item["persistent"] is True
             assert item["headers"]["x-client-name"] == "mylab-test"
             assert "authorization" not in item["headers"]
 
