@@ -12,7 +12,7 @@ SDK use) for jobs of `mylab_kind`:
 
 Its lifespan hook gives `mylab_kind` MyLab's callback message shape (hook layer:
 `Hooks.callback_shapes`), publishes each new job's MyLab queue message to `mylab_queue`
-(RabbitMQ) and drains the spare messages that leaves on `ext.<kind>`, and stops at
+(RabbitMQ), drains the spare messages MyLab processors leave on `ext.<kind>`, and stops at
 once a running MyLab job whose stop was requested while no lease holder runs it (a
 MyLab processor would only learn of it at its next call): `plugins.mylab_hooks`. The
 mapping itself is `plugins.mylab_model`, the OpenAPI paths `plugins.mylab_openapi`.
@@ -139,10 +139,10 @@ async def mylab(node: Node) -> AsyncIterator[None]:
             teller = NewJobTeller(kind, publisher)
             hooks.after_change.append(teller)
             stack.callback(hooks.after_change.remove, teller)
-            if service.registry.get(kind).external:
-                tasks = await stack.enter_async_context(anyio.create_task_group())
-                tasks.start_soon(drain_spare_messages, service, kind)
-                stack.callback(tasks.cancel_scope.cancel)
+        if service.registry.get(kind).external:
+            tasks = await stack.enter_async_context(anyio.create_task_group())
+            tasks.start_soon(drain_spare_messages, service, kind)
+            stack.callback(tasks.cancel_scope.cancel)
         stopper = LeaselessStopper(kind, service)
         hooks.after_change.append(stopper)
         stack.callback(hooks.after_change.remove, stopper)

@@ -105,7 +105,8 @@ async def test_biz_step_as_text_or_json_string_shows_while_processing() -> None:
 
 
 async def test_object_result() -> None:
-    async with api_client(mylab_app()) as client:
+    app = mylab_app()
+    async with api_client(app) as client:
         req_id = await create(client, {"value1": "foo", "value2": 10, "command": "concat"})
         await processing(client, req_id)
         await call(client, "PUT", f"/requests/{req_id}/result", json="foo-10")
@@ -129,6 +130,9 @@ async def test_object_result() -> None:
         # And the job API sees the same job.
         job = (await client.get(f"/api/jobs/{req_id}")).json()
         assert (job["state"], job["resultMime"]) == ("succeeded", "application/json")
+        # The job's message for `take` processors was spare: the node drained it.
+        queue = app.state.service.queue
+        await wait_until(lambda: queue.depth(f"ext.{KIND}"), lambda n: n == 0)
 
 
 async def test_binary_result() -> None:
