@@ -5,7 +5,7 @@ job, a stop that needs no processor's confirmation, and the drain of spare messa
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Protocol
 
 import anyio
 import msgspec
@@ -21,6 +21,7 @@ __all__ = [
     "DRAIN_EVERY",
     "CallbackShape",
     "LeaselessStopper",
+    "MessageSink",
     "NewJobTeller",
     "drain_spare_messages",
 ]
@@ -47,6 +48,13 @@ class CallbackShape:
         return _encoder.encode(message) if message is not None else None
 
 
+class MessageSink(Protocol):
+    """Where MyLab's queue messages go (`asyncproc.backends.callbacks.QueuePublisher`)."""
+
+    async def send(self, body: bytes, headers: dict[str, str] | None = None) -> None:
+        """Publish a JSON message (with AMQP `headers`, if any)."""
+
+
 class NewJobTeller:
     """After-change hook: MyLab's queue message `{"id", "content"}` of each new MyLab
     job goes to `mylab_queue`, for MyLab processors, with the headers the job keeps
@@ -54,7 +62,7 @@ class NewJobTeller:
 
     states = frozenset({JobState.QUEUED})
 
-    def __init__(self, kind: str, publisher: Any) -> None:
+    def __init__(self, kind: str, publisher: MessageSink) -> None:
         self.kind = kind
         self.publisher = publisher
 

@@ -36,6 +36,7 @@ __all__ = [
     "RequestStatus",
     "callback_message",
     "error_info",
+    "is_json",
     "process_step",
     "request_details",
     "request_status",
