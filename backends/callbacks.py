@@ -41,8 +41,9 @@ log = logging.getLogger("asyncproc.rabbitmq")
 _STATUS_ENCODER = msgspec.json.Encoder()
 _BATCH = 256
 
-# A message waiting to go out: routing key, body, AMQP headers.
-_Message = tuple[str, bytes, dict[str, str] | None]
+# A message waiting to go out: routing key, body, AMQP headers, and the future its
+# sender waits on for the broker's confirm (None: nobody waits).
+_Message = tuple[str, bytes, dict[str, str] | None, "asyncio.Future[None] | None"]
 
 
 class ConfirmedPublisher:
@@ -99,7 +100,22 @@ class ConfirmedPublisher:
     async def post(self, routing: str, body: bytes, headers: dict[str, str] | None = None) -> None:
         """Queue `body` (with AMQP `headers`, if any) for the exchange with routing key
         `routing` (waits only while the buffer is full)."""
-        await self._pending.put((routing, body, headers))
+        await self._pending.put((routing, body, headers, None))
+
+    async def post_confirmed(
+        self, routing: str, body: bytes, headers: dict[str, str] | None = None, within: float = 5.0
+    ) -> bool:
+        """Queue `body` like `post`, then wait up to `within` seconds for the broker's
+        confirm: True once confirmed, False when it did not come in time (the message
+        stays queued and is sent once the broker answers)."""
+        confirmed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        await self._pending.put((routing, body, headers, confirmed))
+        try:
+            async with asyncio.timeout(within):
+                await asyncio.shield(confirmed)
+        except TimeoutError:
+            return False
+        return True
 
     async def _publishing_channel(self) -> Channel:
         channel = self._channel
@@ -143,13 +159,15 @@ class ConfirmedPublisher:
             # The tasks reach the channel's (FIFO) lock in creation order, so the
             # messages go out in order while their confirms are awaited together.
             outcomes = await asyncio.gather(
-                *(self._publish(channel, *message) for message in batch),
+                *(self._publish(channel, *message[:3]) for message in batch),
                 return_exceptions=True,
             )
             errors = [(i, out) for i, out in enumerate(outcomes) if isinstance(out, BaseException)]
             done = errors[0][0] if errors else len(batch)
-            for _ in range(done):
+            for _, _, _, confirmed in batch[:done]:
                 self._pending.task_done()
+                if confirmed is not None and not confirmed.done():
+                    confirmed.set_result(None)
             batch = batch[done:]
             if errors:
                 if cancelled_for_real():
@@ -240,10 +258,10 @@ class CallbackPublisher(ConfirmedPublisher):
         if shape is not None:
             shaped = await shape(before, after)
             if shaped is not None:
-                await self._pending.put((routing, shaped, None))
+                await self._pending.put((routing, shaped, None, None))
             return
         body = _STATUS_ENCODER.encode(after.status(expose_tech_info=self.expose_tech_info))
-        await self._pending.put((routing, body, None))
+        await self._pending.put((routing, body, None, None))
 
 
 class QueuePublisher(ConfirmedPublisher):
@@ -261,6 +279,7 @@ class QueuePublisher(ConfirmedPublisher):
         await channel.queue_declare(self.queue, durable=True)
         await close_channel(channel)
 
-    async def send(self, body: bytes, headers: dict[str, str] | None = None) -> None:
-        """Queue a JSON message (with AMQP `headers`, if any) for the queue."""
-        await self.post(self.queue, body, headers)
+    async def send(self, body: bytes, headers: dict[str, str] | None = None) -> bool:
+        """Publish a JSON message (with AMQP `headers`, if any) to the queue: True once
+        the broker confirmed it, False when that takes over 5 s (it is sent later)."""
+        return await self.post_confirmed(self.queue, body, headers)

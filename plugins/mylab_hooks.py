@@ -51,8 +51,9 @@ class CallbackShape:
 class MessageSink(Protocol):
     """Where MyLab's queue messages go (`asyncproc.backends.callbacks.QueuePublisher`)."""
 
-    async def send(self, body: bytes, headers: dict[str, str] | None = None) -> None:
-        """Publish a JSON message (with AMQP `headers`, if any)."""
+    async def send(self, body: bytes, headers: dict[str, str] | None = None) -> bool:
+        """Publish a JSON message (with AMQP `headers`, if any): True once the broker
+        confirmed it, False when it is still on its way."""
 
 
 class NewJobTeller:
@@ -71,7 +72,9 @@ class NewJobTeller:
         if before is None and after.kind == self.kind:
             body = _encoder.encode(QueueMessage(after.id, after.content))
             # The headers of the request that created it, as MyLab's server passes them on.
-            await self.publisher.send(body, after.headers or None)
+            # Confirmed before the enqueue answers, unless the broker is slow or away.
+            if not await self.publisher.send(body, after.headers or None):
+                log.warning("mylab: the queue message of job %s is not confirmed yet", after.id)
 
 
 class LeaselessStopper:
