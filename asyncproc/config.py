@@ -146,6 +146,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     mylab_queue: str = ""
     # Kinds run by processors outside (API.md section 14): no Python handler.
     external_kinds: tuple[str, ...] = ()
+    # OTLP/HTTP base URL that receives traces (`<it>/v1/traces`); empty: tracing off.
+    otel_endpoint: str = ""
     # TOML tables only.
     kinds: dict[str, KindSettings] = {}
     schedules: tuple[ScheduleSettings, ...] = ()
@@ -313,6 +315,11 @@ def _check(settings: Settings) -> None:
             normalize_origin(origin)
         except ValueError as exc:
             raise ConfigError("cors_origins", str(exc)) from None
+    if settings.otel_endpoint and not re.match(r"https?://[^/\s]", settings.otel_endpoint):
+        raise ConfigError(
+            "otel_endpoint",
+            f"{settings.otel_endpoint!r}: expected an http(s) URL such as http://127.0.0.1:4318",
+        )
     if settings.mylab and not settings.mylab_kind:
         raise ConfigError("mylab_kind", "required when mylab is true")
     for kind, options in settings.kinds.items():

@@ -14,16 +14,18 @@ the job whose change it saw.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
-from contextlib import AbstractAsyncContextManager
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from starlette.routing import BaseRoute
 
-from .model import Job, OnConflict
+from .model import ErrorInfo, Job, JobState, OnConflict
 
 if TYPE_CHECKING:
     from starlette.applications import Starlette
+    from starlette.middleware import Middleware
 
     from .config import Settings
     from .registry import JobKind
@@ -31,11 +33,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AfterChange",
+    "AroundAttempt",
+    "Attempt",
     "BeforeEnqueue",
     "CallbackShape",
     "Draft",
     "Hooks",
     "Lifespan",
+    "MiddlewareFactory",
     "Node",
     "SettingsCheck",
 ]
@@ -65,10 +70,29 @@ class Draft:
         self.on_conflict = on_conflict
 
 
+class Attempt:
+    """What an around-attempt hook gets: the job as this attempt started (`running`, its
+    `attempt` number), and, once the handler is done, how the attempt ended.
+
+    `outcome` is the state the attempt leads to (`succeeded`, `failed`, `stopped`, or
+    `queued` for a retry) with its `error`; it stays None when the attempt was cut off
+    (the node shut down, or the job ended elsewhere meanwhile).
+    """
+
+    __slots__ = ("error", "job", "outcome")
+
+    def __init__(self, job: Job) -> None:
+        self.job = job
+        self.outcome: JobState | None = None
+        self.error: ErrorInfo | None = None
+
+
 SettingsCheck = Callable[["Settings", Any], None]
 Lifespan = Callable[[Node], AbstractAsyncContextManager[Any]]
 BeforeEnqueue = Callable[[Draft], Awaitable[None]]
 AfterChange = Callable[[Job | None, Job], Awaitable[None]]
+MiddlewareFactory = Callable[[Node], "Middleware | None"]
+AroundAttempt = Callable[[Attempt], AbstractAsyncContextManager[Any]]
 # `shape(before, after)` -> the callback message body of a change (None: nothing to tell).
 CallbackShape = Callable[[Job | None, Job], Awaitable[bytes | None]]
 
@@ -84,6 +108,8 @@ class Hooks:
         # Before-enqueue hooks of one kind only (no cost to other kinds' enqueues).
         self.before_enqueue_of: dict[str, list[BeforeEnqueue]] = {}
         self.after_change: list[AfterChange] = []
+        self.middleware: list[MiddlewareFactory] = []
+        self.around_attempt: list[AroundAttempt] = []
         # Kind -> the shape of its callback messages (default: the status JSON).
         self.callback_shapes: dict[str, CallbackShape] = {}
         # The OpenAPI paths of `routes`, and the Structs their `$ref`s name.
@@ -99,6 +125,8 @@ class Hooks:
         for kind, hooks in other.before_enqueue_of.items():
             self.before_enqueue_of.setdefault(kind, []).extend(hooks)
         self.after_change += other.after_change
+        self.middleware += other.middleware
+        self.around_attempt += other.around_attempt
         self.callback_shapes.update(other.callback_shapes)
         self.openapi_paths.update(other.openapi_paths)
         self.openapi_types += [t for t in other.openapi_types if t not in self.openapi_types]
@@ -134,3 +162,54 @@ class Hooks:
                 await hook(before, after)
             except Exception:
                 log.exception("after-change hook %r failed for job %s", hook, after.id)
+
+    @asynccontextmanager
+    async def around(self, attempt: Attempt) -> AsyncIterator[None]:
+        """Enter the around-attempt hooks for `attempt`, the first registered outermost.
+
+        A hook failing on entry or exit is logged and never breaks the job (its
+        outcome must still be stored); the attempt's own exceptions pass through.
+        """
+        async with AsyncExitStack() as stack:
+            for hook in self.around_attempt:
+                await stack.enter_async_context(_Guarded(hook, attempt))
+            yield
+
+
+class _Guarded:
+    """An around-attempt hook whose own failures are logged, not raised."""
+
+    __slots__ = ("attempt", "hook", "manager")
+
+    def __init__(self, hook: AroundAttempt, attempt: Attempt) -> None:
+        self.hook = hook
+        self.attempt = attempt
+        self.manager: AbstractAsyncContextManager[Any] | None = None
+
+    async def __aenter__(self) -> None:
+        try:
+            manager = self.hook(self.attempt)
+            await manager.__aenter__()
+        except Exception:
+            log.exception(
+                "around-attempt hook %r failed for job %s", self.hook, self.attempt.job.id
+            )
+        else:
+            self.manager = manager
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool:
+        if self.manager is None:
+            return False
+        try:
+            await self.manager.__aexit__(exc_type, exc, tb)
+        except Exception as raised:
+            if raised is not exc:
+                log.exception(
+                    "around-attempt hook %r failed for job %s", self.hook, self.attempt.job.id
+                )
+        return False  # never swallows what the attempt raised

@@ -21,7 +21,15 @@ from starlette.routing import Route
 
 from . import messages
 from .errors import ConfigError, InvalidContent, PluginError, UnknownKind
-from .hooks import AfterChange, BeforeEnqueue, Hooks, Lifespan, SettingsCheck
+from .hooks import (
+    AfterChange,
+    AroundAttempt,
+    BeforeEnqueue,
+    Hooks,
+    Lifespan,
+    MiddlewareFactory,
+    SettingsCheck,
+)
 from .limits import parse_rate
 from .model import ErrorInfo, OnConflict, Uniqueness
 
@@ -321,6 +329,19 @@ class Registry:
         self.hooks.after_change.append(hook)
         return hook
 
+    def middleware(self, factory: MiddlewareFactory) -> MiddlewareFactory:
+        """Register `factory(node)`, called when the app is built: the Starlette
+        `Middleware` to wrap every HTTP request in (outside the node's own door checks;
+        the first registered outermost), or None (then it costs nothing)."""
+        self.hooks.middleware.append(factory)
+        return factory
+
+    def around_attempt(self, hook: AroundAttempt) -> AroundAttempt:
+        """Register `hook(attempt)`, an async context manager entered around each attempt
+        of a job on the node that runs it (`hooks.Attempt` says how it ended)."""
+        self.hooks.around_attempt.append(hook)
+        return hook
+
     def route(self, path: str, methods: list[str]) -> Callable[[Any], Any]:
         """Register the decorated Starlette endpoint at `path` (served by API nodes)."""
 
@@ -398,6 +419,7 @@ BUILTIN_PLUGINS = (
     "asyncproc.plugins.triggers",
     "asyncproc.plugins.dead_letters",
     "asyncproc.plugins.external",
+    "asyncproc.plugins.tracing",
 )
 
 

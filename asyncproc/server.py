@@ -168,7 +168,6 @@ def create_app(
             stack.push_async_callback(store.aclose)
             await queue.start()
             stack.push_async_callback(queue.aclose)
-            node = Node(settings, service, app)
             for hook in registry.hooks.lifespans:
                 await stack.enter_async_context(hook(node))
             async with anyio.create_task_group() as tasks:
@@ -214,6 +213,10 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+    node = Node(settings, service, app)
+    added = [m for m in (factory(node) for factory in registry.hooks.middleware) if m is not None]
+    # Outside the door checks (their refusals are seen too), the first registered outermost.
+    app.user_middleware[:0] = added
     app.state.settings = settings
     app.state.service = service
     app.state.worker = worker

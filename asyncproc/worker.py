@@ -8,6 +8,7 @@ job's terminal (or re-queued) state is stored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import traceback
 from collections.abc import Sequence
@@ -30,8 +31,20 @@ from .errors import (
     TransitionRefused,
     UnknownKind,
 )
+from .hooks import Attempt
 from .interfaces import Delivery, StopsTaking
-from .lifecycle import Event, Fail, Report, Retry, Start, StepDone, Stopped, Succeed, TimeOut
+from .lifecycle import (
+    TIMEOUT_ERROR,
+    Event,
+    Fail,
+    Report,
+    Retry,
+    Start,
+    StepDone,
+    Stopped,
+    Succeed,
+    TimeOut,
+)
 from .limits import StartGate
 from .model import ErrorInfo, Job, JobState, utcnow
 from .registry import JobKind
@@ -450,13 +463,18 @@ class WorkerPool:
 
         store = service.store
         leased = self.leases
+        # What the around-attempt hooks see (none registered: no object, no layer).
+        hooked = Attempt(job) if service.hooks.around_attempt else None
         try:
             if leased:
                 await store.hold_lease([job.id], utcnow() + timedelta(seconds=self.lease))
-            with store.hub.on_stop(job.id, on_change):
-                event, value = await self._call(kind, ctx, content, run, remaining)
-            if run.reason != "gone":
-                await self._finish_run(job, kind, event, value)
+            async with service.hooks.around(hooked) if hooked is not None else _NO_HOOKS:
+                with store.hub.on_stop(job.id, on_change):
+                    event, value = await self._call(kind, ctx, content, run, remaining)
+                if run.reason != "gone":
+                    if hooked is not None:
+                        _tell_outcome(hooked, kind, event)
+                    await self._finish_run(job, kind, event, value)
         except anyio.get_cancelled_exc_class():
             # Shutdown cancelled the job: give it back to the queue for another node
             # (the delivery goes back in `_handle`), or, when nobody can take it after
@@ -592,6 +610,25 @@ class WorkerPool:
                 await self.service.transition(job.id, event, result=result)
             except (TransitionRefused, JobNotFound):
                 pass  # stopped, timed out or purged meanwhile: that outcome stands
+
+
+_NO_HOOKS = contextlib.nullcontext()
+
+
+def _tell_outcome(attempt: Attempt, kind: JobKind, event: Event) -> None:
+    """Tell the around-attempt hooks how the attempt ended (the state it leads to)."""
+    if isinstance(event, Succeed):
+        attempt.outcome = JobState.SUCCEEDED
+    elif isinstance(event, Stopped):
+        attempt.outcome = JobState.STOPPED
+    elif isinstance(event, Retry):
+        attempt.error = event.error
+        again = retries_left(attempt.job, kind.retries)
+        attempt.outcome = JobState.QUEUED if again else JobState.FAILED
+    elif isinstance(event, Fail):
+        attempt.outcome, attempt.error = JobState.FAILED, event.error
+    elif isinstance(event, TimeOut):
+        attempt.outcome, attempt.error = JobState.FAILED, TIMEOUT_ERROR
 
 
 def _job_error(exc: JobError) -> ErrorInfo:
