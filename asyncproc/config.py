@@ -153,6 +153,12 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     lease: float = 10.0
     # Memory mode: finished jobs kept at most (0: no cap); the oldest finished go first.
     max_finished: int = 50_000
+    # MyLab.AsyncProcessor API v2 (API.md section 14): served when `mylab`; its
+    # `POST /requests` creates jobs of `mylab_kind`, each also published to
+    # `mylab_queue` (RabbitMQ; empty: not published).
+    mylab: bool = False
+    mylab_kind: str = ""
+    mylab_queue: str = ""
     # Kinds run by processors outside (API.md section 14): no Python handler.
     external_kinds: tuple[str, ...] = ()
     # OTLP/HTTP base URL that receives traces (`<it>/v1/traces`); empty: tracing off.
@@ -330,6 +336,8 @@ def _check(settings: Settings) -> None:
             "otel_endpoint",
             f"{settings.otel_endpoint!r}: expected an http(s) URL such as http://127.0.0.1:4318",
         )
+    if settings.mylab and not settings.mylab_kind:
+        raise ConfigError("mylab_kind", "required when mylab is true")
     for kind, options in settings.kinds.items():
         _check_kind(kind, options)
     names: set[str] = set()

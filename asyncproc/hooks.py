@@ -8,10 +8,11 @@ the node runs), routes (endpoints of its own), before-enqueue hooks (validate,
 refuse, rewrite a job about to be stored), after-change hooks (see every stored
 change with the record before and after it), middleware (a Starlette `Middleware`
 made for the node when the app is built, or none), around-attempt hooks (around
-each attempt of a job on the node that runs it) and job visibility (predicates that
+each attempt of a job on the node that runs it), job visibility (predicates that
 hide jobs from the current caller, and query filters that narrow its job lists the
-same way, so a store can use an index). Before-hooks run in the order they were
-registered, after-hooks in reverse (as dramatiq's middleware `emit_before` /
+same way, so a store can use an index) and callback shapes (a kind's own message on
+the callback exchange, in place of the status JSON). Before-hooks run in the order
+they were registered, after-hooks in reverse (as dramatiq's middleware `emit_before` /
 `emit_after`); a failing after-hook is logged and never breaks the job whose change
 it saw.
 """
@@ -42,6 +43,7 @@ __all__ = [
     "AroundAttempt",
     "Attempt",
     "BeforeEnqueue",
+    "CallbackShape",
     "Draft",
     "Hooks",
     "Lifespan",
@@ -105,6 +107,8 @@ AroundAttempt = Callable[[Attempt], AbstractAsyncContextManager[Any]]
 Visibility = Callable[[Job], bool]
 # The same rule for job lists: the query narrowed to what the caller may see.
 ListFilter = Callable[["JobQuery"], "JobQuery"]
+# `shape(before, after)` -> the callback message body of a change (None: nothing to tell).
+CallbackShape = Callable[[Job | None, Job], Awaitable[bytes | None]]
 
 
 class Hooks:
@@ -122,6 +126,8 @@ class Hooks:
         self.around_attempt: list[AroundAttempt] = []
         self.visibility: list[Visibility] = []
         self.list_filters: list[ListFilter] = []
+        # Kind -> the shape of its callback messages (default: the status JSON).
+        self.callback_shapes: dict[str, CallbackShape] = {}
         # The OpenAPI paths of `routes`, and the Structs their `$ref`s name.
         self.openapi_paths: dict[str, Any] = {}
         self.openapi_types: list[Any] = []
@@ -139,6 +145,7 @@ class Hooks:
         self.around_attempt += other.around_attempt
         self.visibility += other.visibility
         self.list_filters += other.list_filters
+        self.callback_shapes.update(other.callback_shapes)
         self.openapi_paths.update(other.openapi_paths)
         self.openapi_types += [t for t in other.openapi_types if t not in self.openapi_types]
 

@@ -43,8 +43,10 @@ __all__ = [
     "JobKind",
     "Registry",
     "apply_kind_settings",
+    "include_plugins",
     "load_plugins",
     "optional_backend",
+    "switched_on",
 ]
 
 KIND_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
@@ -177,6 +179,7 @@ class Registry:
         self._kinds: dict[str, JobKind] = {}
         self.hooks = Hooks()
         self.builtins = False  # True once the built-in plugins are included
+        self.plugins: list[str] = []  # the plugin modules included, by name
 
     def job(
         self,
@@ -391,6 +394,7 @@ class Registry:
         for kind in other:
             self.add(copy.copy(kind))
         self.hooks.include(other.hooks)
+        self.plugins += [name for name in other.plugins if name not in self.plugins]
 
     def get(self, name: str) -> JobKind:
         """The kind called `name`; raises `UnknownKind`."""
@@ -437,6 +441,14 @@ BUILTIN_PLUGINS = (
 
 _PLUGINS_SETTING = "the plugins setting (ASYNCPROC_PLUGINS, or plugins in the config file)"
 
+# Plugins a setting switches on: loaded (their routes served) only when it is true.
+SETTING_PLUGINS = (("mylab", "asyncproc.plugins.mylab"),)
+
+
+def switched_on(settings: Settings) -> list[str]:
+    """The plugin modules that `settings` switch on (`SETTING_PLUGINS`)."""
+    return [module for name, module in SETTING_PLUGINS if getattr(settings, name, False)]
+
 
 def load_plugins(
     modules: Iterable[str],
@@ -448,19 +460,40 @@ def load_plugins(
     and those of installed entry-point plugins."""
     registry = Registry()
     registry.builtins = True
+    modules = list(modules)
     names = list(dict.fromkeys([*builtin, *modules]))
     for ep in entry_points(group=entry_point_group):
         if ep.value not in names:
             names.append(ep.value)
-    named = set(modules)
-    for name in names:
+    include_plugins(registry, names, named=modules, entry_point_group=entry_point_group)
+    return registry
+
+
+def include_plugins(
+    registry: Registry,
+    modules: Iterable[str],
+    *,
+    named: Iterable[str] | None = None,
+    entry_point_group: str = "asyncproc.plugins",
+) -> None:
+    """Include in `registry` the kinds and hooks of the plugin `modules` it does not
+    include yet. `named`: those of them the plugins setting named (when given, a missing
+    one of the others is said to come from the entry points)."""
+    settings_named = None if named is None else set(named)
+    for name in modules:
+        if name in registry.plugins:
+            continue
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
             if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
                 raise PluginError(f"plugin {name}: cannot import: {exc}") from exc
             # The module itself is missing, not something it imports.
-            by = _PLUGINS_SETTING if name in named else f"the {entry_point_group} entry points"
+            by = (
+                _PLUGINS_SETTING
+                if settings_named is None or name in settings_named
+                else f"the {entry_point_group} entry points"
+            )
             raise PluginError(messages.plugin_not_found(name, by)) from None
         except ImportError as exc:
             raise PluginError(f"plugin {name}: cannot import: {exc}") from exc
@@ -468,7 +501,7 @@ def load_plugins(
         if not isinstance(plugin, Registry):
             raise PluginError(f"plugin {name}: no module-level `registry = Registry()`")
         registry.include(plugin)
-    return registry
+        registry.plugins.append(name)
 
 
 def apply_kind_settings(registry: Registry, settings: Settings) -> None:

@@ -31,7 +31,14 @@ from .input_limits import hidden_header_names
 from .interfaces import Queue, StateStore
 from .openapi import openapi_document
 from .origins import Origins
-from .registry import Registry, apply_kind_settings, load_plugins, optional_backend
+from .registry import (
+    Registry,
+    apply_kind_settings,
+    include_plugins,
+    load_plugins,
+    optional_backend,
+    switched_on,
+)
 from .safe_answers import PAGE_CSP, SafeStarlette
 from .service import JobService
 from .worker import WorkerPool
@@ -118,6 +125,7 @@ def create_app(
         full = load_plugins(())
         full.include(registry)
         registry = full
+    include_plugins(registry, switched_on(settings))
     apply_kind_settings(registry, settings)
     for check in registry.hooks.checks:
         check(settings, registry)
