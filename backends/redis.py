@@ -816,7 +816,7 @@ class RedisStateStore(StateStore):
                     pipe.zrem(f"{self.prefix}idx", member)
                     pipe.zrem(f"{self.prefix}idx:kind:{kind}", member)
                     for state in TERMINAL_STATES:  # its state set (it ended in one)
-                        pipe.zrem(self._state_set(cast("str", kind), state), fields[0])
+                        pipe.zrem(self._state_set(cast("str", kind), state), cast("str", fields[0]))
                     if key is not None:
                         pipe.zrem(f"{self.prefix}idx:key:{key}", member)
                     if parent is not None:
