@@ -315,11 +315,15 @@ class Registry:
         self.hooks.after_change.append(hook)
         return hook
 
-    def route(self, path: str, methods: list[str]) -> Callable[[Any], Any]:
-        """Register the decorated Starlette endpoint at `path` (served by API nodes)."""
+    def route(
+        self, path: str, methods: list[str], *, every_role: bool = False
+    ) -> Callable[[Any], Any]:
+        """Register the decorated Starlette endpoint at `path` (served by API nodes; by
+        every node, worker nodes too, with `every_role`)."""
 
         def register(endpoint: Any) -> Any:
-            self.hooks.routes.append(Route(path, endpoint, methods=methods))
+            routes = self.hooks.node_routes if every_role else self.hooks.routes
+            routes.append(Route(path, endpoint, methods=methods))
             return endpoint
 
         return register
@@ -373,6 +377,7 @@ BUILTIN_PLUGINS = (
     "asyncproc.plugins.triggers",
     "asyncproc.plugins.dead_letters",
     "asyncproc.plugins.stats",
+    "asyncproc.plugins.metrics",
 )
 
 

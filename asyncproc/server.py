@@ -176,7 +176,10 @@ def create_app(
                     await drain.finish()
                     tasks.cancel_scope.cancel()
 
-    routes: list[BaseRoute] = [Route("/health", health, methods=["GET"])]
+    routes: list[BaseRoute] = [
+        Route("/health", health, methods=["GET"]),
+        *registry.hooks.node_routes,
+    ]
     if settings.role.serves_api:
         routes += [
             Route("/openapi.json", openapi, methods=["GET"]),
