@@ -164,6 +164,7 @@ class Registry:
         self._kinds: dict[str, JobKind] = {}
         self.hooks = Hooks()
         self.builtins = False  # True once the built-in plugins are included
+        self.plugins: list[str] = []  # the plugin modules `load_plugins` included
 
     def job(
         self,
@@ -378,6 +379,7 @@ BUILTIN_PLUGINS = (
     "asyncproc.plugins.dead_letters",
     "asyncproc.plugins.stats",
     "asyncproc.plugins.metrics",
+    "asyncproc.plugins.job_log",
 )
 
 
@@ -404,6 +406,7 @@ def load_plugins(
         if not isinstance(plugin, Registry):
             raise PluginError(f"plugin {name}: no module-level `registry = Registry()`")
         registry.include(plugin)
+        registry.plugins.append(name)
     return registry
 
 

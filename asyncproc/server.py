@@ -160,11 +160,21 @@ def create_app(
                     tasks.start_soon(service.run_sweeper, settings.sweep_interval)
                 if worker is not None:
                     await tasks.start(worker.run)
+                kinds = [kind.name for kind in registry]
                 log.info(
-                    "asyncproc %s node ready (state=%s, queue=%s)",
+                    "asyncproc %s node ready (state=%s, queue=%s); plugins: %s; kinds: %s",
                     settings.role,
                     store.name,
                     queue.name,
+                    ", ".join(registry.plugins),
+                    ", ".join(kinds),
+                    extra={
+                        "role": str(settings.role),
+                        "state": store.name,
+                        "queue": queue.name,
+                        "plugins": registry.plugins,
+                        "kinds": kinds,
+                    },
                 )
                 try:
                     yield
