@@ -37,6 +37,7 @@ MINUTES = 60  # the minutes `perMinute` shows, the current one last
 FLUSH_EVERY = 5.0  # seconds between two flushes of a node's counts to the store
 NAMES = ("enqueued", "succeeded", "failed")
 _MINUTE = timedelta(minutes=1)
+_COUNTED = frozenset({JobState.SUCCEEDED, JobState.FAILED})
 
 
 def minute_of(moment: datetime) -> datetime:
@@ -64,7 +65,7 @@ class MinuteCounter:
         """Count `after` when it was just created, or just succeeded or failed."""
         if before is None:
             self.count("enqueued", after.created_at)
-        elif before.state is not after.state and after.state is not JobState.QUEUED:
+        elif after.state in _COUNTED and before.state is not after.state:
             self.count(after.state.value, after.finished_at or utcnow())
 
     def count(self, name: str, at: datetime) -> None:
