@@ -204,3 +204,5 @@ async def _flushing(counter: MinuteCounter, store: StateStore) -> None:
             await counter.flush(store)
         except BackendUnavailable:
             continue  # kept: the next flush tries again
+        except Exception:
+            log.exception("stats: flushing the per-minute counts failed")
