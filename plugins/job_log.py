@@ -32,13 +32,13 @@ async def log_finished(before: Job | None, after: Job) -> None:
     error_id = after.error.error_id if after.error is not None else None
     log.log(
         level,
-        "job %s (%s) %s: attempt %d, %s, errorId %s",
+        "job %s (%s) %s: attempt %d, %s%s",
         after.id,
         after.kind,
         after.state,
         after.attempt,
         "not started" if duration is None else f"{duration:.3f} s",
-        error_id,
+        "" if error_id is None else f", errorId {error_id}",
         extra={
             "jobId": after.id,
             "kind": after.kind,
