@@ -7,6 +7,7 @@ from typing import Any
 
 import httpx
 import pytest
+from openapi_spec_validator import validate
 from prometheus_client.parser import text_string_to_metric_families
 
 from asyncproc.config import load_settings
@@ -156,3 +157,13 @@ async def test_a_worker_node_serves_metrics(
         await forget_cluster(redis_url, amqp_url, unique_prefix)
     assert value(samples, "asyncproc_jobs_running", kind="demo.count") == 0
     assert ("asyncproc_queue_depth", (("routing", "default"),)) in samples
+
+
+async def test_openapi_documents_metrics_and_stats() -> None:
+    async with api_client(demo_app()) as client:
+        document = (await client.get("/openapi.json")).json()
+    validate(document)
+    assert "text/plain" in document["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    stats = document["paths"]["/api/stats"]["get"]["responses"]["200"]
+    assert stats["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Stats"}
+    assert {"kinds", "perMinute"} <= document["components"]["schemas"]["Stats"]["properties"].keys()
