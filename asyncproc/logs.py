@@ -25,6 +25,8 @@ __all__ = ["JsonFormatter", "TextFormatter", "configure_logging", "extra_fields"
 _STANDARD = frozenset(
     logging.LogRecord("", 0, "", 0, "", None, None).__dict__.keys()
     | {"message", "asctime", "taskName"}
+    # uvicorn's colourised copy of its message.
+    | {"color_message"}
 )
 _encoder = msgspec.json.Encoder(enc_hook=str)
 
