@@ -31,7 +31,7 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from .config import Settings, client_defaults, load_settings
+from .config import LogLevel, Settings, client_defaults, load_settings
 from .errors import ApiError, AsyncProcError, ConfigError
 from .messages import invalid_json, state_phrase
 from .model import JobState, JobStatus
@@ -79,6 +79,7 @@ def serve(args: argparse.Namespace) -> int:
     """Run one node with uvicorn until interrupted; SIGTERM / Ctrl-C drains it first."""
     import uvicorn
 
+    from .logs import configure_logging
     from .server import create_app
     from .serving import (
         CONNECTIONS_GRACE,
@@ -89,16 +90,20 @@ def serve(args: argparse.Namespace) -> int:
 
     current_directory_on_path()
     settings = _settings(args)
+    configure_logging(settings)
     app = create_app(settings)
     # Bound before serving: a port in use is one line naming the setting, not a URL
     # that looks served followed by uvicorn's error.
     sock = listening_socket(settings.host, settings.port)
+    debug = settings.log_level is LogLevel.DEBUG
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        log_level=args.log_level,
-        access_log=args.access_log,
+        # uvicorn's lines go through the handler of `configure_logging` (same format).
+        log_config=None,
+        log_level=args.log_level or ("debug" if debug else "warning"),
+        access_log=args.access_log or debug,
         # The jobs' grace is spent before uvicorn's shutdown begins (DrainingServer).
         timeout_graceful_shutdown=CONNECTIONS_GRACE,
     )
@@ -462,8 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML settings file (or ASYNCPROC_CONFIG)")
     run.add_argument("--host", help="override the `host` setting")
     run.add_argument("--port", type=int, help="override the `port` setting")
-    run.add_argument("--log-level", default="warning", help="uvicorn log level")
-    run.add_argument("--access-log", action="store_true", help="log every request")
+    run.add_argument(
+        "--log-level", help="uvicorn's log level (default: warning; debug with log_level=debug)"
+    )
+    run.add_argument(
+        "--access-log", action="store_true", help="log every request (on with log_level=debug)"
+    )
     run.set_defaults(func=serve)
 
     # Accept --url/--token after the subcommand too; SUPPRESS keeps the global value.

@@ -60,6 +60,22 @@ class Role(enum.StrEnum):
         return self is not Role.API
 
 
+class LogLevel(enum.StrEnum):
+    """How much a node logs (`log_level`); `debug` also turns uvicorn's access log on."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(enum.StrEnum):
+    """How a log line looks (`log_format`): readable text, or one JSON object."""
+
+    TEXT = "text"
+    JSON = "json"
+
+
 class KindSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """`[kinds."<kind>"]`: an operator's overrides of a kind's options (durations in s)."""
 
@@ -163,6 +179,10 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     external_kinds: tuple[str, ...] = ()
     # OTLP/HTTP base URL that receives traces (`<it>/v1/traces`); empty: tracing off.
     otel_endpoint: str = ""
+    # Operations (API.md section 16): log lines on stderr, and GET /metrics.
+    log_level: LogLevel = LogLevel.INFO
+    log_format: LogFormat = LogFormat.TEXT
+    metrics: bool = True
     # TOML tables only.
     kinds: dict[str, KindSettings] = {}
     schedules: tuple[ScheduleSettings, ...] = ()

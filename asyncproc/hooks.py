@@ -118,6 +118,8 @@ class Hooks:
         self.checks: list[SettingsCheck] = []
         self.lifespans: list[Lifespan] = []
         self.routes: list[BaseRoute] = []
+        # Routes every node serves whatever its role, as /health (a worker's /metrics).
+        self.node_routes: list[BaseRoute] = []
         self.before_enqueue: list[BeforeEnqueue] = []
         # Before-enqueue hooks of one kind only (no cost to other kinds' enqueues).
         self.before_enqueue_of: dict[str, list[BeforeEnqueue]] = {}
@@ -137,6 +139,7 @@ class Hooks:
         self.checks += other.checks
         self.lifespans += other.lifespans
         self.routes += other.routes
+        self.node_routes += other.node_routes
         self.before_enqueue += other.before_enqueue
         for kind, hooks in other.before_enqueue_of.items():
             self.before_enqueue_of.setdefault(kind, []).extend(hooks)

@@ -357,11 +357,15 @@ class Registry:
         self.hooks.list_filters.append(narrow)
         return narrow
 
-    def route(self, path: str, methods: list[str]) -> Callable[[Any], Any]:
-        """Register the decorated Starlette endpoint at `path` (served by API nodes)."""
+    def route(
+        self, path: str, methods: list[str], *, every_role: bool = False
+    ) -> Callable[[Any], Any]:
+        """Register the decorated Starlette endpoint at `path` (served by API nodes; by
+        every node, worker nodes too, with `every_role`)."""
 
         def register(endpoint: Any) -> Any:
-            self.hooks.routes.append(Route(path, endpoint, methods=methods))
+            routes = self.hooks.node_routes if every_role else self.hooks.routes
+            routes.append(Route(path, endpoint, methods=methods))
             return endpoint
 
         return register
@@ -436,6 +440,9 @@ BUILTIN_PLUGINS = (
     "asyncproc.plugins.external",
     "asyncproc.plugins.tracing",
     "asyncproc.plugins.auth",
+    "asyncproc.plugins.stats",
+    "asyncproc.plugins.metrics",
+    "asyncproc.plugins.job_log",
 )
 
 

@@ -175,11 +175,21 @@ def create_app(
                     tasks.start_soon(service.run_sweeper, settings.sweep_interval)
                 if worker is not None:
                     await tasks.start(worker.run)
+                kinds = [kind.name for kind in registry]
                 log.info(
-                    "asyncproc %s node ready (state=%s, queue=%s)",
+                    "asyncproc %s node ready (state=%s, queue=%s); plugins: %s; kinds: %s",
                     settings.role,
                     store.name,
                     queue.name,
+                    ", ".join(registry.plugins),
+                    ", ".join(kinds),
+                    extra={
+                        "role": str(settings.role),
+                        "state": store.name,
+                        "queue": queue.name,
+                        "plugins": registry.plugins,
+                        "kinds": kinds,
+                    },
                 )
                 try:
                     yield
@@ -191,7 +201,10 @@ def create_app(
                     await drain.finish()
                     tasks.cancel_scope.cancel()
 
-    routes: list[BaseRoute] = [Route("/health", health, methods=["GET"])]
+    routes: list[BaseRoute] = [
+        Route("/health", health, methods=["GET"]),
+        *registry.hooks.node_routes,
+    ]
     if settings.role.serves_api:
         routes += [
             Route("/openapi.json", openapi, methods=["GET"]),

@@ -533,6 +533,15 @@ class WorkerPool:
         except Exception as exc:
             if kind.retry_on and isinstance(exc, kind.retry_on):
                 return Retry(_exception_error(exc, "retryable")), None
+            # Always logged with its traceback, whatever `expose_tech_info` shows clients.
+            log.error(
+                "job %s (%s, attempt %d) failed with an unhandled error",
+                ctx.id,
+                ctx.kind,
+                ctx.attempt,
+                exc_info=True,
+                extra={"jobId": ctx.id, "kind": ctx.kind, "attempt": ctx.attempt},
+            )
             return Fail(
                 ErrorInfo(
                     error_id="unhandled",
