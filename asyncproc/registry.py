@@ -372,6 +372,7 @@ BUILTIN_PLUGINS = (
     "asyncproc.plugins.schedules",
     "asyncproc.plugins.triggers",
     "asyncproc.plugins.dead_letters",
+    "asyncproc.plugins.job_content",
 )
 
 

@@ -182,6 +182,7 @@ def create_app(
             Route("/openapi.json", openapi, methods=["GET"]),
             *api_routes(registry.hooks.routes),
             Route("/", page, methods=["GET"]),
+            Route("/overview", page, methods=["GET"]),
             Route("/jobs/{id}", page, methods=["GET"]),
             Route("/new", page, methods=["GET"]),
             Route("/schedules", page, methods=["GET"]),
@@ -233,6 +234,6 @@ async def openapi(request: Request) -> Response:
 
 
 async def page(request: Request) -> Response:
-    """The web page (`/`, `/jobs/{id}`, `/new`, `/schedules`, `/dead-letters`: the page
-    routes itself)."""
+    """The web page (`/`, `/overview`, `/jobs/{id}`, `/new`, `/schedules`, `/dead-letters`:
+    the page routes itself)."""
     return FileResponse(f"{_web_dir()}/index.html", media_type="text/html")

@@ -94,6 +94,28 @@ export function formatTime(iso) {
     : `${date.toLocaleDateString()} ${date.toLocaleTimeString()}`;
 }
 
+/** A timestamp with its date always ("Nov 30, 2026, 4:05:12 PM" in the viewer's locale). */
+export function formatDateTime(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return iso;
+  return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
+}
+
+/**
+ * How long a job ran (started → finished), or has been running (started → `now`);
+ * null before it started (a job stopped or timed out in the queue never did).
+ */
+export function jobDuration(status, now) {
+  const started = Date.parse(status.startedAt ?? "");
+  if (Number.isNaN(started)) return null;
+  if (isTerminal(status)) {
+    const finished = Date.parse(status.finishedAt ?? "");
+    return Number.isNaN(finished) ? null : Math.max(0, finished - started);
+  }
+  return status.state === "running" ? Math.max(0, now - started) : null;
+}
+
 /** "42%" with at most one decimal. */
 export function formatPercent(percent) {
   const rounded = Math.round(percent * 10) / 10;
