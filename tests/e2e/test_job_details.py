@@ -132,4 +132,3 @@ async def test_new_job_form_opens_on_an_example_that_runs_a_while(browsing: Brow
     await page.get_by_label("Kind").select_option("demo.saga.compensate")
     await expect(content).to_have_value(re.compile(r'"jobId": ""'))
     browsing.assert_no_console_errors()
-
