@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from types import TracebackType
@@ -307,6 +307,27 @@ class StateStore(_Closable, ABC):
     @abstractmethod
     async def delete_doc(self, space: str, name: str) -> bool:
         """Delete a document; True when there was one."""
+
+    # -- counts for the overview (API.md section 16, GET /api/stats) ---------------------
+
+    @abstractmethod
+    async def count_states(self, kinds: Iterable[str]) -> dict[str, dict[JobState, int]]:
+        """How many retained jobs of each kind of `kinds` are in each state, over the
+        whole store: every kind with every state (0 when none).
+
+        The counts are kept as records change (no scan of the records): a record
+        purged after its retention leaves them by the time it answers 404.
+        """
+
+    @abstractmethod
+    async def add_minute_counts(self, counts: Mapping[tuple[datetime, str], int]) -> None:
+        """Add `counts` (`{(minute, name): n}`, `minute` the start of a UTC minute) to
+        the per-minute counters every node shares; they are kept at least two hours."""
+
+    @abstractmethod
+    async def minute_counts(self, first: datetime, minutes: int) -> list[dict[str, int]]:
+        """The counters of `minutes` minutes from `first` (the start of a UTC minute),
+        oldest first; `{}` for a minute that counted nothing (or was forgotten)."""
 
 
 class Delivery(ABC):

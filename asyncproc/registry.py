@@ -373,6 +373,7 @@ BUILTIN_PLUGINS = (
     "asyncproc.plugins.triggers",
     "asyncproc.plugins.dead_letters",
     "asyncproc.plugins.job_content",
+    "asyncproc.plugins.stats",
 )
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import anyio
 import msgspec
@@ -42,6 +42,8 @@ from asyncproc.rules import (
 
 __all__ = ["MemoryQueue", "MemoryStateStore"]
 
+_MINUTES_KEPT = timedelta(hours=2)
+
 
 class MemoryStateStore(StateStore):
     """Job records and results in dicts; expiry by a heap the sweeper drains."""
@@ -62,6 +64,10 @@ class MemoryStateStore(StateStore):
         self._waits: dict[tuple[str, str], str] = {}
         # kind -> its start permits, start log and waiters (`max_concurrency`, `rate_limit`).
         self._permits: dict[str, Permits] = {}
+        # (kind, state) -> how many stored records are in it (`count_states`).
+        self._state_counts: dict[tuple[str, JobState], int] = {}
+        # minute -> name -> count (`add_minute_counts`), the last `_MINUTES_KEPT`.
+        self._minutes: dict[datetime, dict[str, int]] = {}
 
     async def ping(self) -> None:
         """Always answers: the store is this process."""
@@ -74,7 +80,9 @@ class MemoryStateStore(StateStore):
         return job
 
     def _drop(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
+        job = self._jobs.pop(job_id, None)
+        if job is not None:
+            self._count(job.kind, job.state, -1)
         self._results.pop(job_id, None)
         self._unfinished.pop(job_id, None)
 
@@ -137,6 +145,7 @@ class MemoryStateStore(StateStore):
                 job = msgspec.structs.replace(job, after=wait)
             self._holders[(job.kind, key)] = (job.id, uniqueness)
         self._jobs[job.id] = job
+        self._count(job.kind, job.state, 1)
         self._unfinished[job.id] = job.deadline
         self._publish(job)
         return Created(job, True, replaced)
@@ -194,6 +203,9 @@ class MemoryStateStore(StateStore):
             return job
         job_id = job.id
         self._jobs[job_id] = new
+        if new.state is not job.state:
+            self._count(job.kind, job.state, -1)
+            self._count(new.kind, new.state, 1)
         if isinstance(event, Succeed) and result is not None:
             self._results[job_id] = result
         if new.finished_at is not None:
@@ -206,6 +218,10 @@ class MemoryStateStore(StateStore):
             self._unfinished[job_id] = new.deadline
         self._publish(new)
         return new
+
+    def _count(self, kind: str, state: JobState, delta: int) -> None:
+        slot = (kind, state)
+        self._state_counts[slot] = self._state_counts.get(slot, 0) + delta
 
     def _publish(self, job: Job) -> None:
         self.hub.publish(Change(job.id, job.version, job.state, job.stop_requested))
@@ -260,6 +276,26 @@ class MemoryStateStore(StateStore):
                 self._drop(job_id)
                 purged += 1
         return purged
+
+    async def count_states(self, kinds: Iterable[str]) -> dict[str, dict[JobState, int]]:
+        """See `StateStore.count_states`."""
+        await self.purge_expired(utcnow())  # what `get` would no longer answer
+        counts = self._state_counts
+        return {kind: {state: counts.get((kind, state), 0) for state in JobState} for kind in kinds}
+
+    async def add_minute_counts(self, counts: Mapping[tuple[datetime, str], int]) -> None:
+        """See `StateStore.add_minute_counts`."""
+        for (minute, name), n in counts.items():
+            names = self._minutes.setdefault(minute, {})
+            names[name] = names.get(name, 0) + n
+        horizon = utcnow() - _MINUTES_KEPT
+        for minute in [m for m in self._minutes if m < horizon]:
+            del self._minutes[minute]
+
+    async def minute_counts(self, first: datetime, minutes: int) -> list[dict[str, int]]:
+        """See `StateStore.minute_counts`."""
+        step = timedelta(minutes=1)
+        return [dict(self._minutes.get(first + i * step, {})) for i in range(minutes)]
 
     async def hold_lease(self, job_ids: Sequence[str], until: datetime) -> None:
         """See `StateStore.hold_lease`."""
