@@ -10,6 +10,11 @@ import { jobsListUrl } from "./origin.js";
 
 const REFRESH_MS = 4000;
 
+/** "1 failed demo.fail job", "3 succeeded jobs": the name a count's link reads as. */
+function jobsName(total, ...words) {
+  return [total, ...words, total === 1 ? "job" : "jobs"].join(" ");
+}
+
 function count(kinds, kind, state) {
   return Number(kinds[kind]?.[state]) || 0;
 }
@@ -26,30 +31,37 @@ function stateTiles(kinds) {
         {},
         h(
           "a",
-          { href: jobsListUrl({ state }), class: `tile tile-${state}`, "data-state": state },
+          {
+            href: jobsListUrl({ state }),
+            class: `tile tile-${state}`,
+            "data-state": state,
+            "aria-label": jobsName(total, state),
+          },
           h("span", { class: "tile-count" }, String(total)),
-          h("span", { class: "tile-label" }, `${state} jobs`),
+          h("span", { class: "tile-label" }, state),
         ),
       );
     }),
   );
 }
 
-/** Kinds × states; each non-zero count links to the list of those jobs. */
+/** Kinds × states (the kinds that have jobs); each non-zero count links to those jobs. */
 function kindTable(kinds) {
-  const names = Object.keys(kinds).sort();
+  const all = Object.keys(kinds).sort();
+  const names = all.filter((kind) => STATES.some((state) => count(kinds, kind, state) > 0));
   if (names.length === 0) return h("p", { class: "muted" }, "No jobs yet. Start one with New job.");
+  const idle = all.length - names.length;
   const cell = (kind, state) => {
     const value = count(kinds, kind, state);
-    if (value === 0) return h("td", { class: "num zero" }, "0");
+    if (value === 0) return h("td", { class: "num zero", "data-label": state }, "0");
     return h(
       "td",
-      { class: "num" },
+      { class: "num", "data-label": state },
       h(
         "a",
         {
           href: jobsListUrl({ kind, state }),
-          "aria-label": `${value} ${state} ${kind} jobs`,
+          "aria-label": jobsName(value, state, kind),
         },
         String(value),
       ),
@@ -84,13 +96,16 @@ function kindTable(kinds) {
             STATES.map((state) => cell(kind, state)),
             h(
               "td",
-              { class: "num" },
+              { class: "num total", "data-label": "all" },
               String(STATES.reduce((sum, state) => sum + count(kinds, kind, state), 0)),
             ),
           ),
         ),
       ),
     ),
+    idle > 0
+      ? h("p", { class: "muted" }, `${idle} other ${idle === 1 ? "kind has" : "kinds have"} no jobs.`)
+      : null,
   );
 }
 
