@@ -30,7 +30,7 @@ async def test_content_of_an_unknown_job_is_404() -> None:
     async with api_client(demo_app()) as client:
         answer = await client.get("/api/jobs/0123456789abcdef0123456789abcdef/content")
     assert answer.status_code == 404
-    assert answer.json()["error"]["code"]
+    assert answer.json()["error"]["code"] == "job_not_found"  # not an unknown route
 
 
 async def test_content_route_is_in_the_openapi_document() -> None:
