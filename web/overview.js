@@ -175,11 +175,32 @@ export function overviewView(root) {
     chartSlot.replaceChildren(minuteChart(perMinute, width));
   }
 
+  // Redrawn only when the numbers changed, and a focused link is focused again
+  // after: a keyboard user's place (or a chart tooltip) survives the refresh.
+  function redraw(slot, content) {
+    const focused = slot.contains(document.activeElement) ? document.activeElement : null;
+    const href = focused?.getAttribute("href");
+    slot.replaceChildren(content);
+    if (href) {
+      const again = [...slot.querySelectorAll("a[href]")].find(
+        (link) => link.getAttribute("href") === href,
+      );
+      (again ?? heading).focus();
+    }
+  }
+
+  let drawn = { kinds: "", perMinute: "" };
+
   function show(stats) {
     const kinds = stats.kinds ?? {};
+    const next = { kinds: JSON.stringify(kinds), perMinute: JSON.stringify(stats.perMinute) };
+    if (next.kinds !== drawn.kinds) {
+      redraw(tiles, stateTiles(kinds));
+      redraw(kindsSlot, kindTable(kinds));
+    }
+    const chartChanged = next.perMinute !== drawn.perMinute;
+    drawn = next;
     perMinute = Array.isArray(stats.perMinute) ? stats.perMinute : [];
-    tiles.replaceChildren(stateTiles(kinds));
-    kindsSlot.replaceChildren(kindTable(kinds));
     const sum = totals(perMinute);
     setText(
       hourLine,
@@ -187,7 +208,7 @@ export function overviewView(root) {
         ? "Nothing was enqueued or finished in the last hour."
         : `${sum.enqueued} enqueued, ${sum.succeeded} succeeded, ${sum.failed} failed.`,
     );
-    drawChart();
+    if (chartChanged) drawChart();
     setText(updated, `Updated ${new Date().toLocaleTimeString()}; refreshes every few seconds.`);
   }
 

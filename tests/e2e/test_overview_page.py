@@ -75,12 +75,16 @@ async def test_overview_counts_chart_and_links(browsing: Browsing) -> None:
     await expect(page.get_by_text("5 enqueued, 3 succeeded, 1 failed.")).to_be_visible()
     await page.screenshot(path=SHOTS / "overview-1280.png", full_page=True)
 
-    # It refreshes while open: a new failure shows without a reload.
+    # It refreshes while open: a new failure shows without a reload, and the link a
+    # keyboard user is on keeps the focus.
     await page.evaluate("window.__sameDocument = true")
+    failed_tile = page.locator("a.tile[data-state='failed']")
+    await failed_tile.focus()
     again = await browsing.enqueue("demo.fail", {"mode": "reported", "message": "again"})
     await browsing.finished(again)
     await expect(tile(page, "failed")).to_have_text("2", timeout=15_000)
     assert await page.evaluate("window.__sameDocument") is True
+    await expect(failed_tile).to_be_focused()
 
     await browsing.no_sideways_scroll(360)
     await page.screenshot(path=SHOTS / "overview-360.png", full_page=True)
