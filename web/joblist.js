@@ -183,7 +183,9 @@ export function listView(root, { query: initial }) {
       h(
         "tr",
         {},
-        ["Job", "State", "Progress", "Duration", "Created"].map((name) => h("th", { scope: "col" }, name)),
+        ["Job", "State", "Progress", "Duration", "Created"].map((name) =>
+          h("th", { scope: "col" }, name),
+        ),
       ),
     ),
     tbody,
