@@ -156,3 +156,49 @@ export function minuteChart(perMinute, width) {
     s("g", { class: "chart-hovers" }, hovers),
   );
 }
+
+/**
+ * The chart's numbers for those who do not see it: a table of the minutes that
+ * had any job (newest first), folded away under a summary.
+ */
+export function minuteTable(perMinute) {
+  const busy = perMinute.filter((m) => m.enqueued + m.succeeded + m.failed > 0).reverse();
+  const details = document.createElement("details");
+  details.className = "minute-table";
+  const summary = document.createElement("summary");
+  summary.textContent = "The last hour as a table";
+  details.append(summary);
+  if (busy.length === 0) {
+    const none = document.createElement("p");
+    none.className = "muted";
+    none.textContent = "No minute had any job.";
+    details.append(none);
+    return details;
+  }
+  const table = document.createElement("table");
+  const head = table.createTHead().insertRow();
+  for (const name of ["Minute", "enqueued", "succeeded", "failed"]) {
+    const th = document.createElement("th");
+    th.scope = "col";
+    th.textContent = name;
+    head.append(th);
+  }
+  const body = table.createTBody();
+  for (const minute of busy) {
+    const row = body.insertRow();
+    const th = document.createElement("th");
+    th.scope = "row";
+    th.textContent = clock(minute.at);
+    row.append(th);
+    for (const name of ["enqueued", "succeeded", "failed"]) {
+      const cell = row.insertCell();
+      cell.className = "num";
+      cell.textContent = String(minute[name]);
+    }
+  }
+  const wrap = document.createElement("div");
+  wrap.className = "table-wrap";
+  wrap.append(table);
+  details.append(wrap);
+  return details;
+}

@@ -4,7 +4,7 @@
 // `GET /api/stats` (API.md 16), refreshed every few seconds while visible.
 
 import { ApiError, getJSON } from "./api.js";
-import { minuteChart, totals } from "./chart.js";
+import { minuteChart, minuteTable, totals } from "./chart.js";
 import { STATES, h, setText } from "./dom.js";
 import { jobsListUrl } from "./origin.js";
 
@@ -133,6 +133,7 @@ export function overviewView(root) {
   const note = h("p", { class: "list-status", role: "status" }, "Loading…");
   const tiles = h("div", { class: "tiles-slot" });
   const chartSlot = h("div", { class: "chart-slot" });
+  const tableSlot = h("div", {});
   const hourLine = h("p", { class: "hour-line" });
   const kindsSlot = h("div", {});
   const updated = h("p", { class: "muted updated" });
@@ -156,6 +157,7 @@ export function overviewView(root) {
         hourLine,
         chartSlot,
         legend(),
+        tableSlot,
       ),
       h(
         "section",
@@ -208,7 +210,14 @@ export function overviewView(root) {
         ? "Nothing was enqueued or finished in the last hour."
         : `${sum.enqueued} enqueued, ${sum.succeeded} succeeded, ${sum.failed} failed.`,
     );
-    if (chartChanged) drawChart();
+    if (chartChanged) {
+      drawChart();
+      // Kept open across refreshes when the reader opened it.
+      const open = tableSlot.querySelector("details")?.open ?? false;
+      const table = minuteTable(perMinute);
+      table.open = open;
+      tableSlot.replaceChildren(table);
+    }
     setText(updated, `Updated ${new Date().toLocaleTimeString()}; refreshes every few seconds.`);
   }
 

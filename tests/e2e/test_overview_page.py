@@ -73,6 +73,14 @@ async def test_overview_counts_chart_and_links(browsing: Browsing) -> None:
     assert len(ys) == 60
     assert min(ys) < ys[0]  # the line rises from the hour's empty start
     await expect(page.get_by_text("5 enqueued, 3 succeeded, 1 failed.")).to_be_visible()
+    # The same numbers as a table, for those who do not see the chart.
+    await page.get_by_text("The last hour as a table").click()
+    minutes = page.locator(".minute-table tbody tr")
+    sums = [0, 0, 0]
+    for index in range(await minutes.count()):
+        cells = await minutes.nth(index).locator("td").all_inner_texts()
+        sums = [total + int(cell) for total, cell in zip(sums, cells, strict=True)]
+    assert sums == [5, 3, 1]
     await page.screenshot(path=SHOTS / "overview-1280.png", full_page=True)
 
     # It refreshes while open: a new failure shows without a reload, and the link a
