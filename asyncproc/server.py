@@ -234,6 +234,6 @@ async def openapi(request: Request) -> Response:
 
 
 async def page(request: Request) -> Response:
-    """The web page (`/`, `/overview`, `/jobs/{id}`, `/new`, `/schedules`, `/dead-letters`:
-    the page routes itself)."""
+    """The web page (`/`, `/jobs/{id}`, `/new`, `/schedules`, `/dead-letters`: the page
+    routes itself)."""
     return FileResponse(f"{_web_dir()}/index.html", media_type="text/html")

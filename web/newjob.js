@@ -76,49 +76,6 @@ export function sampleOf(schema, root = schema, depth = 0) {
   }
 }
 
-function describeType(schema, root) {
-  const s = resolve(schema, root);
-  if (Array.isArray(s.enum)) return `one of ${s.enum.map((v) => JSON.stringify(v)).join(", ")}`;
-  const parts = [typeOf(s) ?? "any JSON"];
-  if (typeof s.minimum === "number") parts.push(`≥ ${s.minimum}`);
-  if (typeof s.exclusiveMinimum === "number") parts.push(`> ${s.exclusiveMinimum}`);
-  if (typeof s.maximum === "number") parts.push(`≤ ${s.maximum}`);
-  if (typeof s.exclusiveMaximum === "number") parts.push(`< ${s.exclusiveMaximum}`);
-  if (typeof s.minLength === "number" && s.minLength > 0) {
-    parts.push(`at least ${s.minLength} characters`);
-  }
-  if (typeof s.maxLength === "number") parts.push(`at most ${s.maxLength} characters`);
-  return parts.join(" ");
-}
-
-/** The fields of an object schema, as a list people can read. */
-function fieldList(schema) {
-  const s = resolve(schema, schema);
-  const properties = Object.entries(s.properties ?? {});
-  if (properties.length === 0) {
-    const any = typeOf(s) === "object" ? "Any JSON object." : "Any JSON value.";
-    return h("p", { class: "muted" }, any);
-  }
-  const required = new Set(s.required ?? []);
-  return h(
-    "ul",
-    { class: "fields" },
-    properties.map(([name, property]) => {
-      const p = resolve(property, schema);
-      const notes = [describeType(property, schema)];
-      if (required.has(name)) notes.push("required");
-      if ("default" in p) notes.push(`default ${JSON.stringify(p.default)}`);
-      return h(
-        "li",
-        {},
-        h("code", {}, name),
-        `: ${notes.join(", ")}`,
-        p.description ? h("span", { class: "muted" }, ` (${p.description})`) : null,
-      );
-    }),
-  );
-}
-
 // The kind the form opens on when the URL names none and this browser never
 // started one: the demo's showcase (a job that shows progress for a few seconds).
 const SHOWCASE = "demo.count";
@@ -160,6 +117,49 @@ function rememberKind(name) {
   } catch {
     // storage disabled or full
   }
+}
+
+function describeType(schema, root) {
+  const s = resolve(schema, root);
+  if (Array.isArray(s.enum)) return `one of ${s.enum.map((v) => JSON.stringify(v)).join(", ")}`;
+  const parts = [typeOf(s) ?? "any JSON"];
+  if (typeof s.minimum === "number") parts.push(`≥ ${s.minimum}`);
+  if (typeof s.exclusiveMinimum === "number") parts.push(`> ${s.exclusiveMinimum}`);
+  if (typeof s.maximum === "number") parts.push(`≤ ${s.maximum}`);
+  if (typeof s.exclusiveMaximum === "number") parts.push(`< ${s.exclusiveMaximum}`);
+  if (typeof s.minLength === "number" && s.minLength > 0) {
+    parts.push(`at least ${s.minLength} characters`);
+  }
+  if (typeof s.maxLength === "number") parts.push(`at most ${s.maxLength} characters`);
+  return parts.join(" ");
+}
+
+/** The fields of an object schema, as a list people can read. */
+function fieldList(schema) {
+  const s = resolve(schema, schema);
+  const properties = Object.entries(s.properties ?? {});
+  if (properties.length === 0) {
+    const any = typeOf(s) === "object" ? "Any JSON object." : "Any JSON value.";
+    return h("p", { class: "muted" }, any);
+  }
+  const required = new Set(s.required ?? []);
+  return h(
+    "ul",
+    { class: "fields" },
+    properties.map(([name, property]) => {
+      const p = resolve(property, schema);
+      const notes = [describeType(property, schema)];
+      if (required.has(name)) notes.push("required");
+      if ("default" in p) notes.push(`default ${JSON.stringify(p.default)}`);
+      return h(
+        "li",
+        {},
+        h("code", {}, name),
+        `: ${notes.join(", ")}`,
+        p.description ? h("span", { class: "muted" }, ` (${p.description})`) : null,
+      );
+    }),
+  );
 }
 
 /** A 422 message made for people: "at `n`" rather than "at `$.content.n`". */
