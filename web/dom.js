@@ -54,9 +54,11 @@ export function isTerminal(status) {
   return TERMINAL.has(status.state);
 }
 
-/** "1 h 02 min", "3 min 05 s", "4.2 s" for a duration in milliseconds. */
+/** "1 h 02 min", "3 min 05 s", "4.2 s", "35 ms" for a duration in milliseconds. */
 export function formatDuration(ms) {
   if (!Number.isFinite(ms) || ms < 0) ms = 0;
+  // A job that took next to nothing reads better as "12 ms" than as "0.0 s".
+  if (ms < 100) return `${Math.round(ms)} ms`;
   const s = ms / 1000;
   if (s < 10) return `${s.toFixed(1)} s`;
   const total = Math.round(s);

@@ -17,7 +17,7 @@ pytestmark = [pytest.mark.browser, pytest.mark.anyio]
 
 SHOTS = Path("/tmp/page-shots")
 YEAR = str(datetime.now().year)
-DURATION = re.compile(r"^\d+(\.\d)? s$|^\d+ min \d\d s$")
+DURATION = re.compile(r"^\d+ ms$|^\d+(\.\d)? s$|^\d+ min \d\d s$")
 
 
 def meta(page: Page, term: str) -> Locator:
