@@ -12,7 +12,6 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from asyncproc.api import service_of
-from asyncproc.openapi import ERRORS, PATH_ID, answer
 from asyncproc.registry import Registry
 
 __all__ = ["registry"]
@@ -27,16 +26,31 @@ async def job_content(request: Request) -> Response:
     return Response(bytes(job.content), media_type="application/json")
 
 
+# Written out in full (no helper of asyncproc.openapi), so it reads the same whichever
+# way the document's builder evolves.
+_ERROR = {"$ref": "#/components/schemas/ErrorBody"}
 registry.hooks.openapi_paths.update(
     {
         "/api/jobs/{id}/content": {
             "get": {
                 "summary": "The job's input content, as it was enqueued",
                 "tags": ["jobs"],
-                "parameters": PATH_ID,
+                "parameters": [
+                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
                 "responses": {
-                    "200": answer("The content (any JSON)", {}),
-                    **{code: ERRORS[code] for code in ("404", "431", "503")},
+                    "200": {
+                        "description": "The content (any JSON)",
+                        "content": {"application/json": {"schema": {}}},
+                    },
+                    "404": {
+                        "description": "Unknown job, or purged after its retention",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
+                    "503": {
+                        "description": "The state store did not answer",
+                        "content": {"application/json": {"schema": _ERROR}},
+                    },
                 },
             }
         }
