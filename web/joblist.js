@@ -101,6 +101,9 @@ function jobRow(status) {
     const took = jobDuration(job, serverNow());
     setText(duration, took === null ? "—" : formatDuration(took));
     duration.title = isTerminal(job) || took === null ? "" : "running so far";
+    // On a phone the column has no header in sight: the card says "took 3.2 s".
+    const label = took === null ? "" : isTerminal(job) ? "took" : "running for";
+    if (duration.dataset.label !== label) duration.dataset.label = label;
   }
 
   function update(next) {
