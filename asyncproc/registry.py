@@ -433,6 +433,7 @@ def optional_backend(module: str, setting: str, extra: str | None) -> Any:
 
 
 BUILTIN_PLUGINS = (
+    "asyncproc.plugins.job_content",
     "asyncproc.plugins.callbacks",
     "asyncproc.plugins.schedules",
     "asyncproc.plugins.triggers",

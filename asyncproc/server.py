@@ -210,6 +210,7 @@ def create_app(
             Route("/openapi.json", openapi, methods=["GET"]),
             *api_routes(registry.hooks.routes),
             Route("/", page, methods=["GET"]),
+            Route("/overview", page, methods=["GET"]),
             Route("/jobs/{id}", page, methods=["GET"]),
             Route("/new", page, methods=["GET"]),
             Route("/schedules", page, methods=["GET"]),
