@@ -27,7 +27,7 @@ RULES: tuple[tuple[frozenset[str], str, str], ...] = (
     # Jobs, through the resource aliases (API.md section 2).
     (frozenset({"GET"}), r"/api/jobs", READ),
     (frozenset({"GET"}), rf"/api/jobs/{_SEGMENT}", READ),
-    (frozenset({"GET"}), rf"/api/jobs/{_SEGMENT}/(?:result|events)", READ),
+    (frozenset({"GET"}), rf"/api/jobs/{_SEGMENT}/(?:result|events|content)", READ),
     (frozenset({"POST"}), rf"/api/jobs/{_SEGMENT}/stop", STOP),
     (frozenset({"GET"}), r"/api/kinds", READ),
     (frozenset({"GET"}), r"/api/keys/.+", READ),

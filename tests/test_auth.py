@@ -414,6 +414,8 @@ def test_the_contracts_example_hash() -> None:
         ("HEAD", "/api/jobs/x", "read"),
         ("DELETE", "/api/jobs/x", "admin"),
         ("GET", "/api/stats", "read"),
+        ("GET", "/api/jobs/x/content", "read"),
+        ("GET", "/metrics", "admin"),
         ("POST", "/requests", "submit"),
         ("GET", "/v2/requests/x/status", "read"),
         ("PUT", "/v2/requests/x/status/biz-step", "admin"),
