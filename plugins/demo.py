@@ -278,7 +278,7 @@ class Page(msgspec.Struct, forbid_unknown_fields=True):
     html: str
 
 
-@registry.job("demo.page", content=Page, title="HTML page")
+@registry.job("demo.page", content=examples(Page, {"html": "<h1>Hello</h1>"}), title="HTML page")
 async def page(ctx: JobContext, content: Page) -> Result:
     """Returns the HTML as `text/html`: served as an attachment, never run by the page."""
     return Result(content.html, "text/html; charset=utf-8")
