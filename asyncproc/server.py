@@ -221,16 +221,15 @@ def create_app(
     app = SafeStarlette(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,
-        middleware=[
-            Middleware(IncomingAt, refuse=drain.refusal),
-            Middleware(Origins, allowed=settings.cors_origins),
-        ],
+        middleware=[Middleware(IncomingAt, refuse=drain.refusal)],
         lifespan=lifespan,
     )
     node = Node(settings, service, app)
     added = [m for m in (factory(node) for factory in registry.hooks.middleware) if m is not None]
-    # Outside the door checks (their refusals are seen too), the first registered outermost.
-    app.user_middleware[:0] = added
+    # Plugins' middleware outside the door checks (their refusals are seen too), the first
+    # registered outermost; the origin rule outside them all, so that a refusal of theirs
+    # (auth's 401) still carries the CORS headers an allowed origin's page needs to read it.
+    app.user_middleware[:0] = [Middleware(Origins, allowed=settings.cors_origins), *added]
     app.state.settings = settings
     app.state.service = service
     app.state.worker = worker

@@ -424,3 +424,25 @@ def test_the_contracts_example_hash() -> None:
 )
 def test_the_scope_table(method: str, path: str, scope: str | None) -> None:
     assert required_scope(method, path) == scope
+
+
+async def test_an_allowed_origins_page_reads_the_401_and_sends_its_preflight() -> None:
+    friend = "https://app.example.com"
+    async with served(cors_origins=friend) as callers:
+        preflight = await callers.anonymous.options(
+            "/api/demo.count/enqueue",
+            headers={
+                "origin": friend,
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization, content-type",
+            },
+        )
+        assert preflight.status_code == 204
+        assert preflight.headers["access-control-allow-origin"] == friend
+        refused = await callers.anonymous.post(
+            "/api/demo.count/enqueue", json={"content": {"n": 0}}, headers={"origin": friend}
+        )
+        assert refused.status_code == 401
+        # The page of the allowed origin can read why (and ask for a token).
+        assert refused.headers["access-control-allow-origin"] == friend
+        assert "www-authenticate" in refused.headers["access-control-expose-headers"].lower()
