@@ -41,8 +41,10 @@ registry = Registry()
 @asynccontextmanager
 async def external_jobs(node: Node) -> AsyncIterator[None]:
     """Serve external processors on this node while it runs."""
-    secret = await cluster_secret(node.service.store)
-    node.app.state.external = ExternalJobs(node.service, lease=node.settings.lease, secret=secret)
+    store = node.service.store
+    node.app.state.external = ExternalJobs(
+        node.service, lease=node.settings.lease, secret=lambda: cluster_secret(store)
+    )
     yield
 
 
