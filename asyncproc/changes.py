@@ -1,8 +1,10 @@
 """Change notifications inside one node.
 
-Every StateStore publishes a `Change` here for every write, on every node (the
-memory store directly, the Redis store from its pub/sub listener). Long poll and
-SSE wait on it; the worker hears stop requests for the jobs it runs through it.
+Every StateStore publishes a `Change` here for a write, on every node (the memory
+store directly, for every write; the Redis store from its pub/sub listener, for the
+writes every node must hear and those of jobs some node watches, `rules.must_tell`).
+Long poll and SSE wait on it; the worker hears stop requests for the jobs it runs
+through it.
 """
 
 from __future__ import annotations
@@ -33,6 +35,10 @@ class ChangeHub:
     def __init__(self) -> None:
         self._waiters: dict[str, set[anyio.Event]] = {}
         self._stop_handlers: dict[str, Callable[[Change], None]] = {}
+        # Called with a job id when a waiter starts listening to it: a store whose
+        # notifications travel between nodes tells the others that this job is
+        # watched here (`rules.must_tell`: other changes are told only then).
+        self.on_watch: Callable[[str], None] | None = None
 
     def publish(self, change: Change) -> None:
         """Deliver `change` to this node's waiters and stop handler (event-loop thread)."""
@@ -51,8 +57,11 @@ class ChangeHub:
     def listen(self, job_id: str) -> Iterator[anyio.Event]:
         """An event set at the next change of `job_id`.
 
-        Enter it *before* reading the record, so no change can slip in between.
+        Enter it *before* reading the record, so no change can slip in between (and,
+        on a store shared by nodes, the read makes sure the others know it is watched).
         """
+        if self.on_watch is not None:
+            self.on_watch(job_id)
         event = anyio.Event()
         waiters = self._waiters.setdefault(job_id, set())
         waiters.add(event)

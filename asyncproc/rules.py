@@ -19,6 +19,7 @@ __all__ = [
     "holds_key",
     "inherited_wait",
     "key_after",
+    "must_tell",
     "replace_event",
     "retries_left",
     "retry_backoff",
@@ -98,3 +99,15 @@ def retry_backoff(attempt: int, first: float, cap: float, jitter: float) -> floa
         return 0.0
     base = min(cap, first * 2.0 ** max(0, attempt - 1))
     return max(0.0, base * (1.0 + max(-0.25, min(0.25, jitter))))
+
+
+def must_tell(before: Job, after: Job) -> bool:
+    """Whether every node must hear of the change `before` -> `after`, watched or not: a
+    stop request, or the job leaving `running` (finished, taken back), which the node
+    running it must act on. Other changes are told only to nodes that watch the job
+    (a long poll, an event stream): nobody else acts on them."""
+    return (
+        (after.stop_requested and not before.stop_requested)
+        or after.state.terminal
+        or (before.state is JobState.RUNNING and after.state is not JobState.RUNNING)
+    )

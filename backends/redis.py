@@ -21,6 +21,7 @@ import heapq
 import itertools
 import math
 import os
+import time
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -54,7 +55,7 @@ from asyncproc.model import (
     encode_job,
     utcnow,
 )
-from asyncproc.rules import expired, holds_key, key_after
+from asyncproc.rules import expired, holds_key, key_after, must_tell
 
 from .redis_keys import Free, decide, hold_of
 from .redis_listener import ChangeListener
@@ -85,6 +86,10 @@ _UNFINISHED_MARGIN = 3600.0
 _CACHE_SIZE = 1024
 _CACHE_MAX_CONTENT = 64 * 1024
 _LIST_BATCH = 100
+# A node's watch of a job (long poll, event stream) lasts this long, renewed this often
+# while it waits (a long poll waits at most 60 s; a stream re-listens at least every 15 s).
+_WATCH_FOR = 120.0
+_WATCH_AGAIN = 30.0
 # A list by state reads the state's own sets when they hold at most this many jobs.
 _FEW_IN_STATE = 1000
 # The per-minute counters outlive the hour `GET /api/stats` shows.
@@ -166,6 +171,10 @@ class RedisStateStore(StateStore):
         self.url = url
         self.prefix = prefix
         self._channel = f"{prefix}changes"
+        # Changes not every node must hear go out only while some node watches the job.
+        self._channel_if_watched = f"?{prefix}changes"
+        # Job id -> when this node last told Redis it watches it (monotonic seconds).
+        self._watching: dict[str, float] = {}
         self._node = os.urandom(6).hex()
         # Named connections: CLIENT LIST shows which node holds which.
         self.client_name = f"asyncproc-{self._node}"
@@ -208,6 +217,7 @@ class RedisStateStore(StateStore):
         self._cache: OrderedDict[str, tuple[Job, bytes]] = OrderedDict()
         self._writes = itertools.count()
         self._listener = ChangeListener(self._sub_redis, self._channel, self.hub, self._resync)
+        self.hub.on_watch = self._watch
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RedisStateStore:
@@ -364,7 +374,7 @@ class RedisStateStore(StateStore):
                 encode_job(record),
                 *fixed,
                 self._change(record),
-                self._channel,
+                self._channel_if_watched,  # nobody waits on a job not yet there
                 *plan.args,
                 prefix,
                 self._state_set(record.kind, record.state),
@@ -583,7 +593,7 @@ class RedisStateStore(StateStore):
             token,
             encode_job(new),
             self._change(new),
-            self._channel,
+            self._channel if must_tell(before, new) else self._channel_if_watched,
             "0" if data is None else "1",
             b"" if data is None else data,
             new.id,
@@ -619,6 +629,21 @@ class RedisStateStore(StateStore):
         args += self._state_move(before, new)
         answer: list[Any] = await self._eval(self._transition, keys, args)
         return answer
+
+    def _watch(self, job_id: str) -> None:
+        """Tell Redis that this node watches `job_id` (`ChangeHub.on_watch`), for
+        `_WATCH_FOR` seconds, at most every `_WATCH_AGAIN` seconds per job. Sent with
+        this turn's write, before the read that follows `listen`: a change after that
+        read is told to this node (`rules.must_tell`, the scripts' `tell`)."""
+        now = time.monotonic()
+        last = self._watching.get(job_id)
+        if last is not None and now - last < _WATCH_AGAIN:
+            return
+        if len(self._watching) > 10_000:
+            self._watching = {k: t for k, t in self._watching.items() if now - t < _WATCH_AGAIN}
+        self._watching[job_id] = now
+        until = epoch_ms(utcnow()) + int(_WATCH_FOR * 1000)
+        self._pipeliner.send("ZADD", f"{self.prefix}watched", "GT", until, job_id)
 
     async def hold_lease(self, job_ids: Sequence[str], until: datetime) -> None:
         """See `StateStore.hold_lease`: one sorted set, scored by lapse time."""
@@ -866,6 +891,8 @@ class RedisStateStore(StateStore):
     async def purge_expired(self, now: datetime) -> int:
         """See `StateStore.purge_expired`: Redis drops the records; this trims the indexes."""
         exp = f"{self.prefix}exp"
+        # Watches that lapsed (their node stopped waiting, or went away).
+        self._pipeliner.send("ZREMRANGEBYSCORE", f"{self.prefix}watched", "-inf", epoch_ms(now))
         with _guard():
             entries = cast(
                 "list[bytes]",

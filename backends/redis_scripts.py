@@ -32,7 +32,10 @@ Keys, all under the prefix P:
                                    when the record expires (epoch ms): the counts of
                                    `count_states`, kept by the scripts that write
     P min:<epoch minute>   hash    name -> count: the per-minute counters, 2 h TTL
-    P changes              pub/sub channel of msgpack-encoded `Change`s
+    P changes              pub/sub channel of msgpack-encoded `Change`s: those every node
+                                   must hear, and those of watched jobs (`must_tell`)
+    P watched              zset    ids of jobs some node waits on (long poll, events),
+                                   scored by when the watch lapses (epoch ms)
 
 The scripts decide nothing about the lifecycle or the key rules: Python computes
 every new record and every decision (`lifecycle.apply`, `rules.key_after`,
@@ -80,6 +83,18 @@ _MICROSECOND = timedelta(microseconds=1)
 # The holder is read under P job:<id> from the hold value (a key not declared in
 # KEYS): that saves the conflict path a round trip, and the store needs one server.
 CREATE = """
+-- Publish `change` on `channel`; a channel written "?<channel>" only when some node
+-- watches job `id` (P watched: id -> until when, epoch ms; `rules.must_tell`).
+local function tell(channel, change, prefix, id)
+  if string.sub(channel, 1, 1) == '?' then
+    local until_ms = redis.call('ZSCORE', prefix .. 'watched', id)
+    if not until_ms then return end
+    local t = redis.call('TIME')
+    if tonumber(until_ms) < t[1] * 1000 + math.floor(t[2] / 1000) then return end
+    channel = string.sub(channel, 2)
+  end
+  redis.call('PUBLISH', channel, change)
+end
 local cur = redis.call('HMGET', KEYS[1], 'r', 'w')
 if cur[1] then
   if cur[2] == ARGV[2] then return {1, cur[1]} end
@@ -109,7 +124,7 @@ if KEYS[8] ~= '' then
       redis.call('ZREM', ARGV[22], ARGV[19])
       redis.call('ZADD', ARGV[23], ARGV[24], ARGV[19])
     end
-    redis.call('PUBLISH', ARGV[9], ARGV[14])
+    redis.call('PUBLISH', string.gsub(ARGV[9], '^%?', ''), ARGV[14])
   end
   redis.call('SET', KEYS[8], ARGV[7], 'PXAT', ARGV[6])
 end
@@ -123,7 +138,7 @@ if KEYS[6] ~= '' then redis.call('ZADD', KEYS[6], 0, ARGV[3]) end
 if KEYS[7] ~= '' then redis.call('ZADD', KEYS[7], 0, ARGV[3]) end
 if KEYS[10] ~= '' then redis.call('ZADD', KEYS[10], 0, ARGV[3]) end
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
-redis.call('PUBLISH', ARGV[9], ARGV[8])
+tell(ARGV[9], ARGV[8], ARGV[20], ARGV[4])
 return {2}
 """
 
@@ -142,6 +157,18 @@ return {2}
 # Answers {0} missing, {1, record, token} someone else wrote, {2} this very write was
 # already applied (a retried command), {3} written, {5} the hold changed (decide again).
 TRANSITION = """
+-- Publish `change` on `channel`; a channel written "?<channel>" only when some node
+-- watches job `id` (P watched: id -> until when, epoch ms; `rules.must_tell`).
+local function tell(channel, change, prefix, id)
+  if string.sub(channel, 1, 1) == '?' then
+    local until_ms = redis.call('ZSCORE', prefix .. 'watched', id)
+    if not until_ms then return end
+    local t = redis.call('TIME')
+    if tonumber(until_ms) < t[1] * 1000 + math.floor(t[2] / 1000) then return end
+    channel = string.sub(channel, 2)
+  end
+  redis.call('PUBLISH', channel, change)
+end
 local w = redis.call('HGET', KEYS[1], 'w')
 if not w then return {0} end
 if w ~= ARGV[1] then
@@ -191,7 +218,7 @@ if ARGV[n - 2] ~= '' then
   redis.call('ZREM', ARGV[n - 2], ARGV[8])
   redis.call('ZADD', ARGV[n - 1], ARGV[n], ARGV[8])
 end
-redis.call('PUBLISH', ARGV[5], ARGV[4])
+tell(ARGV[5], ARGV[4], string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[8] - 4), ARGV[8])
 return {3}
 """
 

@@ -189,9 +189,10 @@ async def test_killed_connections_reconnect_and_changes_resume(
     hub = node.hub
     assert isinstance(hub, RecordingHub)
     job, _ = await node.create(new_job())
-    await node.transition(job.id, Start())
-    await wait_until(anyio.lowlevel.checkpoint, lambda _: hub.versions(job.id) == [1, 2])
     with hub.listen(job.id):  # this node watches the job, as a long poll would
+        await node.get(job.id)  # (listen, then read: Redis knows it is watched)
+        await node.transition(job.id, Start())
+        await wait_until(anyio.lowlevel.checkpoint, lambda _: hub.versions(job.id) == [2])
         # Both the command pool and the pub/sub connection are cut.
         assert await kill_connections(redis_url, node.client_name) >= 2
         # A change made by another node while this one's listener is cut off still

@@ -118,8 +118,10 @@ async def test_a_killed_worker_leaves_its_completed_steps_done(
         await wait_until(
             lambda: job_status(client, job["id"]), lambda s: len(s["steps"]) >= 2, timeout=30
         )
-        nodes.start("worker")
         victim.kill()  # SIGKILL mid-saga: no cleanup at all
+        # Started after the kill: however long a busy machine takes to start it, the
+        # victim cannot finish the saga meanwhile.
+        nodes.start("worker")
         done = await wait_until(
             lambda: job_status(client, job["id"]),
             lambda s: s["state"] == "succeeded",
