@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.routing import BaseRoute
 
+from .apidoc import Answer, Operation
 from .model import Job, OnConflict
 
 if TYPE_CHECKING:
@@ -72,7 +73,11 @@ class Hooks:
         # Before-enqueue hooks of one kind only (no cost to other kinds' enqueues).
         self.before_enqueue_of: dict[str, list[BeforeEnqueue]] = {}
         self.after_change: list[AfterChange] = []
-        # The OpenAPI paths of `routes`, and the Structs their `$ref`s name.
+        # The OpenAPI document of `routes`: their declared operations (`apidoc`), and
+        # answers every operation may give (e.g. 401/403 of an auth plugin).
+        self.openapi_operations: list[Operation] = []
+        self.openapi_answers: dict[int, Answer] = {}
+        # Raw additions: paths written by hand, and the Structs their `$ref`s name.
         self.openapi_paths: dict[str, Any] = {}
         self.openapi_types: list[Any] = []
 
@@ -85,6 +90,8 @@ class Hooks:
         for kind, hooks in other.before_enqueue_of.items():
             self.before_enqueue_of.setdefault(kind, []).extend(hooks)
         self.after_change += other.after_change
+        self.openapi_operations += other.openapi_operations
+        self.openapi_answers.update(other.openapi_answers)
         self.openapi_paths.update(other.openapi_paths)
         self.openapi_types += [t for t in other.openapi_types if t not in self.openapi_types]
 

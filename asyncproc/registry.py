@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from starlette.routing import Route
 
+from .apidoc import Operation, decode_json
 from .errors import ConfigError, InvalidContent, PluginError, UnknownKind
 from .hooks import AfterChange, BeforeEnqueue, Hooks, Lifespan, SettingsCheck
 from .limits import parse_rate
@@ -124,10 +125,14 @@ class JobKind:
         # For a selection kind (section 11): the kind its items start.
         self.selection: str | None = None
 
+    def read_content(self, raw: bytes) -> Any:
+        """The typed content, as the handler gets it (5.0 taken for an integer field)."""
+        return decode_json(raw, self.content_type, self.decoder)
+
     def decode_content(self, raw: bytes) -> Any:
         """The typed content; raises `InvalidInput` naming what is wrong."""
         try:
-            content = self.decoder.decode(raw)
+            content = self.read_content(raw)
         except (msgspec.ValidationError, msgspec.DecodeError) as exc:
             raise InvalidContent(_content_message(str(exc))) from None
         if self.check is not None:
@@ -323,6 +328,10 @@ class Registry:
             return endpoint
 
         return register
+
+    def document(self, *operations: Operation) -> None:
+        """Declare the OpenAPI operations of this plugin's routes (`asyncproc.apidoc`)."""
+        self.hooks.openapi_operations.extend(operations)
 
     def add(self, kind: JobKind) -> None:
         """Register a kind; a name registered twice is an error."""

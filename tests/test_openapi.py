@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from openapi_spec_validator import validate
 
@@ -37,6 +39,13 @@ async def test_openapi_is_valid_and_complete() -> None:
     schemas = document["components"]["schemas"]
     assert "JobStatus" in schemas
     count_body = paths["/api/demo.count/enqueue"]["post"]["requestBody"]["content"]
-    content_ref = count_body["application/json"]["schema"]["properties"]["content"]["$ref"]
-    count_schema = schemas[content_ref.rsplit("/", 1)[1]]
+    enqueue_schema = resolved(schemas, count_body["application/json"]["schema"])
+    count_schema = resolved(schemas, enqueue_schema["properties"]["content"])
     assert count_schema["properties"]["n"]["minimum"] == 0
+
+
+def resolved(schemas: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema`, or the component its `$ref` names."""
+    while "$ref" in schema:
+        schema = schemas[schema["$ref"].rsplit("/", 1)[1]]
+    return schema
