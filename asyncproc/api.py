@@ -268,6 +268,19 @@ class BatchRequest(msgspec.Struct, frozen=True, rename="camel"):
     on_conflict: OnConflict | None = None
 
 
+# The rules across its fields the handler checks (`batch_requests`), for the document.
+BatchBody = Annotated[
+    BatchRequest,
+    msgspec.Meta(
+        extra_json_schema={
+            "oneOf": [
+                {"required": ["items"], "properties": {"items": {"type": "array"}}},
+                {"required": ["keys", "content"], "properties": {"keys": {"type": "array"}}},
+            ],
+            "description": "`items`, or `keys` with the `content` they share (not both).",
+        }
+    ),
+]
 BATCH_TRIGGER = Trigger(TriggerType.BATCH)
 
 

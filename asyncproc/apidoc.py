@@ -106,7 +106,7 @@ class Param:
         try:
             if self.scalar:
                 return msgspec.convert(raw, self.type)
-            return decode_json(raw.encode(), self.type)
+            return decode_json(raw.encode(), self.value_type)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             why = str(exc).split(" - at ", 1)[0]
             raise InvalidInput(f"{self.where} parameter {self.name}={raw!r}: {why}") from None

@@ -10,7 +10,7 @@ plugins' routes by the plugins themselves (`Registry.document`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -22,7 +22,7 @@ from .api import (
     SINCE,
     WAIT,
     BatchAnswer,
-    BatchRequest,
+    BatchBody,
     IdRequest,
     JobList,
     KeyContext,
@@ -34,7 +34,7 @@ from .api import (
 from .apidoc import JSON, Answer, ErrorBody, ErrorDetail, Operation, Param
 from .model import JobStatus
 from .registry import JobKind, Registry
-from .service import EnqueueRequest
+from .service import ENQUEUE_RULES, EnqueueRequest
 
 __all__ = [
     "ERROR_ANSWERS",
@@ -258,8 +258,8 @@ def enqueue_body(kind: JobKind) -> Any:
         else:
             fields.append((field.name, field.type, field.default))
     body = msgspec.defstruct(f"{kind.name}.enqueue", fields, rename="camel", frozen=True)
-    body.__doc__ = f"The enqueue body of {kind.name}: {EnqueueRequest.__doc__}"
-    return body
+    body.__doc__ = f"The enqueue body of {kind.name}."
+    return Annotated[body, msgspec.Meta(extra_json_schema=ENQUEUE_RULES)]
 
 
 def kind_operations(kind: JobKind) -> list[Operation]:
@@ -286,7 +286,7 @@ def kind_operations(kind: JobKind) -> list[Operation]:
             f"Enqueue many {kind.name} jobs: one outcome per item",
             tag,
             {200: Answer("One outcome per item, in order", BatchAnswer)},
-            body=BatchRequest,
+            body=BatchBody,
             description=(
                 f"Each item is an enqueue body of {kind.name} (`{kind.name}.enqueue`); an "
                 "item that is not a valid one is refused on its own (`outcome: refused`)."

@@ -51,6 +51,9 @@ BusinessKey = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 RoutingName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 CallbackRouting = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
+# The longest start delay (100 years): past it, a job's deadline can overflow a date.
+MAX_DELAY = 100 * 365.25 * 86400
+
 HIDDEN_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
 
 
@@ -115,18 +118,37 @@ class EnqueueRequest(msgspec.Struct, frozen=True, rename="camel"):
     proc_routing: RoutingName | None = None
     callback_routing: CallbackRouting | None = None
     on_conflict: OnConflict | None = None
-    delay: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    not_before: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    delay: Annotated[float, msgspec.Meta(ge=0, le=MAX_DELAY)] | None = None
+    not_before: (
+        Annotated[
+            datetime,
+            msgspec.Meta(tz=True, description="At most 100 years from now"),
+        ]
+        | None
+    ) = None
 
     def start_at(self, now: datetime) -> datetime | None:
-        """When the job may start (`delay` or `notBefore`), None for at once; 422 for both."""
+        """When the job may start (`delay` or `notBefore`), None for at once; 422 for both,
+        or for a start more than `MAX_DELAY` away (its deadline would pass year 9999)."""
         if self.delay is not None and self.not_before is not None:
             raise InvalidInput("give delay or notBefore, not both")
         if self.delay:
             return now + timedelta(seconds=self.delay)
         if self.not_before is not None and self.not_before > now:
+            if (self.not_before - now).total_seconds() > MAX_DELAY:
+                raise InvalidInput("notBefore: at most 100 years from now")
             return self.not_before
         return None
+
+
+# What the document says of an enqueue body beyond its fields' types.
+ENQUEUE_RULES = {
+    "not": {
+        "required": ["delay", "notBefore"],
+        "properties": {"delay": {"type": "number"}, "notBefore": {"type": "string"}},
+    },
+    "description": "`delay` and `notBefore` together answer 422.",
+}
 
 
 class ItemOutcome(msgspec.Struct, frozen=True):

@@ -65,6 +65,20 @@ class ScheduleBody(msgspec.Struct, frozen=True, rename="camel"):
     paused: bool = False
 
 
+# What the document says beyond the fields' types (`define` checks it: 422 naming `cron`).
+_BODY = Annotated[
+    ScheduleBody,
+    msgspec.Meta(
+        extra_json_schema={
+            "oneOf": [
+                {"required": ["cron"], "properties": {"cron": {"type": "string"}}},
+                {"required": ["every"], "properties": {"every": {"type": ["number", "string"]}}},
+            ],
+            "description": "Exactly one of `cron` and `every`.",
+        }
+    ),
+]
+
 # What `check_name` accepts (a PUT with another name answers 422; other calls 404).
 ScheduleName = Annotated[str, msgspec.Meta(pattern=f"^{NAME.pattern}$")]
 
@@ -289,7 +303,7 @@ registry.document(
             200: Answer("Replaced: the schedule", Schedule),
         },
         [_NAME],
-        body=ScheduleBody,
+        body=_BODY,
         description=(
             "`422` naming the field for a bad cron, duration or time zone, both or neither of "
             "`cron` and `every`, an unknown kind, or content that fails the kind's schema."
