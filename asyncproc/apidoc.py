@@ -148,10 +148,14 @@ class Answer:
 @dataclass(frozen=True)
 class Operation:
     """One HTTP call: method, path (OpenAPI `{name}` syntax), summary, tag, its parameters,
-    its JSON body's msgspec type (None: no body), and its answers by status code.
+    its JSON body's msgspec type (None: no JSON body), and its answers by status code.
 
-    `errors` are the error statuses of `ERROR_ANSWERS` it may answer besides `answers`
-    (by default: those of a call with a JSON body, or without one).
+    `bodies` are request bodies of other media types, with their JSON Schema (`{"text/plain":
+    {"type": "string"}}`, `{"application/octet-stream": {}}`). `errors` are the error
+    statuses of `openapi.ERROR_ANSWERS` it may answer besides `answers` (by default: those
+    of a call with a JSON body, with parameters, or with neither). `common`: whether the
+    answers every call of the node may give (`Hooks.openapi_answers`, e.g. an auth
+    plugin's 401/403) are its answers too.
     """
 
     method: str
@@ -163,3 +167,5 @@ class Operation:
     body: Any = None
     description: str = ""
     errors: Sequence[int] | None = None
+    bodies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    common: bool = True

@@ -142,6 +142,8 @@ def core_operations(registry: Registry) -> list[Operation]:
     kinds = tuple(kind.name for kind in registry)
     kind_type: Any = Literal[kinds] if kinds else str
     key_kind = Param("kind", "path", kind_type, "A registered kind")
+    # The page and /health: no backend, no parameter to refuse, open to anyone.
+    page: dict[str, Any] = {"errors": (431,), "common": False}
     return [
         Operation(
             "GET",
@@ -212,7 +214,7 @@ def core_operations(registry: Registry) -> list[Operation]:
                 200: Answer("Every backend answers", Health),
                 503: Answer("A backend it needs is unreachable", Health),
             },
-            errors=(431,),
+            **page,
         ),
         Operation(
             "GET",
@@ -221,7 +223,7 @@ def core_operations(registry: Registry) -> list[Operation]:
             "service",
             {200: Answer("OpenAPI 3.1", dict[str, Any])},
         ),
-        Operation("GET", "/", "The progress page", "page", {200: PAGE}, errors=(431,)),
+        Operation("GET", "/", "The progress page", "page", {200: PAGE}, **page),
         Operation(
             "GET",
             "/jobs/{id}",
@@ -229,19 +231,12 @@ def core_operations(registry: Registry) -> list[Operation]:
             "page",
             {200: PAGE},
             params=[Param("id", "path", str)],
-            errors=(431,),
+            **page,
         ),
-        Operation("GET", "/new", "The page, on a new job", "page", {200: PAGE}, errors=(431,)),
+        Operation("GET", "/new", "The page, on a new job", "page", {200: PAGE}, **page),
+        Operation("GET", "/schedules", "The page, on the schedules", "page", {200: PAGE}, **page),
         Operation(
-            "GET", "/schedules", "The page, on the schedules", "page", {200: PAGE}, errors=(431,)
-        ),
-        Operation(
-            "GET",
-            "/dead-letters",
-            "The page, on the dead letters",
-            "page",
-            {200: PAGE},
-            errors=(431,),
+            "GET", "/dead-letters", "The page, on the dead letters", "page", {200: PAGE}, **page
         ),
     ]
 
@@ -363,7 +358,7 @@ def _answer(answer: Answer, types: _Types) -> dict[str, Any]:
 def _errors(operation: Operation) -> Sequence[int]:
     if operation.errors is not None:
         return operation.errors
-    if operation.body is not None:
+    if operation.body is not None or operation.bodies:
         return WITH_BODY
     return WITH_PARAMS if operation.params else NO_BODY
 
@@ -372,18 +367,19 @@ def _operation(operation: Operation, types: _Types, common: dict[int, Answer]) -
     answers: dict[int, Answer] = {
         code: Answer(ERROR_ANSWERS[code], ErrorBody) for code in _errors(operation)
     }
-    answers.update(common)
+    if operation.common:
+        answers.update(common)
     answers.update(operation.answers)
     out: dict[str, Any] = {"summary": operation.summary, "tags": [operation.tag]}
     if operation.description:
         out["description"] = operation.description
     if operation.params:
         out["parameters"] = [_parameter(p, types) for p in operation.params]
+    content = {media: {"schema": dict(schema)} for media, schema in operation.bodies.items()}
     if operation.body is not None:
-        out["requestBody"] = {
-            "required": True,
-            "content": {JSON: {"schema": types.schema(operation.body)}},
-        }
+        content[JSON] = {"schema": types.schema(operation.body)}
+    if content:
+        out["requestBody"] = {"required": True, "content": content}
     out["responses"] = {str(code): _answer(answers[code], types) for code in sorted(answers)}
     return out
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
+import msgspec
 import pytest
 from openapi_spec_validator import validate
+from starlette.requests import Request
+from starlette.responses import Response
 
+from asyncproc.api import decode_body, json_response, read_body
+from asyncproc.apidoc import Answer, ErrorBody, Operation, Param
 from asyncproc.config import load_settings
+from asyncproc.registry import Registry
 from asyncproc.server import create_app
-from tests.support import api_client, job_finished, post_json
+from tests.support import api_client, demo_app, job_finished, post_json
 
 pytestmark = pytest.mark.anyio
 
@@ -115,3 +121,64 @@ async def test_a_start_too_far_away_is_refused_not_a_server_error() -> None:
             assert answer.status_code == 422, (far, answer.text)
         soon = {"content": {"n": 1}, "delay": 3000 * 86400}
         await post_json(client, "/api/demo.count/enqueue", soon, 202)
+
+
+def _things_plugin() -> Registry:
+    """A plugin with one documented route of its own and an answer every call may give."""
+    registry = Registry()
+    limit = Param("limit", "query", Annotated[int, msgspec.Meta(ge=1, le=10)] | None, "How many")
+
+    class Thing(msgspec.Struct):
+        """A thing."""
+
+        name: Annotated[str, msgspec.Meta(min_length=1)]
+
+    @registry.route("/api/things", methods=["POST"])
+    async def things(request: Request) -> Response:
+        body = decode_body(await read_body(request), Thing)
+        return json_response([body] * (limit.read(request) or 1))
+
+    registry.document(
+        Operation(
+            "POST",
+            "/api/things",
+            "Some things",
+            "things",
+            {200: Answer("The things", list[Thing])},
+            [limit],
+            body=Thing,
+        )
+    )
+    registry.hooks.openapi_answers[401] = Answer("No token", ErrorBody)
+    return registry
+
+
+async def test_a_plugin_documents_its_routes_with_the_types_its_handler_reads() -> None:
+    async with api_client(demo_app(_things_plugin())) as client:
+        document = (await client.get("/openapi.json")).json()
+        assert (await client.post("/api/things?limit=2", json={"name": "a"})).json() == [
+            {"name": "a"},
+            {"name": "a"},
+        ]
+        refused = await client.post("/api/things?limit=11", json={"name": "a"})
+        assert refused.status_code == 422
+        assert "limit" in refused.json()["error"]["message"]
+        assert (await client.post("/api/things", json={"name": ""})).status_code == 422
+    validate(document)
+    things = document["paths"]["/api/things"]["post"]
+    assert things["parameters"] == [
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "schema": {"type": "integer", "minimum": 1, "maximum": 10},
+            "description": "How many",
+        }
+    ]
+    thing = document["components"]["schemas"]["Thing"]
+    assert thing["properties"]["name"] == {"type": "string", "minLength": 1}
+    assert set(things["responses"]) >= {"200", "401", "400", "415", "422"}
+    # The node's common answers go to every call but the page's and /health.
+    assert "401" in document["paths"]["/api/jobs"]["get"]["responses"]
+    assert "401" not in document["paths"]["/"]["get"]["responses"]
+    assert "401" not in document["paths"]["/health"]["get"]["responses"]
