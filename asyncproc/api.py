@@ -273,10 +273,14 @@ BatchBody = Annotated[
     BatchRequest,
     msgspec.Meta(
         extra_json_schema={
-            "oneOf": [
+            "anyOf": [
                 {"required": ["items"], "properties": {"items": {"type": "array"}}},
                 {"required": ["keys", "content"], "properties": {"keys": {"type": "array"}}},
             ],
+            "not": {
+                "required": ["items", "keys"],
+                "properties": {"items": {"type": "array"}, "keys": {"type": "array"}},
+            },
             "description": "`items`, or `keys` with the `content` they share (not both).",
         }
     ),
