@@ -117,6 +117,18 @@ class Param:
         return _scalar(self.type)
 
     @cached_property
+    def empty_is_absent(self) -> bool:
+        """Whether `read` takes an empty value for an absent one where the type itself
+        refuses it (`?limit=`: a query parameter, not a string)."""
+        if self.where != "query":
+            return False
+        try:
+            msgspec.convert("", self.value_type)
+        except msgspec.ValidationError:
+            return True
+        return False
+
+    @cached_property
     def required(self) -> bool:
         """Path parameters always are; a query parameter is when None is not allowed."""
         return self.where == "path" or self.value_type == self.type

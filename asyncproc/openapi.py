@@ -330,14 +330,20 @@ class _Types:
 
 
 def _parameter(param: Param, types: _Types) -> dict[str, Any]:
+    schema = types.schema(param.value_type)
+    description = param.description
+    if param.empty_is_absent:
+        # `?limit=` is no limit: the document says so rather than call it invalid.
+        schema = {"anyOf": [schema, {"const": ""}]}
+        description += " (empty: as if not given)"
     out: dict[str, Any] = {
         "name": param.name,
         "in": param.where,
         "required": param.required,
-        "schema": types.schema(param.value_type),
+        "schema": schema,
     }
-    if param.description:
-        out["description"] = param.description
+    if description:
+        out["description"] = description.strip()
     return out
 
 

@@ -76,7 +76,9 @@ async def test_the_document_holds_the_constraints_the_server_checks() -> None:
     states = ["failed", "queued", "running", "stopped", "succeeded"]
     assert resolved(schemas, schemas["JobStatus"]["properties"]["state"])["enum"] == states
     state_param = paths["/api/jobs"]["get"]["parameters"][1]
-    assert resolved(schemas, state_param["schema"])["enum"] == states
+    state_schema, empty = state_param["schema"]["anyOf"]
+    assert resolved(schemas, state_schema)["enum"] == states
+    assert empty == {"const": ""}  # `?state=` lists every state
     # The SSE route is an event stream whose events carry the status as JSON.
     events = paths["/api/jobs/{id}/events"]["get"]["responses"]["200"]["content"]
     assert list(events) == ["text/event-stream"]
@@ -178,8 +180,10 @@ async def test_a_plugin_documents_its_routes_with_the_types_its_handler_reads() 
             "name": "limit",
             "in": "query",
             "required": False,
-            "schema": {"type": "integer", "minimum": 1, "maximum": 10},
-            "description": "How many",
+            "schema": {
+                "anyOf": [{"type": "integer", "minimum": 1, "maximum": 10}, {"const": ""}]
+            },
+            "description": "How many (empty: as if not given)",
         }
     ]
     thing = document["components"]["schemas"]["Thing"]
