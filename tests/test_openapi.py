@@ -180,9 +180,7 @@ async def test_a_plugin_documents_its_routes_with_the_types_its_handler_reads() 
             "name": "limit",
             "in": "query",
             "required": False,
-            "schema": {
-                "anyOf": [{"type": "integer", "minimum": 1, "maximum": 10}, {"const": ""}]
-            },
+            "schema": {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 10}, {"const": ""}]},
             "description": "How many (empty: as if not given)",
         }
     ]
