@@ -37,14 +37,20 @@ from .registry import JobKind, Registry
 from .service import ENQUEUE_RULES, EnqueueRequest
 
 __all__ = [
+    "ERROR",
+    "ERRORS",
     "ERROR_ANSWERS",
+    "STATUS",
     "BackendHealth",
     "ErrorBody",
     "ErrorDetail",
     "Health",
+    "answer",
     "core_operations",
+    "json_content",
     "kind_operations",
     "openapi_document",
+    "ref",
 ]
 
 REF = "#/components/schemas/{name}"
@@ -83,6 +89,33 @@ class Health(msgspec.Struct, frozen=True):
     status: Literal["ok", "unavailable"]
     role: str
     backends: dict[str, BackendHealth]
+
+
+# -- raw path items (`hooks.openapi_paths`), for plugins that write theirs by hand ---------
+# Prefer `Registry.document(Operation(...))`: its parameters are the ones the handler reads.
+
+
+def json_content(schema: dict[str, Any]) -> dict[str, Any]:
+    """An OpenAPI `content` map of one JSON schema."""
+    return {JSON: {"schema": schema}}
+
+
+def ref(name: str) -> dict[str, Any]:
+    """A `$ref` to the component `name` (a Struct listed in `hooks.openapi_types`)."""
+    return {"$ref": REF.format(name=name)}
+
+
+def answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An OpenAPI response object, with a JSON body of `schema` if given."""
+    out: dict[str, Any] = {"description": description}
+    if schema is not None:
+        out["content"] = json_content(schema)
+    return out
+
+
+STATUS = ref("JobStatus")
+ERROR = ref("ErrorBody")
+ERRORS = {str(code): answer(text, ERROR) for code, text in ERROR_ANSWERS.items()}
 
 
 def _status(description: str, **more: Any) -> Answer:
