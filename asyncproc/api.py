@@ -15,6 +15,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
+from . import messages
 from .apidoc import ErrorDetail, Param, decode_json
 from .errors import (
     BackendUnavailable,
@@ -39,6 +40,7 @@ from .input_limits import (
 )
 from .interfaces import JobQuery
 from .model import Job, JobState, JobStatus, OnConflict, Trigger, TriggerType, Uniqueness, utcnow
+from .safe_answers import attachment, is_active_content
 from .service import BusinessKey, EnqueueRequest, JobService
 
 __all__ = ["EXCEPTION_HANDLERS", "api_routes"]
@@ -214,12 +216,13 @@ def decode_body(body: bytes, type_: type[T]) -> T:
         return result
     except msgspec.ValidationError as exc:  # before DecodeError: it is a subclass
         text = str(exc)
+        message = messages.invalid_value(exc, type_, body)
         top_level = "$." not in text
         if top_level and text.startswith(("Expected `object`", "Object missing required field")):
-            raise BadRequest(f"body: {text}") from None
-        raise InvalidInput(f"body: {text}") from None
+            raise BadRequest(message) from None
+        raise InvalidInput(message) from None
     except msgspec.DecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
+        raise BadRequest(messages.invalid_json(exc, body)) from None
     except RecursionError:  # a body that did not come through `read_body`
         raise BadRequest(f"body is JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
 
@@ -309,8 +312,10 @@ def batch_requests(body: BatchRequest) -> list[EnqueueRequest | ServiceError]:
                 request = msgspec.json.decode(raw, type=EnqueueRequest)
         except msgspec.ValidationError as exc:
             where = "keys" if body.keys is not None else "items"
-            text = str(exc).replace("`$", f"`$.{where}[{index}]", 1)
-            requests.append(InvalidInput(f"{where}[{index}]: {text}"))
+            type_ = BusinessKey if body.keys is not None else EnqueueRequest
+            requests.append(
+                InvalidInput(messages.invalid_value(exc, type_, raw, f"{where}[{index}]"))
+            )
             continue
         if body.on_conflict is not None and request.on_conflict is None:
             request = msgspec.structs.replace(request, on_conflict=body.on_conflict)
@@ -393,10 +398,10 @@ async def _result(request: Request, job_id: str, kind: str | None, *, download: 
     if data is None:
         return Response(status_code=204)
     headers = {}
-    if download:
-        headers["Content-Disposition"] = (
-            f'attachment; filename="{job.id}{_suffix(job.result_mime)}"'
-        )
+    # A type a browser would run (HTML, SVG, XML) is never shown inline: a job's output
+    # must not run as this origin.
+    if download or is_active_content(job.result_mime):
+        headers["Content-Disposition"] = attachment(f"{job.id}{_suffix(job.result_mime)}")
     return Response(data, 200, headers, media_type=job.result_mime)
 
 
@@ -407,6 +412,8 @@ def _suffix(mime: str | None) -> str:
         "text/csv": ".csv",
         "text/plain": ".txt",
         "text/html": ".html",
+        "image/svg+xml": ".svg",
+        "application/xml": ".xml",
         "application/pdf": ".pdf",
     }.get(base, ".bin")
 

@@ -25,6 +25,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 import msgspec
 
+from . import messages
 from .errors import InvalidInput
 
 __all__ = ["JSON", "Answer", "ErrorBody", "ErrorDetail", "Operation", "Param", "decode_json"]
@@ -107,9 +108,8 @@ class Param:
             if self.scalar:
                 return msgspec.convert(raw, self.type)
             return decode_json(raw.encode(), self.value_type)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            why = str(exc).split(" - at ", 1)[0]
-            raise InvalidInput(f"{self.where} parameter {self.name}={raw!r}: {why}") from None
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            raise InvalidInput(messages.invalid_query(self.name, raw, self.value_type)) from None
 
     @cached_property
     def scalar(self) -> bool:

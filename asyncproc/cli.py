@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -21,15 +22,18 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     Progress,
+    ProgressColumn,
+    Task,
     TaskID,
     TaskProgressColumn,
     TextColumn,
-    TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
-from .config import Settings, client_defaults, load_settings
+from .config import LogLevel, Settings, client_defaults, load_settings
 from .errors import ApiError, AsyncProcError, ConfigError
+from .messages import invalid_json, state_phrase
 from .model import JobState, JobStatus
 
 __all__ = [
@@ -52,6 +56,7 @@ EXIT_INTERRUPTED = 130
 # Results up to this size with a textual MIME type are printed by `submit --wait`.
 PRINT_LIMIT = 1_048_576
 TEXT_MIMES = ("text/", "application/json", "application/xml", "application/csv")
+TEXT_SUFFIXES = ("+json", "+xml")
 
 
 class _InputError(AsyncProcError):
@@ -74,26 +79,42 @@ def serve(args: argparse.Namespace) -> int:
     """Run one node with uvicorn until interrupted; SIGTERM / Ctrl-C drains it first."""
     import uvicorn
 
+    from .logs import configure_logging
     from .server import create_app
-    from .serving import CONNECTIONS_GRACE, DrainingServer
+    from .serving import (
+        CONNECTIONS_GRACE,
+        DrainingServer,
+        current_directory_on_path,
+        listening_socket,
+    )
 
+    current_directory_on_path()
     settings = _settings(args)
+    configure_logging(settings)
     app = create_app(settings)
-    print(f"asyncproc {settings.role} node on http://{settings.host}:{settings.port}/", flush=True)
+    # Bound before serving: a port in use is one line naming the setting, not a URL
+    # that looks served followed by uvicorn's error.
+    sock = listening_socket(settings.host, settings.port)
+    debug = settings.log_level is LogLevel.DEBUG
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
-        log_level=args.log_level,
-        access_log=args.access_log,
+        # uvicorn's lines go through the handler of `configure_logging` (same format).
+        log_config=None,
+        log_level=args.log_level or ("debug" if debug else "warning"),
+        access_log=args.access_log or debug,
         # The jobs' grace is spent before uvicorn's shutdown begins (DrainingServer).
         timeout_graceful_shutdown=CONNECTIONS_GRACE,
     )
-    server = DrainingServer(config, app.state.drain)
+    announce = f"asyncproc {settings.role} node on http://{settings.host}:{settings.port}/"
+    server = DrainingServer(config, app.state.drain, announce)
     try:
-        server.run()
+        server.run(sockets=[sock])
     except KeyboardInterrupt:  # uvicorn raises the Ctrl-C it held back once drained
         pass
+    finally:
+        sock.close()
     if not server.started:
         return 3  # uvicorn's start-up failure status (its lifespan refused to start)
     return 0
@@ -120,11 +141,27 @@ def _summary(status: JobStatus) -> str:
     return " ".join(parts)
 
 
+class JobElapsedColumn(ProgressColumn):
+    """The job's own running time (since its `startedAt`, until its `finishedAt`), not
+    the bar's: a bar shown again after Ctrl-C, or for a job started earlier, is right."""
+
+    def render(self, task: Task) -> Text:
+        """`H:MM:SS`, or `-:--:--` while the job has not started."""
+        started: datetime | None = task.fields.get("started")
+        if started is None:
+            return Text("-:--:--", style="progress.elapsed")
+        finished: datetime | None = task.fields.get("finished")
+        seconds = ((finished or datetime.now(UTC)) - started).total_seconds()
+        # The server's clock, not this one, set startedAt: never show a negative time.
+        shown = timedelta(seconds=max(0, int(seconds)))
+        return Text(str(shown), style="progress.elapsed")
+
+
 class ProgressView:
     """Shows a waiting job on stderr: a live rich bar on a terminal, else a line per step."""
 
-    def __init__(self) -> None:
-        self._console = Console(stderr=True)
+    def __init__(self, console: Console | None = None) -> None:
+        self._console = console or Console(stderr=True)
         self._progress: Progress | None = None
         self._task = TaskID(0)
         self._last: tuple[object, ...] | None = None
@@ -136,11 +173,13 @@ class ProgressView:
                 BarColumn(),
                 TaskProgressColumn(),
                 TextColumn("{task.fields[message]}", markup=False),
-                TimeElapsedColumn(),
+                JobElapsedColumn(),
                 console=self._console,
             )
             self._progress.start()
-            self._task = self._progress.add_task("", total=None, message="")
+            self._task = self._progress.add_task(
+                "", total=None, message="", started=None, finished=None
+            )
         return self
 
     def __exit__(
@@ -171,6 +210,8 @@ class ProgressView:
             total=None if percent is None else 100.0,
             completed=percent or 0.0,
             message=status.progress.message or "",
+            started=status.started_at,
+            finished=status.finished_at,
         )
 
 
@@ -196,13 +237,22 @@ def _ended(status: JobStatus) -> int:
         _print_error(status)
         return EXIT_FAILED
     if status.state is JobState.STOPPED:
-        _err(f"job {status.id} stopped")
+        _err(f"job {status.id} {state_phrase(status.state)}")
         return EXIT_STOPPED
     return EXIT_OK
 
 
+def _is_text(mime: str | None) -> bool:
+    kind = (mime or "").split(";")[0].strip().lower()
+    return kind.startswith(TEXT_MIMES) or kind.endswith(TEXT_SUFFIXES)
+
+
 def _write(data: bytes, output: str | None, mime: str | None) -> None:
+    """A result to `output`, or to stdout; a text result on stdout ends with a newline
+    (so the prompt starts on a line of its own), anything else stays byte-exact."""
     if output is None:
+        if _is_text(mime) and data and not data.endswith(b"\n"):
+            data += b"\n"
         sys.stdout.flush()
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
@@ -224,7 +274,8 @@ def _client(args: argparse.Namespace) -> Any:
     return Client(args.url or url, args.token or token)
 
 
-def _content(spec: str) -> Any:
+def _content(spec: str, option: str = "--content") -> Any:
+    """The JSON value of an option: inline, or `@FILE` (`@-` for stdin)."""
     if spec.startswith("@"):
         name = spec[1:]
         try:
@@ -236,7 +287,7 @@ def _content(spec: str) -> Any:
     try:
         return msgspec.json.decode(raw)
     except msgspec.DecodeError as exc:
-        raise _InputError(f"--content is not valid JSON: {exc}") from None
+        raise _InputError(invalid_json(exc, raw, option)) from None
 
 
 def submit(args: argparse.Namespace) -> int:
@@ -280,7 +331,7 @@ def _finish(client: Any, status: JobStatus, output: str | None) -> int:
     if status.result_size is None:
         _err(f"job {status.id} succeeded (no result)")
         return EXIT_OK
-    textual = (status.result_mime or "").startswith(TEXT_MIMES)
+    textual = _is_text(status.result_mime)
     if output is None and (not textual or status.result_size > PRINT_LIMIT):
         _err(
             f"job {status.id} succeeded: {status.result_size} bytes of {status.result_mime}; "
@@ -289,8 +340,6 @@ def _finish(client: Any, status: JobStatus, output: str | None) -> int:
         return EXIT_OK
     data, mime = client.result(status.id)
     if data is not None:
-        if output is None and not data.endswith(b"\n"):
-            data += b"\n"
         _write(data, output, mime)
     return EXIT_OK
 
@@ -345,7 +394,7 @@ def stop_command(args: argparse.Namespace) -> int:
     if status.state is JobState.FAILED:
         return _ended(status)
     # Stopped as asked, or it succeeded before the stop reached it: either way done.
-    _err(f"job {status.id} {status.state}")
+    _err(f"job {status.id} {state_phrase(status.state)}")
     return EXIT_OK
 
 
@@ -358,7 +407,7 @@ def result_command(args: argparse.Namespace) -> int:
             if exc.status is None:
                 raise
             if not exc.status.state.terminal:
-                _err(f"job {args.id} is {exc.status.state}: no result yet")
+                _err(f"job {args.id} {state_phrase(exc.status.state)}: no result yet")
                 return EXIT_USAGE
             return _ended(exc.status)
     if data is None:
@@ -418,8 +467,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML settings file (or ASYNCPROC_CONFIG)")
     run.add_argument("--host", help="override the `host` setting")
     run.add_argument("--port", type=int, help="override the `port` setting")
-    run.add_argument("--log-level", default="warning", help="uvicorn log level")
-    run.add_argument("--access-log", action="store_true", help="log every request")
+    run.add_argument(
+        "--log-level", help="uvicorn's log level (default: warning; debug with log_level=debug)"
+    )
+    run.add_argument(
+        "--access-log", action="store_true", help="log every request (on with log_level=debug)"
+    )
     run.set_defaults(func=serve)
 
     # Accept --url/--token after the subcommand too; SUPPRESS keeps the global value.
@@ -465,10 +518,37 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--parent", help="only the jobs this selection job started")
     listing.set_defaults(func=jobs_command)
 
+    make = commands.add_parser("token", help="make a new API token and its [[tokens]] entry")
+    make.add_argument("name", help="the token's name: the owner of the jobs it starts")
+    make.add_argument(
+        "--scopes",
+        default="submit,read,stop",
+        help="comma-separated, from submit, read, stop, admin (default submit,read,stop)",
+    )
+    make.set_defaults(func=token_command)
+
     from .cli_starting import add_commands
 
     add_commands(commands, common)
     return parser
+
+
+def token_command(args: argparse.Namespace) -> int:
+    """Print a new random token and the `[[tokens]]` table that admits it (its hash only)."""
+    from .tokens import new_token
+
+    token, digest = new_token()
+    scopes = [scope.strip() for scope in args.scopes.split(",") if scope.strip()]
+    # The same checks as at start-up: a bad name or scope is refused here already.
+    load_settings(environ={}, tokens=[{"name": args.name, "hash": digest, "scopes": scopes}])
+    entry = msgspec.json.encode
+    print(f"token: {token}")
+    print("# Give the token to its user; it is shown once and stored nowhere. Add to the config:")
+    print("[[tokens]]")
+    print(f"name = {entry(args.name).decode()}")
+    print(f'hash = "{digest}"')
+    print(f"scopes = [{', '.join(entry(scope).decode() for scope in scopes)}]")
+    return EXIT_OK
 
 
 def _server_options(parser: argparse.ArgumentParser, default: Any) -> None:

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .cli import EXIT_OK, EXIT_USAGE, _client, _content, _err
+from .messages import state_phrase
 
 __all__ = ["add_commands"]
 
@@ -37,7 +38,7 @@ def batch_command(args: argparse.Namespace) -> int:
             )
             labels = keys
         else:
-            items = _content(args.items)
+            items = _content(args.items, "--items")
             if not isinstance(items, list):
                 _err("asyncproc: --items must be a JSON list of items")
                 return EXIT_USAGE
@@ -94,7 +95,7 @@ def schedule_command(args: argparse.Namespace) -> int:
         answer: dict[str, Any] = client.schedule_action(args.name, action)
     if action == "trigger":
         print(answer["id"], flush=True)
-        _err(f"schedule {args.name}: job {answer['id']} is {answer['state']}")
+        _err(f"schedule {args.name}: job {answer['id']} {state_phrase(answer['state'])}")
     else:
         _err(f"schedule {args.name} is {'paused' if answer.get('paused') else 'active'}")
     return EXIT_OK
@@ -102,7 +103,7 @@ def schedule_command(args: argparse.Namespace) -> int:
 
 def event_command(args: argparse.Namespace) -> int:
     """Post an event; one line per trigger listening for it."""
-    data = _content(args.data)
+    data = _content(args.data, "--data")
     with _client(args) as client:
         items = client.post_event(args.name, data)
     if args.json:

@@ -29,6 +29,7 @@ import msgspec
 from anyio.from_thread import BlockingPortal
 
 from .errors import ApiError
+from .messages import state_phrase
 from .model import JobState, JobStatus
 
 __all__ = [
@@ -36,8 +37,10 @@ __all__ = [
     "AsyncClient",
     "BatchItem",
     "Client",
+    "ExternalJob",
     "JobPage",
     "JobResult",
+    "Processor",
     "ProgressCallback",
 ]
 
@@ -134,7 +137,7 @@ def api_error(response: httpx.Response) -> ApiError:
 
 
 def _state_message(status: JobStatus) -> str:
-    message = f"job {status.id} is {status.state}"
+    message = f"job {status.id} {state_phrase(status.state)}"
     if status.error is not None:
         reason = status.error.biz_msg or status.error.tech_msg or status.error.error_id
         if reason:
@@ -602,3 +605,7 @@ class Client:
             if page.next is None:
                 return
             cursor = page.next
+
+
+# The processor of external kinds, offered here beside the client (it uses `api_error`).
+from .processor import ExternalJob, Processor  # noqa: E402

@@ -18,12 +18,15 @@ from typing import Any
 import msgspec
 
 from .errors import ConfigError
+from .messages import invalid_setting, suggest
+from .origins import normalize_origin
 
 __all__ = [
     "KindSettings",
     "Role",
     "ScheduleSettings",
     "Settings",
+    "TokenSettings",
     "TriggerSettings",
     "client_defaults",
     "load_settings",
@@ -55,6 +58,22 @@ class Role(enum.StrEnum):
     def runs_jobs(self) -> bool:
         """True when this node consumes the queue."""
         return self is not Role.API
+
+
+class LogLevel(enum.StrEnum):
+    """How much a node logs (`log_level`); `debug` also turns uvicorn's access log on."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class LogFormat(enum.StrEnum):
+    """How a log line looks (`log_format`): readable text, or one JSON object."""
+
+    TEXT = "text"
+    JSON = "json"
 
 
 class KindSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -101,6 +120,20 @@ class TriggerSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_
     id_field: str | None = None
 
 
+class TokenSettings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """`[[tokens]]`: an API token (API.md section 15): its name, the SHA-256 of the token
+    (`sha256:<hex>`; the token itself is never stored) and its scopes."""
+
+    name: str
+    hash: str
+    scopes: tuple[str, ...]
+
+
+SCOPES = ("submit", "read", "stop", "admin")
+_TOKEN_HASH = re.compile(r"sha256:[0-9a-f]{64}")
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
+
+
 class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """Every setting of API.md section 8 (durations in seconds)."""
 
@@ -121,6 +154,8 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     # Request headers never kept for a handler, besides Authorization, Cookie and
     # Proxy-Authorization (lower case).
     hidden_headers: tuple[str, ...] = ("x-api-key", "x-auth-token", "x-amz-security-token")
+    # Origins whose pages may call the API from a browser (`scheme://host[:port]`).
+    cors_origins: tuple[str, ...] = ()
     callback_exchange: str = ""
     plugins: tuple[str, ...] = ("asyncproc.plugins.demo",)
     # Beyond API.md: how long shutdown waits for running jobs before cancelling them,
@@ -132,10 +167,27 @@ class Settings(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
     max_deliveries: int = 5
     scheduler: bool = True
     lease: float = 10.0
+    # Memory mode: finished jobs kept at most (0: no cap); the oldest finished go first.
+    max_finished: int = 50_000
+    # MyLab.AsyncProcessor API v2 (API.md section 14): served when `mylab`; its
+    # `POST /requests` creates jobs of `mylab_kind`, each also published to
+    # `mylab_queue` (RabbitMQ; empty: not published).
+    mylab: bool = False
+    mylab_kind: str = ""
+    mylab_queue: str = ""
+    # Kinds run by processors outside (API.md section 14): no Python handler.
+    external_kinds: tuple[str, ...] = ()
+    # OTLP/HTTP base URL that receives traces (`<it>/v1/traces`); empty: tracing off.
+    otel_endpoint: str = ""
+    # Operations (API.md section 16): log lines on stderr, and GET /metrics.
+    log_level: LogLevel = LogLevel.INFO
+    log_format: LogFormat = LogFormat.TEXT
+    metrics: bool = True
     # TOML tables only.
     kinds: dict[str, KindSettings] = {}
     schedules: tuple[ScheduleSettings, ...] = ()
     triggers: tuple[TriggerSettings, ...] = ()
+    tokens: tuple[TokenSettings, ...] = ()
 
 
 DURATION_KEYS = frozenset(
@@ -143,7 +195,7 @@ DURATION_KEYS = frozenset(
 )
 _KIND_DURATIONS = ("processing_timeout", "retention", "retry_delay", "retry_max_delay")
 _SCHEDULE_DURATIONS = ("every", "catchup_window")
-TABLE_KEYS = frozenset({"kinds", "schedules", "triggers"})
+TABLE_KEYS = frozenset({"kinds", "schedules", "triggers", "tokens"})
 _FIELDS = frozenset(f.name for f in msgspec.structs.fields(Settings))
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*")
 _UNITS = {None: 1.0, "ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -163,7 +215,7 @@ def parse_duration(value: object) -> float:
     return float(match.group(1)) * _UNITS[match.group(2)]
 
 
-LIST_KEYS = frozenset({"routings", "plugins", "hidden_headers"})
+LIST_KEYS = frozenset({"routings", "plugins", "hidden_headers", "external_kinds", "cors_origins"})
 
 
 def load_settings(
@@ -185,20 +237,14 @@ def load_settings(
             raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
         for key in values:
             if key not in _FIELDS:
-                raise ConfigError(key, f"unknown setting in {path}")
+                close = suggest(key, _FIELDS)
+                hint = f', did you mean "{close}"?' if close else ""
+                raise ConfigError(key, f"unknown setting in {path}{hint}")
     for name in _FIELDS - TABLE_KEYS:
         raw = env.get(ENV_PREFIX + name.upper())
         if raw is not None:
             values[name] = raw
-    for variable in sorted(env):
-        name = variable[len(ENV_PREFIX) :]
-        if (
-            variable.startswith(ENV_PREFIX)
-            and name.lower() not in _FIELDS - TABLE_KEYS
-            and name not in _OTHER_VARIABLES
-            and not name.startswith("TEST_")
-        ):
-            log.warning("%s names no setting; it is ignored", variable)
+    _warn_unknown_variables(env)
     values.update(overrides)
     _parse_tables(values)
     for name in DURATION_KEYS & values.keys():
@@ -218,20 +264,40 @@ def load_settings(
         # Not strict: environment values are strings ("8", "true").
         settings = msgspec.convert(values, Settings, strict=False)
     except msgspec.ValidationError as exc:
-        raise ConfigError(_key_of(str(exc)), str(exc)) from None
+        key, problem = invalid_setting(exc, Settings, values)
+        raise ConfigError(key or "config", problem) from None
     _check(settings)
     return settings
 
 
+def _warn_unknown_variables(env: Mapping[str, str]) -> None:
+    """Warn about each `ASYNCPROC_<X>` that names no setting (a typo is otherwise
+    silently ignored), suggesting the closest one."""
+    known = [n.upper() for n in sorted(_FIELDS - TABLE_KEYS)] + sorted(_OTHER_VARIABLES)
+    for variable in sorted(env):
+        name = variable[len(ENV_PREFIX) :]
+        if variable.startswith(ENV_PREFIX) and name not in known and not name.startswith("TEST_"):
+            close = suggest(name.upper(), known)
+            hint = f" (did you mean {ENV_PREFIX}{close}?)" if close else ""
+            log.warning("%s names no setting; it is ignored%s", variable, hint)
+
+
 def _parse_tables(values: dict[str, Any]) -> None:
-    """Durations inside the `[kinds.*]` and `[[schedules]]` tables, in place."""
+    """Durations inside the `[kinds.*]` and `[[schedules]]` tables, in place; a
+    `[kinds."<kind>"]` table is checked here, where its kind can still be named."""
     kinds = values.get("kinds")
     if isinstance(kinds, dict):
         for kind, table in kinds.items():
-            if isinstance(table, dict):
-                for field in _KIND_DURATIONS:
-                    if field in table:
-                        table[field] = _duration(f"kinds.{kind}.{field}", table[field])
+            if not isinstance(table, dict):
+                raise ConfigError(f"kinds.{kind}", "expected a table of the kind's options")
+            for field in _KIND_DURATIONS:
+                if field in table:
+                    table[field] = _duration(f"kinds.{kind}.{field}", table[field])
+            try:
+                msgspec.convert(table, KindSettings, strict=False)
+            except msgspec.ValidationError as exc:
+                key, problem = invalid_setting(exc, KindSettings, table)
+                raise ConfigError(".".join(filter(None, ("kinds", kind, key))), problem) from None
     schedules = values.get("schedules")
     if isinstance(schedules, list):
         for index, table in enumerate(schedules):
@@ -257,11 +323,6 @@ def client_defaults(environ: Mapping[str, str] | None = None) -> tuple[str, str 
     return url, token
 
 
-def _key_of(message: str) -> str:
-    match = re.search(r"`\$\.([\w.\[\]\-\"]+)", message)
-    return match.group(1) if match else "config"
-
-
 def _check(settings: Settings) -> None:
     if not 0 < settings.port < 65536:
         raise ConfigError("port", "must be between 1 and 65535")
@@ -275,12 +336,28 @@ def _check(settings: Settings) -> None:
         raise ConfigError("routings", "name at least one routing")
     if settings.max_body < 1:
         raise ConfigError("max_body", "must be at least 1 byte")
+    if settings.max_finished < 0:
+        raise ConfigError("max_finished", "must be 0 (no cap) or more")
     if settings.processing_timeout <= 0:
         raise ConfigError("processing_timeout", "must be more than 0")
     if settings.lease < 0.5:
         raise ConfigError("lease", "must be at least 500ms")
     if settings.max_deliveries < 1:
         raise ConfigError("max_deliveries", "must be at least 1")
+    for origin in settings.cors_origins:
+        if origin.strip() == "*":
+            raise ConfigError("cors_origins", "'*' is not allowed: list the origins one by one")
+        try:
+            normalize_origin(origin)
+        except ValueError as exc:
+            raise ConfigError("cors_origins", str(exc)) from None
+    if settings.otel_endpoint and not re.match(r"https?://[^/\s]", settings.otel_endpoint):
+        raise ConfigError(
+            "otel_endpoint",
+            f"{settings.otel_endpoint!r}: expected an http(s) URL such as http://127.0.0.1:4318",
+        )
+    if settings.mylab and not settings.mylab_kind:
+        raise ConfigError("mylab_kind", "required when mylab is true")
     for kind, options in settings.kinds.items():
         _check_kind(kind, options)
     names: set[str] = set()
@@ -294,6 +371,7 @@ def _check(settings: Settings) -> None:
             raise ConfigError(where, "set exactly one of event, queue, exchange")
         if trigger.exchange is not None and trigger.binding_key is None:
             raise ConfigError(f"{where}.binding_key", "an exchange trigger needs binding_key")
+    _check_tokens(settings.tokens)
     mixed = (settings.state == "memory") != (settings.queue == "memory")
     if mixed or (settings.state == "memory" and settings.role is not Role.ALL):
         # Memory backends are per process: a split node or half-cluster would lose jobs.
@@ -301,6 +379,30 @@ def _check(settings: Settings) -> None:
             "state" if mixed else "role",
             "memory backends need state=memory, queue=memory and role=all",
         )
+
+
+def _check_tokens(tokens: tuple[TokenSettings, ...]) -> None:
+    names: set[str] = set()
+    hashes: set[str] = set()
+    for index, token in enumerate(tokens):
+        where = f"tokens[{index}]"
+        if not _TOKEN_NAME.fullmatch(token.name):
+            raise ConfigError(f"{where}.name", f"{token.name!r}: 1 to 64 of A-Z a-z 0-9 . _ @ -")
+        if token.name in names:
+            raise ConfigError(f"{where}.name", f"{token.name!r} is declared twice")
+        names.add(token.name)
+        if not _TOKEN_HASH.fullmatch(token.hash):
+            raise ConfigError(
+                f"{where}.hash", "expected sha256:<64 lower-case hex digits> (the token's SHA-256)"
+            )
+        if token.hash in hashes:
+            raise ConfigError(f"{where}.hash", "the same hash as another token")
+        hashes.add(token.hash)
+        if not token.scopes:
+            raise ConfigError(f"{where}.scopes", f"name at least one of {', '.join(SCOPES)}")
+        for scope in token.scopes:
+            if scope not in SCOPES:
+                raise ConfigError(f"{where}.scopes", f"{scope!r} is not one of {', '.join(SCOPES)}")
 
 
 def _check_kind(kind: str, options: KindSettings) -> None:

@@ -32,7 +32,7 @@ log = logging.getLogger("asyncproc")
 # hold, are answered as usual while the node drains.
 NEW_WORK = re.compile(
     r"^/(api/[^/]+/enqueue(-batch)?|api/events/.+|api/schedules/[^/]+/trigger"
-    r"|api/dead-letters/[^/]+/requeue|api/workers/take|requests/?)$"
+    r"|api/dead-letters/[^/]+/requeue|api/workers/take|(v2/)?requests/?)$"
 )
 
 

@@ -7,6 +7,9 @@
     ├── TransitionRefused      the lifecycle refuses an event in the job's state
     ├── ServiceError           a request the service refuses (API status codes)
     │   ├── BadRequest         400  body is not JSON, nested too deep, or misses a field
+    │   ├── Unauthorized       401  no token, or one the server does not know
+    │   ├── Forbidden          403  the token lacks the call's scope
+    │   ├── CrossOriginRefused 403  a page of another origin asks for a change
     │   ├── NotFound           404  unknown kind, job or route
     │   │   ├── UnknownKind
     │   │   └── JobNotFound
@@ -14,6 +17,8 @@
     │   ├── Conflict           409
     │   │   ├── RequestIdConflict
     │   │   ├── KeyConflict
+    │   │   ├── LeaseLost      an external processor's token lost its lease or attempt
+    │   │   ├── NotStopping    `stopped` reported for a job nobody asked to stop
     │   │   └── JobStateConflict   answered with the job's status, not an error body
     │   ├── BodyTooLarge       413
     │   ├── UnsupportedMediaType  415  a JSON call's body has another Content-Type
@@ -33,6 +38,8 @@ The API maps `ServiceError` and `BackendUnavailable` to answers in one place
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
+
+from .messages import state_phrase
 
 if TYPE_CHECKING:
     from .model import Job, JobStatus
@@ -93,6 +100,28 @@ class BadRequest(ServiceError):
     """Raised when a body is not JSON or misses a required field."""
 
 
+class Unauthorized(ServiceError):
+    """Raised when a call needs a bearer token and has none the server knows."""
+
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(ServiceError):
+    """Raised when the caller's token lacks the scope a call needs."""
+
+    status_code = 403
+    code = "forbidden"
+
+
+class CrossOriginRefused(ServiceError):
+    """Raised when a browser page of another origin (not in `cors_origins`) asks for a
+    change (any method but GET, HEAD and OPTIONS)."""
+
+    status_code = 403
+    code = "cross_origin"
+
+
 class NotFound(ServiceError):
     """Raised when a route, kind or job does not exist."""
 
@@ -138,13 +167,26 @@ class KeyConflict(Conflict):
     code = "key_conflict"
 
 
+class LeaseLost(Conflict):
+    """Raised when an external processor's token no longer holds its job: the lease
+    lapsed, or the job moved on (finished, stopped, taken back and started again)."""
+
+    code = "lease_lost"
+
+
+class NotStopping(Conflict):
+    """Raised when a processor confirms a stop that nobody requested."""
+
+    code = "not_stopping"
+
+
 class JobStateConflict(Conflict):
     """Raised when stop or result does not fit the job's state; answered with its status."""
 
     code = "state_conflict"
 
     def __init__(self, job: Job) -> None:
-        super().__init__(f"job {job.id} is {job.state}")
+        super().__init__(f"job {job.id} {state_phrase(job.state)}")
         self.job = job
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from types import TracebackType
@@ -45,6 +45,8 @@ class JobQuery(msgspec.Struct, frozen=True):
     parent: str | None = None
     limit: int = 50
     cursor: str | None = None
+    # The name of the token that enqueued the jobs (API.md section 15).
+    owner: str | None = None
 
     def after(self) -> tuple[datetime, str] | None:
         """The (createdAt, id) position the cursor points past, or None for page one."""
@@ -62,12 +64,13 @@ class JobQuery(msgspec.Struct, frozen=True):
             raise BadRequest("cursor is not one this service handed out") from None
 
     def matches(self, job: Job) -> bool:
-        """True when `job` passes the kind, state and key filters."""
+        """True when `job` passes the kind, state, key, parent and owner filters."""
         return (
             (self.kind is None or job.kind == self.kind)
             and (self.state is None or job.state == self.state)
             and (self.key is None or job.key == self.key)
             and (self.parent is None or job.parent_id == self.parent)
+            and (self.owner is None or job.owner == self.owner)
         )
 
 
@@ -308,6 +311,27 @@ class StateStore(_Closable, ABC):
     async def delete_doc(self, space: str, name: str) -> bool:
         """Delete a document; True when there was one."""
 
+    # -- counts for the overview (API.md section 16, GET /api/stats) ---------------------
+
+    @abstractmethod
+    async def count_states(self, kinds: Iterable[str]) -> dict[str, dict[JobState, int]]:
+        """How many retained jobs of each kind of `kinds` are in each state, over the
+        whole store: every kind with every state (0 when none).
+
+        The counts are kept as records change (no scan of the records): a record
+        purged after its retention leaves them by the time it answers 404.
+        """
+
+    @abstractmethod
+    async def add_minute_counts(self, counts: Mapping[tuple[datetime, str], int]) -> None:
+        """Add `counts` (`{(minute, name): n}`, `minute` the start of a UTC minute) to
+        the per-minute counters every node shares; they are kept at least two hours."""
+
+    @abstractmethod
+    async def minute_counts(self, first: datetime, minutes: int) -> list[dict[str, int]]:
+        """The counters of `minutes` minutes from `first` (the start of a UTC minute),
+        oldest first; `{}` for a minute that counted nothing (or was forgotten)."""
+
 
 class Delivery(ABC):
     """One delivery of a job id to this worker; settle it exactly once."""
@@ -366,6 +390,14 @@ class Queue(_Closable, ABC):
         Unsettled deliveries go back to the queue when the consumer (or its
         process) goes away, flagged `redelivered`.
         """
+
+    @abstractmethod
+    async def take(self, routings: Sequence[str], count: int, wait: float) -> list[Delivery]:
+        """Up to `count` deliveries waiting on `routings` (in that order), without a
+        consumer: for a caller that hands jobs to someone else (an external processor).
+        Waits up to `wait` seconds for the first one; `[]` when none came. The caller
+        settles each; an unsettled one goes back to the queue when this process or its
+        connection goes away."""
 
     @abstractmethod
     async def depth(self, routing: str) -> int:

@@ -184,6 +184,9 @@ class Job(msgspec.Struct, frozen=True, rename="camel", omit_defaults=True, gc=Fa
     # The key's previous holder, replaced by this job (`onConflict: replace`): this
     # job does not start before that one is terminal.
     after: str | None = None
+    # The W3C `traceparent` of the span that enqueued it (tracing on): each attempt's
+    # span is its child, on whichever node runs it.
+    traceparent: str | None = None
 
     @property
     def expires_at(self) -> datetime:

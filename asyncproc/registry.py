@@ -19,9 +19,20 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from starlette.routing import Route
 
+from . import messages
 from .apidoc import Operation, decode_json
 from .errors import ConfigError, InvalidContent, PluginError, UnknownKind
-from .hooks import AfterChange, BeforeEnqueue, Hooks, Lifespan, SettingsCheck
+from .hooks import (
+    AfterChange,
+    AroundAttempt,
+    BeforeEnqueue,
+    Hooks,
+    Lifespan,
+    ListFilter,
+    MiddlewareFactory,
+    SettingsCheck,
+    Visibility,
+)
 from .limits import parse_rate
 from .model import ErrorInfo, OnConflict, Uniqueness
 
@@ -33,8 +44,10 @@ __all__ = [
     "JobKind",
     "Registry",
     "apply_kind_settings",
+    "include_plugins",
     "load_plugins",
     "optional_backend",
+    "switched_on",
 ]
 
 KIND_NAME = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
@@ -52,6 +65,7 @@ class JobKind:
         "content_type",
         "decoder",
         "description",
+        "external",
         "handler",
         "is_async",
         "max_concurrency",
@@ -124,6 +138,8 @@ class JobKind:
         self.rate_limit = rate_limit
         # For a selection kind (section 11): the kind its items start.
         self.selection: str | None = None
+        # Run by processors outside over HTTP (`external.py`): `handler` is never called.
+        self.external = False
 
     def read_content(self, raw: bytes) -> Any:
         """The typed content, as the handler gets it (5.0 taken for an integer field)."""
@@ -133,8 +149,12 @@ class JobKind:
         """The typed content; raises `InvalidInput` naming what is wrong."""
         try:
             content = self.read_content(raw)
-        except (msgspec.ValidationError, msgspec.DecodeError) as exc:
-            raise InvalidContent(_content_message(str(exc))) from None
+        except msgspec.ValidationError as exc:  # before DecodeError: it is a subclass
+            raise InvalidContent(
+                messages.invalid_value(exc, self.content_type, raw, "content")
+            ) from None
+        except msgspec.DecodeError as exc:
+            raise InvalidContent(messages.invalid_json(exc, raw, "content")) from None
         if self.check is not None:
             try:
                 self.check(content)
@@ -145,11 +165,6 @@ class JobKind:
     def schema(self) -> dict[str, Any]:
         """The JSON Schema of the content."""
         return msgspec.json.schema(self.content_type)
-
-
-def _content_message(text: str) -> str:
-    # msgspec says "... - at `$.n`"; the client sent it under `content`.
-    return "content: " + text.replace("`$", "`$.content", 1)
 
 
 class Compensation(msgspec.Struct, frozen=True, rename="camel"):
@@ -169,6 +184,7 @@ class Registry:
         self._kinds: dict[str, JobKind] = {}
         self.hooks = Hooks()
         self.builtins = False  # True once the built-in plugins are included
+        self.plugins: list[str] = []  # the plugin modules included, by name
 
     def job(
         self,
@@ -293,7 +309,8 @@ class Registry:
 
     def check(self, hook: SettingsCheck) -> SettingsCheck:
         """Register `hook(settings, registry)`, run when the app is built; its
-        `ConfigError` stops start-up naming the bad key."""
+        `ConfigError` stops start-up naming the bad key. `registry` is the app's: the hook
+        may add hooks to it that only these settings need."""
         self.hooks.checks.append(hook)
         return hook
 
@@ -320,11 +337,40 @@ class Registry:
         self.hooks.after_change.append(hook)
         return hook
 
-    def route(self, path: str, methods: list[str]) -> Callable[[Any], Any]:
-        """Register the decorated Starlette endpoint at `path` (served by API nodes)."""
+    def middleware(self, factory: MiddlewareFactory) -> MiddlewareFactory:
+        """Register `factory(node)`, called when the app is built: the Starlette
+        `Middleware` to wrap every HTTP request in (outside the node's own door checks;
+        the first registered outermost), or None (then it costs nothing)."""
+        self.hooks.middleware.append(factory)
+        return factory
+
+    def around_attempt(self, hook: AroundAttempt) -> AroundAttempt:
+        """Register `hook(attempt)`, an async context manager entered around each attempt
+        of a job on the node that runs it (`hooks.Attempt` says how it ended)."""
+        self.hooks.around_attempt.append(hook)
+        return hook
+
+    def visibility(self, sees: Visibility) -> Visibility:
+        """Register `sees(job)`: a job it refuses is, to the current caller, not there
+        (404 to every call about it, left out of its lists and key contexts)."""
+        self.hooks.visibility.append(sees)
+        return sees
+
+    def list_filter(self, narrow: ListFilter) -> ListFilter:
+        """Register `narrow(query)`: the job list query narrowed to what the current
+        caller may see (the list twin of `visibility`, so a store can use an index)."""
+        self.hooks.list_filters.append(narrow)
+        return narrow
+
+    def route(
+        self, path: str, methods: list[str], *, every_role: bool = False
+    ) -> Callable[[Any], Any]:
+        """Register the decorated Starlette endpoint at `path` (served by API nodes; by
+        every node, worker nodes too, with `every_role`)."""
 
         def register(endpoint: Any) -> Any:
-            self.hooks.routes.append(Route(path, endpoint, methods=methods))
+            routes = self.hooks.node_routes if every_role else self.hooks.routes
+            routes.append(Route(path, endpoint, methods=methods))
             return endpoint
 
         return register
@@ -332,6 +378,19 @@ class Registry:
     def document(self, *operations: Operation) -> None:
         """Declare the OpenAPI operations of this plugin's routes (`asyncproc.apidoc`)."""
         self.hooks.openapi_operations.extend(operations)
+
+    def external(self, name: str, *, title: str | None = None, description: str = "") -> JobKind:
+        """Register `name` as an external kind (API.md section 14): any JSON content, no
+        Python handler; processors outside take its jobs over HTTP."""
+        kind = JobKind(
+            name,
+            _external_handler,
+            title=title or f"{name} (external)",
+            description=description or "Run by an external processor over HTTP.",
+        )
+        kind.external = True
+        self.add(kind)
+        return kind
 
     def add(self, kind: JobKind) -> None:
         """Register a kind; a name registered twice is an error."""
@@ -348,12 +407,13 @@ class Registry:
         for kind in other:
             self.add(copy.copy(kind))
         self.hooks.include(other.hooks)
+        self.plugins += [name for name in other.plugins if name not in self.plugins]
 
     def get(self, name: str) -> JobKind:
         """The kind called `name`; raises `UnknownKind`."""
         kind = self._kinds.get(name)
         if kind is None:
-            raise UnknownKind(f"no job kind {name!r}")
+            raise UnknownKind(messages.unknown_kind(name, self._kinds))
         return kind
 
     def __iter__(self) -> Any:
@@ -364,6 +424,11 @@ class Registry:
 
     def __contains__(self, name: object) -> bool:
         return name in self._kinds
+
+
+async def _external_handler(ctx: Any, content: Any) -> None:
+    """Never called: an external kind's jobs are taken by processors outside."""
+    raise RuntimeError("an external kind has no handler in this process")
 
 
 def optional_backend(module: str, setting: str, extra: str | None) -> Any:
@@ -377,11 +442,29 @@ def optional_backend(module: str, setting: str, extra: str | None) -> Any:
 
 
 BUILTIN_PLUGINS = (
+    "asyncproc.plugins.job_content",
     "asyncproc.plugins.callbacks",
     "asyncproc.plugins.schedules",
     "asyncproc.plugins.triggers",
     "asyncproc.plugins.dead_letters",
+    "asyncproc.plugins.external",
+    "asyncproc.plugins.tracing",
+    "asyncproc.plugins.auth",
+    "asyncproc.plugins.stats",
+    "asyncproc.plugins.metrics",
+    "asyncproc.plugins.job_log",
 )
+
+
+_PLUGINS_SETTING = "the plugins setting (ASYNCPROC_PLUGINS, or plugins in the config file)"
+
+# Plugins a setting switches on: loaded (their routes served) only when it is true.
+SETTING_PLUGINS = (("mylab", "asyncproc.plugins.mylab"),)
+
+
+def switched_on(settings: Settings) -> list[str]:
+    """The plugin modules that `settings` switch on (`SETTING_PLUGINS`)."""
+    return [module for name, module in SETTING_PLUGINS if getattr(settings, name, False)]
 
 
 def load_plugins(
@@ -394,28 +477,67 @@ def load_plugins(
     and those of installed entry-point plugins."""
     registry = Registry()
     registry.builtins = True
+    modules = list(modules)
     names = list(dict.fromkeys([*builtin, *modules]))
     for ep in entry_points(group=entry_point_group):
         if ep.value not in names:
             names.append(ep.value)
-    for name in names:
+    include_plugins(registry, names, named=modules, entry_point_group=entry_point_group)
+    return registry
+
+
+def include_plugins(
+    registry: Registry,
+    modules: Iterable[str],
+    *,
+    named: Iterable[str] | None = None,
+    entry_point_group: str = "asyncproc.plugins",
+) -> None:
+    """Include in `registry` the kinds and hooks of the plugin `modules` it does not
+    include yet. `named`: those of them the plugins setting named (when given, a missing
+    one of the others is said to come from the entry points)."""
+    settings_named = None if named is None else set(named)
+    for name in modules:
+        if name in registry.plugins:
+            continue
         try:
             module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
+                raise PluginError(f"plugin {name}: cannot import: {exc}") from exc
+            # The module itself is missing, not something it imports.
+            by = (
+                _PLUGINS_SETTING
+                if settings_named is None or name in settings_named
+                else f"the {entry_point_group} entry points"
+            )
+            raise PluginError(messages.plugin_not_found(name, by)) from None
         except ImportError as exc:
             raise PluginError(f"plugin {name}: cannot import: {exc}") from exc
         plugin = getattr(module, "registry", None)
         if not isinstance(plugin, Registry):
             raise PluginError(f"plugin {name}: no module-level `registry = Registry()`")
         registry.include(plugin)
-    return registry
+        registry.plugins.append(name)
 
 
 def apply_kind_settings(registry: Registry, settings: Settings) -> None:
-    """Apply the `[kinds."<kind>"]` tables to the registered kinds; an unknown kind
-    is a `ConfigError`."""
+    """Register `external_kinds`, then apply the `[kinds."<kind>"]` tables to the
+    registered kinds; an unknown kind is a `ConfigError`."""
+    for name in settings.external_kinds:
+        if name in registry:
+            if registry.get(name).external:
+                continue  # an app built twice from one registry
+            raise ConfigError("external_kinds", f"{name} is a kind with a Python handler")
+        try:
+            registry.external(name)
+        except PluginError as exc:
+            raise ConfigError("external_kinds", str(exc)) from None
     for name, options in settings.kinds.items():
         if name not in registry:
-            raise ConfigError(f"kinds.{name}", "no such kind is registered")
+            raise ConfigError(
+                f"kinds.{name}", messages.unknown_kind(name, (k.name for k in registry))
+            )
         kind = registry.get(name)
         if options.processing_timeout is not None:
             kind.processing_timeout = options.processing_timeout

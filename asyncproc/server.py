@@ -27,9 +27,19 @@ from .config import Settings, load_settings
 from .drain import Drain
 from .errors import BackendUnavailable
 from .hooks import Node
+from .input_limits import hidden_header_names
 from .interfaces import Queue, StateStore
 from .openapi import BackendHealth, Health, openapi_document
-from .registry import Registry, apply_kind_settings, load_plugins, optional_backend
+from .origins import Origins
+from .registry import (
+    Registry,
+    apply_kind_settings,
+    include_plugins,
+    load_plugins,
+    optional_backend,
+    switched_on,
+)
+from .safe_answers import PAGE_CSP, SafeStarlette
 from .service import JobService
 from .worker import WorkerPool
 
@@ -56,7 +66,11 @@ def _backend_class(table: dict[str, tuple[str, str, str | None]], key: str, valu
 def open_store(settings: Settings) -> StateStore:
     """The StateStore named by `settings.state` (not yet started)."""
     cls = _backend_class(STORES, "state", settings.state)
-    store: StateStore = cls() if settings.state == "memory" else cls.from_settings(settings)
+    store: StateStore = (
+        cls(max_finished=settings.max_finished)
+        if settings.state == "memory"
+        else cls.from_settings(settings)
+    )
     return store
 
 
@@ -111,6 +125,7 @@ def create_app(
         full = load_plugins(())
         full.include(registry)
         registry = full
+    include_plugins(registry, switched_on(settings))
     apply_kind_settings(registry, settings)
     for check in registry.hooks.checks:
         check(settings, registry)
@@ -125,6 +140,7 @@ def create_app(
         expose_tech_info=settings.expose_tech_info,
         max_queue_depth=settings.max_queue_depth,
         max_deliveries=settings.max_deliveries,
+        hidden_headers=hidden_header_names(settings.hidden_headers),
     )
     worker = (
         WorkerPool(
@@ -152,7 +168,6 @@ def create_app(
             stack.push_async_callback(store.aclose)
             await queue.start()
             stack.push_async_callback(queue.aclose)
-            node = Node(settings, service, app)
             for hook in registry.hooks.lifespans:
                 await stack.enter_async_context(hook(node))
             async with anyio.create_task_group() as tasks:
@@ -160,11 +175,21 @@ def create_app(
                     tasks.start_soon(service.run_sweeper, settings.sweep_interval)
                 if worker is not None:
                     await tasks.start(worker.run)
+                kinds = [kind.name for kind in registry]
                 log.info(
-                    "asyncproc %s node ready (state=%s, queue=%s)",
+                    "asyncproc %s node ready (state=%s, queue=%s); plugins: %s; kinds: %s",
                     settings.role,
                     store.name,
                     queue.name,
+                    ", ".join(registry.plugins),
+                    ", ".join(kinds),
+                    extra={
+                        "role": str(settings.role),
+                        "state": store.name,
+                        "queue": queue.name,
+                        "plugins": registry.plugins,
+                        "kinds": kinds,
+                    },
                 )
                 try:
                     yield
@@ -176,24 +201,35 @@ def create_app(
                     await drain.finish()
                     tasks.cancel_scope.cancel()
 
-    routes: list[BaseRoute] = [Route("/health", health, methods=["GET"])]
+    routes: list[BaseRoute] = [
+        Route("/health", health, methods=["GET"]),
+        *registry.hooks.node_routes,
+    ]
     if settings.role.serves_api:
         routes += [
             Route("/openapi.json", openapi, methods=["GET"]),
             *api_routes(registry.hooks.routes),
             Route("/", page, methods=["GET"]),
+            Route("/overview", page, methods=["GET"]),
             Route("/jobs/{id}", page, methods=["GET"]),
             Route("/new", page, methods=["GET"]),
             Route("/schedules", page, methods=["GET"]),
             Route("/dead-letters", page, methods=["GET"]),
             Mount("/static", StaticFiles(directory=_web_dir()), name="static"),
         ]
-    app = Starlette(
+    # SafeStarlette: every answer, a 500 included, carries nosniff & co (safe_answers.py).
+    app = SafeStarlette(
         routes=routes,
         exception_handlers=EXCEPTION_HANDLERS,
         middleware=[Middleware(IncomingAt, refuse=drain.refusal)],
         lifespan=lifespan,
     )
+    node = Node(settings, service, app)
+    added = [m for m in (factory(node) for factory in registry.hooks.middleware) if m is not None]
+    # Plugins' middleware outside the door checks (their refusals are seen too), the first
+    # registered outermost; the origin rule outside them all, so that a refusal of theirs
+    # (auth's 401) still carries the CORS headers an allowed origin's page needs to read it.
+    app.user_middleware[:0] = [Middleware(Origins, allowed=settings.cors_origins), *added]
     app.state.settings = settings
     app.state.service = service
     app.state.worker = worker
@@ -231,4 +267,5 @@ async def openapi(request: Request) -> Response:
 async def page(request: Request) -> Response:
     """The web page (`/`, `/jobs/{id}`, `/new`, `/schedules`, `/dead-letters`: the page
     routes itself)."""
-    return FileResponse(f"{_web_dir()}/index.html", media_type="text/html")
+    headers = {"Content-Security-Policy": PAGE_CSP}
+    return FileResponse(f"{_web_dir()}/index.html", headers=headers, media_type="text/html")

@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import random
 import threading
 from collections.abc import AsyncIterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -24,14 +25,16 @@ from .errors import (
     InvalidInput,
     JobNotFound,
     JobStateConflict,
+    KeyConflict,
     Overloaded,
     RequestIdConflict,
     ServiceError,
     TransitionRefused,
 )
 from .hooks import Draft
+from .input_limits import ALWAYS_HIDDEN_HEADERS
 from .interfaces import JobQuery, Page, Queue, StateStore
-from .lifecycle import TIMEOUT_ERROR, Event, Fail, RequestStop, Retry, TimeOut
+from .lifecycle import TIMEOUT_ERROR, Event, Fail, RequestStop, Retry, Stopped, TimeOut
 from .model import (
     API_TRIGGER,
     ErrorInfo,
@@ -40,9 +43,11 @@ from .model import (
     OnConflict,
     Trigger,
     TriggerType,
+    Uniqueness,
     utcnow,
 )
-from .registry import Compensation, Registry
+from .registry import Compensation, JobKind, Registry
+from .rules import retry_backoff
 
 __all__ = ["EnqueueRequest", "ItemOutcome", "JobService"]
 
@@ -56,9 +61,6 @@ CallbackRouting = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 # can say: a pattern on the date; a time relative to now it could not.)
 MAX_DELAY = 100 * 365.25 * 86400
 LAST_YEAR = 8999
-
-HIDDEN_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
-
 
 # The repair sweep: how often it looks, and how long a ready job may wait unstarted
 # in an empty queue before its message counts as lost.
@@ -82,6 +84,11 @@ def dead_letter_error(job: Job) -> ErrorInfo:
 def compensation_id(job_id: str) -> str:
     """The id of the job compensating `job_id` (the same however often it is asked)."""
     return "comp-" + hashlib.sha256(job_id.encode()).hexdigest()[:32]
+
+
+def external_routing(kind: str) -> str:
+    """The queue routing on which an external kind's jobs wait for processors."""
+    return f"ext.{kind}"
 
 
 def new_job_id() -> str:
@@ -182,6 +189,7 @@ class JobService:
         expose_tech_info: bool = False,
         max_queue_depth: int = 0,
         max_deliveries: int = 5,
+        hidden_headers: frozenset[str] = ALWAYS_HIDDEN_HEADERS,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -191,11 +199,21 @@ class JobService:
         self.expose_tech_info = expose_tech_info
         self.max_queue_depth = max_queue_depth
         self.max_deliveries = max_deliveries
+        # Lower-case names never kept for a handler, whoever passes the headers in.
+        self.hidden_headers = hidden_headers
         # Jobs this node took back after a lapsed lease -> (when, publishes): published
         # again while they stay queued, as the message may have gone to the frozen node.
         self._taken_back: dict[str, tuple[datetime, int]] = {}
         self._next_repair = utcnow() + REPAIR_EVERY
         self.hooks = registry.hooks
+        self._external = frozenset(kind.name for kind in registry if kind.external)
+
+    def routing_of(self, job: Job) -> str:
+        """The queue routing of `job`'s messages: its `procRouting`, except that an
+        external kind's jobs wait on `ext.<kind>` for the processors that take them."""
+        if job.kind in self._external:
+            return external_routing(job.kind)
+        return job.proc_routing
 
     # -- changes --------------------------------------------------------------
 
@@ -221,14 +239,18 @@ class JobService:
         check_depth: bool = True,
         after: str | None = None,
         publish: bool = True,
+        owner: str | None = None,
     ) -> tuple[Job, bool]:
         """Validate, store and queue a job; `(job, False)` when a job answers for it
         (its `requestId` exists, or the key's holder under `onConflict: existing`).
         With `after` (a job id), the job does not start before that job is terminal;
-        with `publish=False` the caller queues it (`publish`) once it is ready to."""
+        with `publish=False` the caller queues it (`publish`) once it is ready to;
+        `owner` is the job's owner when it inherits one (a job that started it)."""
         kind = self.registry.get(kind_name)
         kind.decode_content(request.content)
-        routing = request.proc_routing or "default"
+        routing = (
+            external_routing(kind.name) if kind.external else request.proc_routing or "default"
+        )
         if check_depth:
             await self._check_depth(routing)
         now = utcnow()
@@ -243,25 +265,43 @@ class JobService:
             not_before=start_at,
             retention=kind.retention if kind.retention is not None else self.retention,
             key=request.key,
-            proc_routing=routing,
+            proc_routing=request.proc_routing or "default",
             callback_routing=request.callback_routing,
             content=request.content,
             headers={
-                k.lower(): v for k, v in (headers or {}).items() if k.lower() not in HIDDEN_HEADERS
+                k.lower(): v
+                for k, v in (headers or {}).items()
+                if k.lower() not in self.hidden_headers
             },
             incoming_at=incoming_at or now,
             trigger=trigger,
             parent_id=parent_id,
             after=after,
+            owner=owner,
         )
         on_conflict = request.on_conflict or kind.on_conflict
         if self.hooks.before_enqueue or kind.name in self.hooks.before_enqueue_of:
             draft = Draft(kind, job, on_conflict)
             await self.hooks.emit_before_enqueue(draft)
             job, on_conflict = draft.job, draft.on_conflict
+        if (
+            on_conflict is OnConflict.REPLACE
+            and self.hooks.visibility
+            and job.key is not None
+            and kind.uniqueness is not Uniqueness.NONE
+        ):
+            # A caller may not stop, by replacing it, a job it cannot see.
+            holder = await self.store.key_holder(kind.name, job.key)
+            if holder is not None and not self.hooks.visible(holder):
+                on_conflict = OnConflict.REJECT
         outcome = await self.store.insert(job, uniqueness=kind.uniqueness, on_conflict=on_conflict)
         stored = outcome.job
         if not outcome.created:
+            if self.hooks.visibility and not self.hooks.visible(stored):
+                # Taken by a job the caller cannot see: a conflict that shows nothing of it.
+                if stored.id == job.id:
+                    raise RequestIdConflict(f"requestId {job.id!r} is taken")
+                raise KeyConflict(f"key {job.key!r} of {kind.name} is held", jobId=stored.id)
             if stored.kind != kind.name:
                 raise RequestIdConflict(
                     f"requestId {job.id!r} names a job of kind {stored.kind}", jobId=stored.id
@@ -294,11 +334,12 @@ class JobService:
         delay = 0.0
         if job.not_before is not None:
             delay = max(0.0, (job.not_before - utcnow()).total_seconds())
+        routing = self.routing_of(job)
         try:
             if delay > 0:
-                await self.queue.publish(job.id, job.proc_routing, delay=delay)
+                await self.queue.publish(job.id, routing, delay=delay)
             else:
-                await self.queue.publish(job.id, job.proc_routing)
+                await self.queue.publish(job.id, routing)
         except BackendUnavailable:
             with contextlib.suppress(BackendUnavailable):
                 await self.store.forget(job)
@@ -317,6 +358,7 @@ class JobService:
         incoming_at: datetime | None = None,
         trigger: Trigger = API_TRIGGER,
         parent_id: str | None = None,
+        owner: str | None = None,
     ) -> list[ItemOutcome]:
         """Enqueue every request at once, one outcome each, in order (API.md section 10).
 
@@ -325,12 +367,18 @@ class JobService:
         publishes go out together (the Redis store pipelines what one event-loop turn
         sends; the broker confirms them together), so a batch is not a round trip per item.
         """
-        self.registry.get(kind_name)
+        kind = self.registry.get(kind_name)
         outcomes: list[ItemOutcome] = [ItemOutcome("refused")] * len(requests)
         full: dict[str, ServiceError | None] = {}
+
+        def routing_of(request: EnqueueRequest) -> str:
+            return (
+                external_routing(kind.name) if kind.external else request.proc_routing or "default"
+            )
+
         for request in requests:
             if isinstance(request, EnqueueRequest):
-                routing = request.proc_routing or "default"
+                routing = routing_of(request)
                 if routing not in full:
                     try:
                         await self._check_depth(routing)
@@ -342,7 +390,7 @@ class JobService:
             try:
                 if isinstance(request, ServiceError):
                     raise request
-                refusal = full.get(request.proc_routing or "default")
+                refusal = full.get(routing_of(request))
                 if refusal is not None:
                     raise refusal
                 job, created = await self.enqueue(
@@ -353,6 +401,7 @@ class JobService:
                     trigger=trigger,
                     parent_id=parent_id,
                     check_depth=False,
+                    owner=owner,
                 )
                 outcomes[index] = ItemOutcome("created" if created else "existing", job)
             except ServiceError as exc:
@@ -374,7 +423,10 @@ class JobService:
         """The key's rule, holder and most recent jobs (API.md section 6)."""
         kind = self.registry.get(kind_name)
         holder = await self.store.key_holder(kind.name, key)
-        page = await self.store.list_jobs(JobQuery(kind=kind.name, key=key, limit=20))
+        if holder is not None and not self.hooks.visible(holder):
+            holder = None  # another owner's (API.md section 15)
+        query = self.hooks.narrow(JobQuery(kind=kind.name, key=key, limit=20))
+        page = await self.store.list_jobs(query)
         expose = self.expose_tech_info
         return {
             "kind": kind.name,
@@ -385,9 +437,14 @@ class JobService:
         }
 
     async def get(self, job_id: str, kind: str | None = None) -> Job:
-        """The job; `JobNotFound` when unknown, purged, or of another kind than `kind`."""
+        """The job; `JobNotFound` when unknown, purged, of another kind than `kind`, or
+        hidden from the current caller by a visibility hook (another owner's)."""
         job = await self.store.get(job_id)
-        if job is None or (kind is not None and job.kind != kind):
+        if (
+            job is None
+            or (kind is not None and job.kind != kind)
+            or (self.hooks.visibility and not self.hooks.visible(job))
+        ):
             raise JobNotFound(f"no job {job_id}" + (f" of kind {kind}" if kind else ""))
         return job
 
@@ -445,12 +502,16 @@ class JobService:
         return job, data
 
     async def list_jobs(self, query: JobQuery) -> Page:
-        """A page of jobs, newest first."""
-        return await self.store.list_jobs(query)
+        """A page of jobs, newest first (only those the current caller may see)."""
+        return await self.store.list_jobs(self.hooks.narrow(query))
 
     async def release(self, kind_name: str, key: str) -> bool:
-        """Free a `once` key of `kind_name`."""
+        """Free a `once` key of `kind_name` (not one whose holder the caller cannot see)."""
         self.registry.get(kind_name)
+        if self.hooks.visibility:
+            holder = await self.store.key_holder(kind_name, key)
+            if holder is not None and not self.hooks.visible(holder):
+                return False
         return await self.store.release_key(kind_name, key)
 
     # -- housekeeping ---------------------------------------------------------
@@ -484,9 +545,10 @@ class JobService:
                 continue
             if now - (job.not_before or job.created_at) < REPAIR_AFTER:
                 continue
-            if await self.queue.depth(job.proc_routing) > 0:
+            routing = self.routing_of(job)
+            if await self.queue.depth(routing) > 0:
                 continue  # a backlog: its message is most likely waiting its turn
-            await self.queue.publish(job.id, job.proc_routing)
+            await self.queue.publish(job.id, routing)
             republished += 1
             log.warning("job %s was queued with no message: published it again", job.id)
         return republished
@@ -503,7 +565,7 @@ class JobService:
             # (until the broker notices it is gone). A spare copy costs nothing: the
             # start is a compare-and-set.
             self._taken_back[job_id] = (now, count + 1)
-            await self.queue.publish(job.id, job.proc_routing)
+            await self.queue.publish(job.id, self.routing_of(job))
 
     async def take_back(self, job_id: str, now: datetime) -> None:
         """Re-queue a running job whose lease lapsed (its node is dead, frozen or cut
@@ -520,7 +582,10 @@ class JobService:
             await self.store.drop_lease(job_id)  # it ended; the lease was left behind
             return
         try:
-            if job.attempt >= self.max_deliveries:
+            if job.stop_requested:
+                # Asked to stop and its node (or processor) is gone: nothing runs it again.
+                await self.transition(job.id, Stopped(job.attempt))
+            elif job.attempt >= self.max_deliveries:
                 await self.fail_for_good(job, Fail(dead_letter_error(job), job.attempt))
             else:
                 await self.transition(job.id, Retry(LOST_ERROR, attempt=job.attempt))
@@ -530,6 +595,18 @@ class JobService:
             pass  # it moved on meanwhile
         finally:
             await self.store.drop_lease(job_id)
+
+    async def retry_later(self, job: Job, kind: JobKind, error: ErrorInfo | None) -> Job:
+        """End `job`'s running attempt with a retryable `error`: queued again, not before
+        the kind's backoff for this attempt (API.md section 13), its message published
+        with that delay. The caller checked that retries are left."""
+        backoff = retry_backoff(
+            job.attempt, kind.retry_delay, kind.retry_max_delay, random.uniform(-0.25, 0.25)
+        )
+        not_before = utcnow() + timedelta(seconds=backoff) if backoff > 0 else None
+        queued = await self.transition(job.id, Retry(error, not_before, job.attempt))
+        await self.queue.publish(job.id, self.routing_of(job), delay=max(backoff, 0.0))
+        return queued
 
     # -- failing for good -----------------------------------------------------
 
@@ -561,6 +638,7 @@ class JobService:
             parent_id=job.id,
             check_depth=False,
             publish=False,
+            owner=job.owner,
         )
         attempt = event.attempt
         try:
@@ -570,7 +648,7 @@ class JobService:
                 await self.store.forget(undo)
             raise
         if undo.state is JobState.QUEUED:
-            await self.queue.publish(undo.id, undo.proc_routing)
+            await self.queue.publish(undo.id, self.routing_of(undo))
         return failed
 
     async def run_sweeper(self, interval: float) -> None:

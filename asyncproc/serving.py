@@ -10,15 +10,20 @@ A second signal ends the grace at once; a second Ctrl-C is uvicorn's force quit.
 
 from __future__ import annotations
 
+import errno
+import os
 import signal
+import socket
+import sys
 from types import FrameType
 
 import anyio
 import uvicorn
 
 from .drain import Drain
+from .errors import ConfigError
 
-__all__ = ["DrainingServer"]
+__all__ = ["DrainingServer", "current_directory_on_path", "listening_socket"]
 
 # Once drained, how long open connections (long polls, event streams) may take to end.
 CONNECTIONS_GRACE = 3
@@ -27,10 +32,17 @@ CONNECTIONS_GRACE = 3
 class DrainingServer(uvicorn.Server):
     """A `uvicorn.Server` that drains `drain` between the exit signal and its shutdown."""
 
-    def __init__(self, config: uvicorn.Config, drain: Drain) -> None:
+    def __init__(self, config: uvicorn.Config, drain: Drain, announce: str = "") -> None:
         super().__init__(config)
         self.drain = drain
+        self.announce = announce  # printed once the node has started, never before
         self._hurried = False
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's start-up, then the announcement (only if it started)."""
+        await super().startup(sockets)
+        if self.started and self.announce:
+            print(self.announce, flush=True)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         """uvicorn's signal handler; a second SIGTERM / Ctrl-C also ends the grace."""
@@ -60,3 +72,39 @@ class DrainingServer(uvicorn.Server):
                     await finished.wait()
                 counter += 1
                 await self.on_tick(counter)  # keeps the Date header and notify going
+
+
+def current_directory_on_path() -> None:
+    """Put the current directory first on `sys.path`, as uvicorn does with its app
+    dir: `asyncproc serve` and `python app.py` then load plugin modules found there."""
+    here = os.getcwd()
+    if not any(os.path.abspath(entry or ".") == here for entry in sys.path):
+        sys.path.insert(0, here)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to `host`:`port`, before anything says the node is serving
+    there; `ConfigError` naming the setting when it cannot be had (the port in use)."""
+    # The family as uvicorn picks it for a host name.
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except socket.gaierror as exc:
+        sock.close()
+        raise ConfigError("host", f"cannot listen on {host!r}: {exc.strerror}") from None
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                "port",
+                f"{port} is already in use on {host} (another server listens there); "
+                "choose another with --port or ASYNCPROC_PORT",
+            ) from None
+        if exc.errno == errno.EACCES:
+            raise ConfigError(
+                "port", f"no permission to listen on {port} (ports below 1024 need privileges)"
+            ) from None
+        raise ConfigError("host", f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.set_inheritable(True)
+    return sock

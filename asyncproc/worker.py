@@ -8,11 +8,12 @@ job's terminal (or re-queued) state is stored.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import random
 import traceback
 from collections.abc import Sequence
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any
 
 import anyio
@@ -31,12 +32,24 @@ from .errors import (
     TransitionRefused,
     UnknownKind,
 )
+from .hooks import Attempt
 from .interfaces import Delivery, StopsTaking
-from .lifecycle import Event, Fail, Report, Retry, Start, StepDone, Stopped, Succeed, TimeOut
+from .lifecycle import (
+    TIMEOUT_ERROR,
+    Event,
+    Fail,
+    Report,
+    Retry,
+    Start,
+    StepDone,
+    Stopped,
+    Succeed,
+    TimeOut,
+)
 from .limits import StartGate
 from .model import ErrorInfo, Job, JobState, utcnow
 from .registry import JobKind
-from .rules import retries_left, retry_backoff
+from .rules import retries_left
 from .service import LOST_ERROR, JobService, dead_letter_error
 
 __all__ = ["WorkerPool"]
@@ -431,7 +444,10 @@ class WorkerPool:
             headers=job.headers,
             report=report,
             key=job.key,
-            starter=service.enqueue_many,
+            # The jobs it starts (a selection's items) are its owner's too.
+            starter=service.enqueue_many
+            if job.owner is None
+            else partial(service.enqueue_many, owner=job.owner),
             steps=job.step_results,
             step_store=store_step,
         )
@@ -451,13 +467,18 @@ class WorkerPool:
 
         store = service.store
         leased = self.leases
+        # What the around-attempt hooks see (none registered: no object, no layer).
+        hooked = Attempt(job) if service.hooks.around_attempt else None
         try:
             if leased:
                 await store.hold_lease([job.id], utcnow() + timedelta(seconds=self.lease))
-            with store.hub.on_stop(job.id, on_change):
-                event, value = await self._call(kind, ctx, content, run, remaining)
-            if run.reason != "gone":
-                await self._finish_run(job, kind, event, value)
+            async with service.hooks.around(hooked) if hooked is not None else _NO_HOOKS:
+                with store.hub.on_stop(job.id, on_change):
+                    event, value = await self._call(kind, ctx, content, run, remaining)
+                if run.reason != "gone":
+                    if hooked is not None:
+                        _tell_outcome(hooked, kind, event)
+                    await self._finish_run(job, kind, event, value)
         except anyio.get_cancelled_exc_class():
             # Shutdown cancelled the job: give it back to the queue for another node
             # (the delivery goes back in `_handle`), or, when nobody can take it after
@@ -512,6 +533,15 @@ class WorkerPool:
         except Exception as exc:
             if kind.retry_on and isinstance(exc, kind.retry_on):
                 return Retry(_exception_error(exc, "retryable")), None
+            # Always logged with its traceback, whatever `expose_tech_info` shows clients.
+            log.error(
+                "job %s (%s, attempt %d) failed with an unhandled error",
+                ctx.id,
+                ctx.kind,
+                ctx.attempt,
+                exc_info=True,
+                extra={"jobId": ctx.id, "kind": ctx.kind, "attempt": ctx.attempt},
+            )
             return Fail(
                 ErrorInfo(
                     error_id="unhandled",
@@ -566,20 +596,11 @@ class WorkerPool:
             return
         if isinstance(event, Retry):
             if retries_left(job, kind.retries):
-                backoff = retry_backoff(
-                    job.attempt, kind.retry_delay, kind.retry_max_delay, random.uniform(-0.25, 0.25)
-                )
-                not_before = utcnow() + timedelta(seconds=backoff) if backoff > 0 else None
-                retry = Retry(event.error, not_before, job.attempt)
                 with anyio.CancelScope(shield=True):
                     try:
-                        await self.service.transition(job.id, retry)
+                        await self.service.retry_later(job, kind, event.error)
                     except (TransitionRefused, JobNotFound):
-                        return
-                    if backoff > 0:
-                        await self.service.queue.publish(job.id, job.proc_routing, delay=backoff)
-                    else:
-                        await self.service.queue.publish(job.id, job.proc_routing)
+                        pass  # stopped, timed out or purged meanwhile: that outcome stands
                 return
             event = Fail(event.error or ErrorInfo(error_id="failed"))
         if isinstance(event, Fail | TimeOut):
@@ -602,6 +623,25 @@ class WorkerPool:
                 await self.service.transition(job.id, event, result=result)
             except (TransitionRefused, JobNotFound):
                 pass  # stopped, timed out or purged meanwhile: that outcome stands
+
+
+_NO_HOOKS = contextlib.nullcontext()
+
+
+def _tell_outcome(attempt: Attempt, kind: JobKind, event: Event) -> None:
+    """Tell the around-attempt hooks how the attempt ended (the state it leads to)."""
+    if isinstance(event, Succeed):
+        attempt.outcome = JobState.SUCCEEDED
+    elif isinstance(event, Stopped):
+        attempt.outcome = JobState.STOPPED
+    elif isinstance(event, Retry):
+        attempt.error = event.error
+        again = retries_left(attempt.job, kind.retries)
+        attempt.outcome = JobState.QUEUED if again else JobState.FAILED
+    elif isinstance(event, Fail):
+        attempt.outcome, attempt.error = JobState.FAILED, event.error
+    elif isinstance(event, TimeOut):
+        attempt.outcome, attempt.error = JobState.FAILED, TIMEOUT_ERROR
 
 
 def _job_error(exc: JobError) -> ErrorInfo:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import anyio
 import msgspec
@@ -26,7 +26,6 @@ from asyncproc.interfaces import (
     Page,
     Queue,
     StateStore,
-    cursor_of,
 )
 from asyncproc.lifecycle import Event, Revive, Succeed, apply
 from asyncproc.limits import Limits, Permits
@@ -40,7 +39,11 @@ from asyncproc.rules import (
     waits_for,
 )
 
+from .memory_index import JobIndex
+
 __all__ = ["MemoryQueue", "MemoryStateStore"]
+
+_MINUTES_KEPT = timedelta(hours=2)
 
 
 class MemoryStateStore(StateStore):
@@ -48,9 +51,14 @@ class MemoryStateStore(StateStore):
 
     name = "memory"
 
-    def __init__(self, hub: ChangeHub | None = None) -> None:
+    def __init__(self, hub: ChangeHub | None = None, *, max_finished: int = 0) -> None:
         self.hub = hub or ChangeHub()
+        # Finished jobs kept at most (0: no cap); past it the oldest finished go first.
+        self.max_finished = max_finished
         self._jobs: dict[str, Job] = {}
+        self._index = JobIndex()
+        # Finished job ids in the order they finished: what the cap drops first.
+        self._finished: dict[str, None] = {}
         self._results: dict[str, bytes] = {}
         self._unfinished: dict[str, datetime] = {}
         self._expiry: list[tuple[datetime, str]] = []
@@ -62,6 +70,10 @@ class MemoryStateStore(StateStore):
         self._waits: dict[tuple[str, str], str] = {}
         # kind -> its start permits, start log and waiters (`max_concurrency`, `rate_limit`).
         self._permits: dict[str, Permits] = {}
+        # (kind, state) -> how many stored records are in it (`count_states`).
+        self._state_counts: dict[tuple[str, JobState], int] = {}
+        # minute -> name -> count (`add_minute_counts`), the last `_MINUTES_KEPT`.
+        self._minutes: dict[datetime, dict[str, int]] = {}
 
     async def ping(self) -> None:
         """Always answers: the store is this process."""
@@ -74,9 +86,22 @@ class MemoryStateStore(StateStore):
         return job
 
     def _drop(self, job_id: str) -> None:
-        self._jobs.pop(job_id, None)
+        job = self._jobs.pop(job_id, None)
+        if job is not None:
+            self._index.remove(job, self._indexed)
+            self._count(job.kind, job.state, -1)
         self._results.pop(job_id, None)
         self._unfinished.pop(job_id, None)
+        self._finished.pop(job_id, None)
+
+    def _indexed(self, entry: tuple[datetime, str]) -> bool:
+        job = self._jobs.get(entry[1])
+        return job is not None and job.created_at == entry[0]
+
+    def _cap(self) -> None:
+        """Drop the oldest finished jobs past `max_finished`."""
+        while len(self._finished) > self.max_finished:
+            self._drop(next(iter(self._finished)))
 
     def _holder(self, kind: str, key: str) -> Job | None:
         """The job holding (kind, key), forgetting an entry that no longer holds."""
@@ -137,6 +162,8 @@ class MemoryStateStore(StateStore):
                 job = msgspec.structs.replace(job, after=wait)
             self._holders[(job.kind, key)] = (job.id, uniqueness)
         self._jobs[job.id] = job
+        self._index.add(job)
+        self._count(job.kind, job.state, 1)
         self._unfinished[job.id] = job.deadline
         self._publish(job)
         return Created(job, True, replaced)
@@ -194,18 +221,30 @@ class MemoryStateStore(StateStore):
             return job
         job_id = job.id
         self._jobs[job_id] = new
+        self._index.moved(job, new)
+        if new.state is not job.state:
+            self._count(job.kind, job.state, -1)
+            self._count(new.kind, new.state, 1)
         if isinstance(event, Succeed) and result is not None:
             self._results[job_id] = result
         if new.finished_at is not None:
             self._unfinished.pop(job_id, None)
             heapq.heappush(self._expiry, (new.expires_at, job_id))
             self._release_on_finish(new)
+            self._finished[job_id] = None
+            if self.max_finished and len(self._finished) > self.max_finished:
+                self._cap()
         elif job.finished_at is not None:
             # Revived (a dead letter requeued): unfinished again, with a new deadline;
             # its entry in the expiry heap is skipped by `purge_expired`.
             self._unfinished[job_id] = new.deadline
+            self._finished.pop(job_id, None)
         self._publish(new)
         return new
+
+    def _count(self, kind: str, state: JobState, delta: int) -> None:
+        slot = (kind, state)
+        self._state_counts[slot] = self._state_counts.get(slot, 0) + delta
 
     def _publish(self, job: Job) -> None:
         self.hub.publish(Change(job.id, job.version, job.state, job.stop_requested))
@@ -216,19 +255,8 @@ class MemoryStateStore(StateStore):
 
     async def list_jobs(self, query: JobQuery) -> Page:
         """See `StateStore.list_jobs`."""
-        after = query.after()
         now = utcnow()
-        found = (
-            job
-            for job in self._jobs.values()
-            if query.matches(job)
-            and (after is None or (job.created_at, job.id) < after)
-            and not expired(job, now)
-        )
-        items = heapq.nlargest(query.limit + 1, found, key=lambda j: (j.created_at, j.id))
-        more = len(items) > query.limit
-        items = items[: query.limit]
-        return Page(items=items, next=cursor_of(items[-1]) if more else None)
+        return self._index.page(query, self._jobs.get, lambda job: not expired(job, now))
 
     async def release_key(self, kind: str, key: str) -> bool:
         """See `StateStore.release_key`."""
@@ -259,7 +287,32 @@ class MemoryStateStore(StateStore):
             if job is not None and job.finished_at is not None and job.expires_at <= now:
                 self._drop(job_id)
                 purged += 1
+        if len(self._expiry) > 2 * len(self._finished) + 1024:
+            # Entries of jobs the cap dropped (or revived): rebuild rather than keep them
+            # until their time comes, so the heap stays the size of what is held.
+            self._expiry = [(self._jobs[i].expires_at, i) for i in self._finished]
+            heapq.heapify(self._expiry)
         return purged
+
+    async def count_states(self, kinds: Iterable[str]) -> dict[str, dict[JobState, int]]:
+        """See `StateStore.count_states`."""
+        await self.purge_expired(utcnow())  # what `get` would no longer answer
+        counts = self._state_counts
+        return {kind: {state: counts.get((kind, state), 0) for state in JobState} for kind in kinds}
+
+    async def add_minute_counts(self, counts: Mapping[tuple[datetime, str], int]) -> None:
+        """See `StateStore.add_minute_counts`."""
+        for (minute, name), n in counts.items():
+            names = self._minutes.setdefault(minute, {})
+            names[name] = names.get(name, 0) + n
+        horizon = utcnow() - _MINUTES_KEPT
+        for minute in [m for m in self._minutes if m < horizon]:
+            del self._minutes[minute]
+
+    async def minute_counts(self, first: datetime, minutes: int) -> list[dict[str, int]]:
+        """See `StateStore.minute_counts`."""
+        step = timedelta(minutes=1)
+        return [dict(self._minutes.get(first + i * step, {})) for i in range(minutes)]
 
     async def hold_lease(self, job_ids: Sequence[str], until: datetime) -> None:
         """See `StateStore.hold_lease`."""
@@ -473,6 +526,30 @@ class MemoryQueue(Queue):
                 self._consumers[routing].discard(consumer)
             for delivery in list(consumer.unsettled):
                 await delivery.requeue()
+
+    async def take(self, routings: Sequence[str], count: int, wait: float) -> list[Delivery]:
+        """See `Queue.take`: a short-lived consumer of `count` deliveries."""
+        consumer = _Consumer(self, routings, count)
+        for routing in consumer.routings:
+            self._consumers.setdefault(routing, set()).add(consumer)
+        taken: list[Delivery] = []
+        try:
+            with anyio.move_on_after(wait):
+                while not self._take_into(consumer, taken):
+                    await consumer.wakeup.wait()
+                    consumer.wakeup = anyio.Event()
+            self._take_into(consumer, taken)  # what came as the wait ran out
+        finally:
+            for routing in consumer.routings:
+                self._consumers[routing].discard(consumer)
+        return taken
+
+    @staticmethod
+    def _take_into(consumer: _Consumer, taken: list[Delivery]) -> bool:
+        """Move what `consumer` may take into `taken` (its prefetch is the count)."""
+        while (delivery := consumer.take()) is not None:
+            taken.append(delivery)
+        return bool(taken)
 
     async def depth(self, routing: str) -> int:
         """See `Queue.depth`."""

@@ -55,6 +55,7 @@ from .amqp_link import (
     describe,
     open_channel,
 )
+from .amqp_take import Taker
 from .callbacks import CallbackPublisher
 
 __all__ = ["CallbackPublisher", "RabbitMQQueue"]
@@ -303,6 +304,7 @@ class RabbitMQQueue(Queue):
         self._declaring: dict[str, asyncio.Lock] = {}
         self._channel_lock = asyncio.Lock()
         self._consumers: set[_Consumer] = set()
+        self._taker = Taker(self)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
@@ -511,6 +513,14 @@ class RabbitMQQueue(Queue):
             self._consumers.discard(consumer)
             with anyio.CancelScope(shield=True):
                 await consumer.aclose()
+
+    async def ensure_declared(self, routing: str, deadline: float) -> None:
+        """Declare `routing`'s queue on this connection unless it was already."""
+        await self._ensure_routing(routing, deadline)
+
+    async def take(self, routings: Sequence[str], count: int, wait: float) -> list[Delivery]:
+        """See `Queue.take`: basic.get on a channel of its own (`amqp_take`)."""
+        return await self._taker.take(routings, count, wait)
 
     async def depth(self, routing: str) -> int:
         """See `Queue.depth`: messages ready on `routing` (a passive queue declare)."""

@@ -21,7 +21,7 @@ import itertools
 import math
 import os
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
@@ -43,7 +43,16 @@ from asyncproc.errors import (
 from asyncproc.interfaces import Created, Doc, JobQuery, Page, StateStore, cursor_of
 from asyncproc.lifecycle import Event, Revive, Succeed, apply
 from asyncproc.limits import MIN_WAIT, RATE_SLACK, STALE, WAKE_EARLY, Limits
-from asyncproc.model import Job, OnConflict, Uniqueness, decode_job, encode_job, utcnow
+from asyncproc.model import (
+    TERMINAL_STATES,
+    Job,
+    JobState,
+    OnConflict,
+    Uniqueness,
+    decode_job,
+    encode_job,
+    utcnow,
+)
 from asyncproc.rules import expired, holds_key, key_after
 
 from .redis_keys import Free, decide, hold_of
@@ -75,6 +84,8 @@ _UNFINISHED_MARGIN = 3600.0
 _CACHE_SIZE = 1024
 _CACHE_MAX_CONTENT = 64 * 1024
 _LIST_BATCH = 100
+# The per-minute counters outlive the hour `GET /api/stats` shows.
+_MINUTES_TTL = 7200
 
 
 # ARGV 11..19 of CREATE when the key's holder is not written.
@@ -106,10 +117,24 @@ def _doc(raw: bytes) -> Doc:
 
 
 def _exp_entry(job: Job) -> bytes:
-    """The `exp` member of a finished record: [id, index member, kind, key, parent]."""
+    """The `exp` member of a finished record: [id, index member, kind, key, parent, owner]."""
     return msgspec.json.encode(
-        [job.id, index_member(job.created_at, job.id), job.kind, job.key, job.parent_id]
+        [
+            job.id,
+            index_member(job.created_at, job.id),
+            job.kind,
+            job.key,
+            job.parent_id,
+            job.owner,
+        ]
     )
+
+
+def _keep_until(job: Job) -> datetime:
+    """When the record of `job` expires (its TTL in Redis)."""
+    if job.finished_at is not None:
+        return job.expires_at
+    return job.deadline + timedelta(seconds=max(job.retention, _UNFINISHED_MARGIN))
 
 
 @contextmanager
@@ -203,9 +228,25 @@ class RedisStateStore(StateStore):
             return f"{self.prefix}idx:parent:{query.parent}"
         if query.key is not None:
             return f"{self.prefix}idx:key:{query.key}"
+        if query.owner is not None:
+            return f"{self.prefix}idx:owner:{query.owner}"
         if query.kind is not None:
             return f"{self.prefix}idx:kind:{query.kind}"
         return f"{self.prefix}idx"
+
+    def _state_set(self, kind: str, state: JobState) -> str:
+        return f"{self.prefix}st:{kind}:{state}"
+
+    def _state_move(self, before: Job, after: Job) -> tuple[Arg, Arg, Arg]:
+        """The state sets a write moves the record between, and its score in the
+        second (when the record expires); blanks when its state does not change."""
+        if before.state is after.state:
+            return "", "", ""
+        return (
+            self._state_set(before.kind, before.state),
+            self._state_set(after.kind, after.state),
+            epoch_ms(_keep_until(after)),
+        )
 
     def _token(self) -> bytes:
         return f"{self._node}.{next(self._writes)}".encode()
@@ -297,9 +338,10 @@ class RedisStateStore(StateStore):
             f"{prefix}idx:parent:{job.parent_id}" if job.parent_id is not None else "",
             self._hold_key(job.kind, cast("str", job.key)) if ruled else "",
             "",
+            f"{prefix}idx:owner:{job.owner}" if job.owner is not None else "",
         ]
         token = self._token()
-        keep_until = job.deadline + timedelta(seconds=max(job.retention, _UNFINISHED_MARGIN))
+        keep_until = _keep_until(job)
         fixed: list[Arg] = [
             token,
             index_member(job.created_at, job.id),
@@ -312,6 +354,9 @@ class RedisStateStore(StateStore):
         while True:
             keys[8] = plan.holder_key
             record = plan.job
+            holder_move: tuple[Arg, Arg, Arg] = ("", "", "")
+            if plan.written is not None and plan.replaced is not None:
+                holder_move = self._state_move(*plan.replaced)
             args: list[Arg] = [
                 encode_job(record),
                 *fixed,
@@ -319,6 +364,8 @@ class RedisStateStore(StateStore):
                 self._channel,
                 *plan.args,
                 prefix,
+                self._state_set(record.kind, record.state),
+                *holder_move,
             ]
             answer = await self._eval(self._create, keys, args)
             if answer[0] == 2:
@@ -401,8 +448,14 @@ class RedisStateStore(StateStore):
             f"{prefix}idx:key:{job.key}" if job.key is not None else "",
             f"{prefix}idx:parent:{job.parent_id}" if job.parent_id is not None else "",
             self._hold_key(job.kind, job.key) if job.key is not None else "",
+            f"{prefix}idx:owner:{job.owner}" if job.owner is not None else "",
         ]
-        args: list[Arg] = [current[1], index_member(job.created_at, job.id), job.id]
+        args: list[Arg] = [
+            current[1],
+            index_member(job.created_at, job.id),
+            job.id,
+            self._state_set(job.kind, current[0].state),
+        ]
         forgotten = await self._eval(self._forget, keys, args)
         self._cache.pop(job.id, None)
         return bool(forgotten)
@@ -458,7 +511,7 @@ class RedisStateStore(StateStore):
             if revived and isinstance(event, Revive) and event.rule is not Uniqueness.NONE:
                 new, claim = await self._revive_claim(new, event.rule, now)
             answer = await self._write(
-                new, token, written, event, result, revived=revived, claim=claim
+                new, token, written, event, result, revived=revived, claim=claim, before=job
             )
             if answer[0] in (2, 3):
                 self._remember(new, written)
@@ -514,9 +567,10 @@ class RedisStateStore(StateStore):
         *,
         revived: bool = False,
         claim: tuple[str, str] | None = None,
+        before: Job,
     ) -> list[Any]:
-        """Compare-and-set `new` over the record written with `expected`; `revived`: a
-        terminal record becomes unfinished again (`Revive`)."""
+        """Compare-and-set `new` over the record written with `expected` (`before`);
+        `revived`: a terminal record becomes unfinished again (`Revive`)."""
         keys = [self._job_key(new.id)]
         # Only a Succeed stores a result (as the memory store does).
         data = result if isinstance(event, Succeed) else None
@@ -548,7 +602,7 @@ class RedisStateStore(StateStore):
         elif revived:
             # Unfinished again: the TTL of an unfinished record, back in `due`, out of `exp`.
             keys += [f"{self.prefix}due", f"{self.prefix}exp"]
-            keep_until = new.deadline + timedelta(seconds=max(new.retention, _UNFINISHED_MARGIN))
+            keep_until = _keep_until(new)
             args += [
                 "unfinish",
                 epoch_ms(keep_until),
@@ -558,6 +612,7 @@ class RedisStateStore(StateStore):
             if claim is not None and new.key is not None:
                 keys.append(self._hold_key(new.kind, new.key))
                 args += [claim[0], claim[1]]
+        args += self._state_move(before, new)
         answer: list[Any] = await self._eval(self._transition, keys, args)
         return answer
 
@@ -755,7 +810,7 @@ class RedisStateStore(StateStore):
             )
             if not entries:
                 return 0
-            # [id, member, kind, key, parent]; entries written before `parent` have four.
+            # [id, member, kind, key, parent, owner]; older entries lack the last fields.
             decoded = [msgspec.json.decode(entry, type=list[str | None]) for entry in entries]
             async with self._redis.pipeline(transaction=False) as pipe:
                 for fields in decoded:
@@ -766,19 +821,70 @@ class RedisStateStore(StateStore):
                 for entry, fields, stored in zip(entries, decoded, members, strict=True):
                     member, kind, key = fields[1:4]
                     parent = fields[4] if len(fields) > 4 else None
+                    owner = fields[5] if len(fields) > 5 else None
                     if member is None or (stored is not None and stored.decode() == member):
                         continue  # Redis has not dropped it yet
                     purged += 1
                     pipe.zrem(f"{self.prefix}idx", member)
                     pipe.zrem(f"{self.prefix}idx:kind:{kind}", member)
+                    for state in TERMINAL_STATES:  # its state set (it ended in one)
+                        pipe.zrem(self._state_set(cast("str", kind), state), cast("str", fields[0]))
                     if key is not None:
                         pipe.zrem(f"{self.prefix}idx:key:{key}", member)
                     if parent is not None:
                         pipe.zrem(f"{self.prefix}idx:parent:{parent}", member)
+                    if owner is not None:
+                        pipe.zrem(f"{self.prefix}idx:owner:{owner}", member)
                     pipe.zrem(exp, entry)
                 if purged:
                     await pipe.execute()
         return purged
+
+    # -- counts ------------------------------------------------------------------------
+
+    async def count_states(self, kinds: Iterable[str]) -> dict[str, dict[JobState, int]]:
+        """See `StateStore.count_states`: the size of each state set, once the records
+        Redis expired are trimmed off it (their score is when they expire)."""
+        slots = [(kind, state) for kind in kinds for state in JobState]
+        if not slots:
+            return {}
+        now = f"({epoch_ms(utcnow())}"
+        with _guard():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for kind, state in slots:
+                    key = self._state_set(kind, state)
+                    pipe.zremrangebyscore(key, "-inf", now)
+                    pipe.zcard(key)
+                answers: list[int] = await pipe.execute()
+        counts: dict[str, dict[JobState, int]] = {}
+        for (kind, state), n in zip(slots, answers[1::2], strict=True):
+            counts.setdefault(kind, {})[state] = int(n)
+        return counts
+
+    def _minute_key(self, minute: datetime) -> str:
+        return f"{self.prefix}min:{int(minute.timestamp()) // 60}"
+
+    async def add_minute_counts(self, counts: Mapping[tuple[datetime, str], int]) -> None:
+        """See `StateStore.add_minute_counts`: HINCRBY on the minute's hash, 2 h TTL."""
+        if not counts:
+            return
+        with _guard():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for (minute, name), n in counts.items():
+                    key = self._minute_key(minute)
+                    pipe.hincrby(key, name, n)
+                    pipe.expire(key, _MINUTES_TTL)
+                await pipe.execute()
+
+    async def minute_counts(self, first: datetime, minutes: int) -> list[dict[str, int]]:
+        """See `StateStore.minute_counts`: one pipelined HGETALL per minute."""
+        step = timedelta(minutes=1)
+        with _guard():
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for i in range(minutes):
+                    pipe.hgetall(self._minute_key(first + i * step))
+                rows: list[dict[bytes, bytes]] = await pipe.execute()
+        return [{name.decode(): int(n) for name, n in row.items()} for row in rows]
 
     # -- documents --------------------------------------------------------------------
 

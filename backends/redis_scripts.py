@@ -9,8 +9,9 @@ Keys, all under the prefix P:
     P idx:kind:<kind>      zset    the same members, one kind
     P idx:key:<key>        zset    the same members, one business key
     P idx:parent:<id>      zset    the same members, the jobs one job started
+    P idx:owner:<name>     zset    the same members, the jobs one token enqueued
     P due                  zset    ids of unfinished jobs, scored by deadline
-    P exp                  zset    [id, member, kind, key, parent] of finished jobs,
+    P exp                  zset    [id, member, kind, key, parent, owner] of finished jobs,
                                    scored by purge time
     P hold:<kind>:<key>    string  "<rule>|<id>" while a job holds the key (rule
                                    `active` or `once`), "done|<id>" for a succeeded
@@ -25,6 +26,10 @@ Keys, all under the prefix P:
     P lim:<kind>:wait      zset    its waiters: job id -> when it first waited
     P lim:<kind>:due       zset    job id -> when its fallback message is due
     P doc:<space>          hash    document name -> "<version>|<data>"
+    P st:<kind>:<state>    zset    ids of the kind's records in that state, scored by
+                                   when the record expires (epoch ms): the counts of
+                                   `count_states`, kept by the scripts that write
+    P min:<epoch minute>   hash    name -> count: the per-minute counters, 2 h TTL
     P changes              pub/sub channel of msgpack-encoded `Change`s
 
 The scripts decide nothing about the lifecycle or the key rules: Python computes
@@ -58,13 +63,15 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
 
 # KEYS: 1 job, 2 idx, 3 idx:kind, 4 due, 5 exp, 6 idx:key, 7 idx:parent, 8 hold,
-#       9 the holder's job (6..9 are "" when not used)
+#       9 the holder's job, 10 idx:owner (6..10 are "" when not used)
 # ARGV: 1 record, 2 token, 3 member, 4 id, 5 deadline score, 6 expire ms, 7 hold value,
 #       8 change, 9 channel, 10 expected hold value ("?": take the key only if free,
 #       "": it is free, else the value read), 11 the holder's expected write token,
 #       12 the holder's new record ("": no write), 13 its new token, 14 its change,
 #       15 "1" when it finishes, 16 its expire ms, 17 its purge score, 18 its exp
-#       member, 19 its id, 20 the key prefix
+#       member, 19 its id, 20 the key prefix, 21 the new job's state set (P st:..),
+#       22 the holder's state set before ("": its state does not change), 23 after,
+#       24 its score there
 # Answers {0, record} the id exists, {1, record} this very create was applied already
 # (a resent command), {2} created, {3, hold value, holder record, holder token} the
 # key is not as expected ({3} alone: it is free now): Python decides again.
@@ -96,16 +103,22 @@ if KEYS[8] ~= '' then
       redis.call('ZREM', KEYS[4], ARGV[19])
       redis.call('ZADD', KEYS[5], ARGV[17], ARGV[18])
     end
+    if ARGV[22] ~= '' then
+      redis.call('ZREM', ARGV[22], ARGV[19])
+      redis.call('ZADD', ARGV[23], ARGV[24], ARGV[19])
+    end
     redis.call('PUBLISH', ARGV[9], ARGV[14])
   end
   redis.call('SET', KEYS[8], ARGV[7], 'PXAT', ARGV[6])
 end
 redis.call('HSET', KEYS[1], 'r', ARGV[1], 'w', ARGV[2], 'm', ARGV[3])
+redis.call('ZADD', ARGV[21], ARGV[6], ARGV[4])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], 0, ARGV[3])
 redis.call('ZADD', KEYS[3], 0, ARGV[3])
 if KEYS[6] ~= '' then redis.call('ZADD', KEYS[6], 0, ARGV[3]) end
 if KEYS[7] ~= '' then redis.call('ZADD', KEYS[7], 0, ARGV[3]) end
+if KEYS[10] ~= '' then redis.call('ZADD', KEYS[10], 0, ARGV[3]) end
 redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
 redis.call('PUBLISH', ARGV[9], ARGV[8])
 return {2}
@@ -120,7 +133,9 @@ return {2}
 #       for an un-finishing write (`Revive`: terminal -> queued): "unfinish", expire
 #       ms (an unfinished record's), deadline score, the exp member to remove
 #       for a revived keyed job also KEYS[4] = its hold, the hold value expected (""
-#       for none) and the new one
+#       for none) and the new one;
+#       always last (read from the end): the record's state set before ("": its state
+#       does not change), the one after, and its score there (when it expires)
 # Answers {0} missing, {1, record, token} someone else wrote, {2} this very write was
 # already applied (a retried command), {3} written, {5} the hold changed (decide again).
 TRANSITION = """
@@ -168,12 +183,18 @@ elseif KEYS[2] then
     end
   end
 end
+local n = #ARGV
+if ARGV[n - 2] ~= '' then
+  redis.call('ZREM', ARGV[n - 2], ARGV[8])
+  redis.call('ZADD', ARGV[n - 1], ARGV[n], ARGV[8])
+end
 redis.call('PUBLISH', ARGV[5], ARGV[4])
 return {3}
 """
 
-# KEYS: job, idx, idx:kind, due, idx:key or '', idx:parent or '', hold or ''
-# ARGV: expected token, member, id
+# KEYS: job, idx, idx:kind, due, idx:key or '', idx:parent or '', hold or '',
+#       idx:owner or ''
+# ARGV: expected token, member, id, its state set
 # Deletes a record nobody wrote since (the token), its index entries and its hold.
 FORGET = """
 if redis.call('HGET', KEYS[1], 'w') ~= ARGV[1] then return 0 end
@@ -181,8 +202,10 @@ redis.call('DEL', KEYS[1])
 redis.call('ZREM', KEYS[2], ARGV[2])
 redis.call('ZREM', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[3])
+redis.call('ZREM', ARGV[4], ARGV[3])
 if KEYS[5] ~= '' then redis.call('ZREM', KEYS[5], ARGV[2]) end
 if KEYS[6] ~= '' then redis.call('ZREM', KEYS[6], ARGV[2]) end
+if KEYS[8] ~= '' then redis.call('ZREM', KEYS[8], ARGV[2]) end
 if KEYS[7] ~= '' then
   local held = redis.call('GET', KEYS[7])
   if held and string.sub(held, string.find(held, '|', 1, true) + 1) == ARGV[3] then

@@ -25,6 +25,8 @@ async def callbacks(node: Node) -> AsyncIterator[None]:
     module = optional_backend("asyncproc.backends.callbacks", "callback_exchange", "rabbitmq")
     publisher = module.CallbackPublisher.from_settings(node.settings)
     hooks = node.service.hooks
+    # The shapes plugins give their kinds' messages, looked up as each change is told.
+    publisher.shapes = hooks.callback_shapes
     async with publisher.running():
         hooks.after_change.append(publisher)
         try:

@@ -150,7 +150,7 @@ async def _revive(service: JobService, letter: DeadLetter) -> Job:
             raise _not_requeueable(refused.job) from None
     elif job.state is not JobState.QUEUED:
         raise _not_requeueable(job)
-    await service.queue.publish(job.id, job.proc_routing)
+    await service.queue.publish(job.id, service.routing_of(job))
     return job
 
 

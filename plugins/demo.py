@@ -1,5 +1,5 @@
 """The demo kinds of API.md section 9: count, report, fail, sleep, echo, bytes, keyed, once,
-select, flaky, saga."""
+select, flaky, saga, limited, page."""
 
 from __future__ import annotations
 
@@ -24,6 +24,12 @@ registry = Registry()
 
 NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+
+def examples(content: Any, *values: Any) -> Any:
+    """`content` with example values in its JSON Schema (`/api/kinds`, the OpenAPI
+    document): the page's New job form starts from the first one."""
+    return Annotated[content, msgspec.Meta(examples=list(values))]
 
 
 class Count(msgspec.Struct, forbid_unknown_fields=True):
@@ -59,7 +65,7 @@ class Text(msgspec.Struct, forbid_unknown_fields=True):
     text: str
 
 
-@registry.job("demo.count", content=Count, title="Count to n")
+@registry.job("demo.count", content=examples(Count, {"n": 30, "delay": 0.1}), title="Count to n")
 async def count(ctx: JobContext, content: Count) -> dict[str, int]:
     """Counts to n with a progress report per step."""
     n = content.n
@@ -71,7 +77,9 @@ async def count(ctx: JobContext, content: Count) -> dict[str, int]:
     return {"counted": n}
 
 
-@registry.job("demo.report", content=Report, title="CSV report")
+@registry.job(
+    "demo.report", content=examples(Report, {"rows": 200, "delay": 0.01}), title="CSV report"
+)
 async def report(ctx: JobContext, content: Report) -> Result:
     """Queries, then renders a CSV of `rows` squares."""
     await ctx.progress(percent=0.0, biz_step="querying")
@@ -89,7 +97,11 @@ async def report(ctx: JobContext, content: Report) -> Result:
     return Result("".join(lines), "text/csv")
 
 
-@registry.job("demo.fail", content=Fail, title="Fail on purpose")
+@registry.job(
+    "demo.fail",
+    content=examples(Fail, {"mode": "reported", "message": "The input was refused."}),
+    title="Fail on purpose",
+)
 async def fail(ctx: JobContext, content: Fail) -> None:
     """Fails as a reported business error or as an unhandled exception."""
     if content.mode == "reported":
@@ -97,7 +109,7 @@ async def fail(ctx: JobContext, content: Fail) -> None:
     raise RuntimeError(content.message)
 
 
-@registry.job("demo.sleep", content=Sleep, title="Blocking sleep")
+@registry.job("demo.sleep", content=examples(Sleep, {"seconds": 2}), title="Blocking sleep")
 def sleep(ctx: BlockingJobContext, content: Sleep) -> None:
     """A blocking handler: sleeps in small slices and honours stop."""
     end = time.monotonic() + content.seconds
@@ -108,13 +120,13 @@ def sleep(ctx: BlockingJobContext, content: Sleep) -> None:
     ctx.raise_if_stopped()
 
 
-@registry.job("demo.echo", content=dict[str, Any], title="Echo")
+@registry.job("demo.echo", content=examples(dict[str, Any], {"hello": "world"}), title="Echo")
 async def echo(ctx: JobContext, content: dict[str, Any]) -> dict[str, Any]:
     """Returns the content, the request headers and when the request arrived."""
     return {"content": content, "headers": ctx.headers, "incomingAt": ctx.incoming_at}
 
 
-@registry.job("demo.bytes", content=Text, title="Bytes")
+@registry.job("demo.bytes", content=examples(Text, {"text": "Hello, world"}), title="Bytes")
 async def as_bytes(ctx: JobContext, content: Text) -> bytes:
     """Returns the UTF-8 bytes of text."""
     return content.text.encode()
@@ -139,13 +151,17 @@ async def _sleep_for_key(ctx: JobContext, seconds: float) -> dict[str, str | Non
     return {"key": ctx.key}
 
 
-@registry.job("demo.keyed", content=Keyed, title="One per key", unique="active")
+@registry.job(
+    "demo.keyed", content=examples(Keyed, {"seconds": 3}), title="One per key", unique="active"
+)
 async def keyed(ctx: JobContext, content: Keyed) -> dict[str, str | None]:
     """At most one queued or running job per key; sleeps `seconds`."""
     return await _sleep_for_key(ctx, content.seconds)
 
 
-@registry.job("demo.once", content=Keyed, title="Once per key", unique="once")
+@registry.job(
+    "demo.once", content=examples(Keyed, {"seconds": 1}), title="Once per key", unique="once"
+)
 async def once(ctx: JobContext, content: Keyed) -> dict[str, str | None]:
     """At most one succeeded job per key until released; sleeps `seconds`."""
     return await _sleep_for_key(ctx, content.seconds)
@@ -162,7 +178,7 @@ class Select(msgspec.Struct, forbid_unknown_fields=True):
 @registry.selection(
     "demo.select",
     target="demo.keyed",
-    content=Select,
+    content=examples(Select, {"count": 5, "prefix": "k", "seconds": 2}),
     total=lambda params: params.count,
     title="Select keys",
 )
@@ -178,7 +194,13 @@ class Flaky(msgspec.Struct, forbid_unknown_fields=True):
     failures: NonNegativeInt
 
 
-@registry.job("demo.flaky", content=Flaky, title="Flaky", retries=3, retry_delay=0.2)
+@registry.job(
+    "demo.flaky",
+    content=examples(Flaky, {"failures": 1}),
+    title="Flaky",
+    retries=3,
+    retry_delay=0.2,
+)
 async def flaky(ctx: JobContext, content: Flaky) -> dict[str, int]:
     """Fails with a temporary error on attempts 1..failures, then succeeds."""
     if ctx.attempt <= content.failures:
@@ -205,7 +227,14 @@ async def _undo(ctx: JobContext, compensation: Compensation) -> dict[str, list[s
     return {"undone": undone}
 
 
-@registry.job("demo.saga", content=Saga, title="Saga", retries=2, retry_delay=0.1, compensate=_undo)
+@registry.job(
+    "demo.saga",
+    content=examples(Saga, {"steps": 3, "delay": 1}),
+    title="Saga",
+    retries=2,
+    retry_delay=0.1,
+    compensate=_undo,
+)
 async def saga(ctx: JobContext, content: Saga) -> dict[str, Any]:
     """Runs durable steps in order; a final failure is compensated by demo.saga.compensate."""
     ran: dict[str, int] = {}
@@ -234,8 +263,22 @@ class Limited(msgspec.Struct, forbid_unknown_fields=True):
     seconds: NonNegativeFloat = 0.5
 
 
-@registry.job("demo.limited", content=Limited, title="Limited", max_concurrency=2)
+@registry.job(
+    "demo.limited", content=examples(Limited, {"seconds": 2}), title="Limited", max_concurrency=2
+)
 async def limited(ctx: JobContext, content: Limited) -> None:
     """Sleeps `seconds`; `max_concurrency` 2 across all nodes holds the rest in queued."""
     await ctx.progress(percent=0.0, biz_step="working")
     await anyio.sleep(content.seconds)
+
+
+class Page(msgspec.Struct, forbid_unknown_fields=True):
+    """An HTML document to return as the result."""
+
+    html: str
+
+
+@registry.job("demo.page", content=examples(Page, {"html": "<h1>Hello</h1>"}), title="HTML page")
+async def page(ctx: JobContext, content: Page) -> Result:
+    """Returns the HTML as `text/html`: served as an attachment, never run by the page."""
+    return Result(content.html, "text/html; charset=utf-8")

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import msgspec
 
 from asyncproc.errors import InvalidInput, ServiceError
+from asyncproc.messages import unknown_kind
 from asyncproc.model import utcnow
 from asyncproc.registry import Registry
 from asyncproc.schedule_times import Catchup, Overlap, Timing, TimingError
@@ -140,12 +141,12 @@ def define(
     if key is not None and not 1 <= len(key) <= 256:
         raise ScheduleInvalid("key", "must be 1 to 256 characters")
     if kind not in kinds:
-        raise ScheduleInvalid("kind", f"no job kind {kind!r}")
+        raise ScheduleInvalid("kind", unknown_kind(kind, (k.name for k in kinds)))
     try:
         kinds.get(kind).decode_content(content)
     except ServiceError as exc:
-        # The kind's message already starts with `content: `.
-        raise ScheduleInvalid("content", exc.message.removeprefix("content: ")) from None
+        # The kind's message already names `content` (`content.n: expected ...`).
+        raise ScheduleInvalid("content", exc.message) from None
     return Definition(
         kind=kind,
         content=msgspec.Raw(content),
@@ -302,4 +303,5 @@ class ScheduleBook:
 def invalid_input(exc: ScheduleInvalid) -> InvalidInput:
     """The 422 of a bad definition, naming the field as the API spells it."""
     field = {"catchup_window": "catchupWindow"}.get(exc.field, exc.field)
-    return InvalidInput(f"{field}: {exc.message}", field=field)
+    named = exc.message.startswith((f"{field}:", f"{field}.", f"{field}["))
+    return InvalidInput(exc.message if named else f"{field}: {exc.message}", field=field)

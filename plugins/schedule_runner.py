@@ -29,7 +29,7 @@ from asyncproc.service import EnqueueRequest, JobService
 
 from .schedule_book import Run, ScheduleBook, StoredSchedule
 
-__all__ = ["Scheduler", "start_job"]
+__all__ = ["Scheduler", "count_runs", "start_job"]
 
 log = logging.getLogger("asyncproc.schedules")
 
@@ -79,6 +79,13 @@ async def start_job(
     return Run(at=at, job_id=job.id, outcome="created" if ours else "skipped"), job
 
 
+def count_runs(counts: dict[tuple[str, str], int], name: str, runs: list[Run]) -> None:
+    """Add the outcomes of `runs` of schedule `name` to `counts`."""
+    for run in runs:
+        slot = (name, run.outcome)
+        counts[slot] = counts.get(slot, 0) + 1
+
+
 class Scheduler:
     """The loop that fires due ticks; `poll` once is one pass over the schedules."""
 
@@ -88,8 +95,11 @@ class Scheduler:
         *,
         clock: Callable[[], datetime] | None = None,
         poll_interval: float = POLL,
+        runs: dict[tuple[str, str], int] | None = None,
     ) -> None:
         self.book = book
+        # (schedule, outcome) -> the runs this node started (`asyncproc_schedule_runs_total`).
+        self.runs = runs if runs is not None else {}
         self.service = book.service
         self.store = book.store
         self.clock = clock or book.clock
@@ -155,6 +165,7 @@ class Scheduler:
             if run.outcome == "created":
                 current = msgspec.structs.replace(current, last_job_id=run.job_id)
         await self.book.record(schedule.name, runs, next_run)
+        count_runs(self.runs, schedule.name, runs)
 
     async def _stamp(self, now: datetime) -> Era:
         """The era this poll runs in, after stamping it (at most once per `BEAT`)."""

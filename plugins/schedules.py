@@ -41,7 +41,7 @@ from .schedule_book import (
     define,
     invalid_input,
 )
-from .schedule_runner import Scheduler, start_job
+from .schedule_runner import Scheduler, count_runs, start_job
 
 __all__ = ["ScheduleBody", "ScheduleList", "check_schedules", "config_definitions", "registry"]
 
@@ -151,6 +151,9 @@ async def scheduling(node: Node) -> AsyncIterator[None]:
     """Write the config's schedules, then fire schedules while the node runs."""
     book = ScheduleBook(node.service)
     definitions = config_definitions(node.service.registry, node.settings.schedules)
+    # (schedule, outcome) -> runs this node started, for the metrics.
+    runs: dict[tuple[str, str], int] = {}
+    node.app.state.schedule_runs = runs
     async with anyio.create_task_group() as tasks:
         try:
             await _write_config(book, definitions)
@@ -158,7 +161,7 @@ async def scheduling(node: Node) -> AsyncIterator[None]:
             log.warning("schedules: cannot write the configured schedules yet: %s", exc)
             tasks.start_soon(_write_config_later, book, definitions)
         if node.settings.scheduler:
-            tasks.start_soon(Scheduler(book).run)
+            tasks.start_soon(Scheduler(book, runs=runs).run)
         try:
             yield
         finally:
@@ -262,6 +265,9 @@ async def trigger(request: Request) -> Response:
         raise _not_found(name)
     now = book.clock()
     run, job = await start_job(book.service, found, request_id=None, at=now)
+    runs: dict[tuple[str, str], int] | None = getattr(request.app.state, "schedule_runs", None)
+    if runs is not None:
+        count_runs(runs, name, [run])
     if run.outcome == "skipped":
         return status_response(request, job, 200)
     await book.record(name, [run])

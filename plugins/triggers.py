@@ -42,6 +42,7 @@ from asyncproc.errors import (
 )
 from asyncproc.hooks import Node
 from asyncproc.input_limits import json_too_deep
+from asyncproc.messages import invalid_json, unknown_kind
 from asyncproc.model import Job, JobStatus, Trigger, TriggerType
 from asyncproc.registry import Registry, optional_backend
 from asyncproc.service import BusinessKey, EnqueueRequest, JobService, RequestId
@@ -205,7 +206,8 @@ def check_triggers(settings: Settings, kinds: Registry) -> None:
         if not trigger.name:
             raise ConfigError(f"triggers[{index}].name", "must not be empty")
         if trigger.kind not in kinds:
-            raise ConfigError(f"triggers[{index}].kind", f"no job kind {trigger.kind!r}")
+            known = (k.name for k in kinds)
+            raise ConfigError(f"triggers[{index}].kind", unknown_kind(trigger.kind, known))
         if trigger.event in {"enqueue", "enqueue-batch"}:
             # POST /api/events/enqueue is the enqueue route of a kind called `events`.
             raise ConfigError(f"triggers[{index}].event", f"{trigger.event!r} is reserved")
@@ -398,7 +400,7 @@ async def post_event(request: Request) -> Response:
     try:
         payload = msgspec.json.decode(body)
     except msgspec.DecodeError as exc:
-        raise BadRequest(f"body is not valid JSON: {exc}") from None
+        raise BadRequest(invalid_json(exc, body)) from None
     if not isinstance(payload, dict):
         raise BadRequest("body must be a JSON object")
     items = await triggers.on_event(

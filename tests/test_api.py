@@ -232,7 +232,8 @@ async def test_bad_enqueue_bodies_get_4xx_with_error_body(
 async def test_validation_message_names_the_field(client: httpx.AsyncClient) -> None:
     response = await client.post("/api/demo.count/enqueue", json={"content": {"n": "ten"}})
     assert_error(response, 422, "invalid_content")
-    assert "$.content.n" in response.json()["error"]["message"]
+    message = response.json()["error"]["message"]
+    assert message == 'content.n: expected an integer of 0 or more, got "ten"'
 
 
 async def test_pre_start_check_refusal_is_422(client: httpx.AsyncClient) -> None:

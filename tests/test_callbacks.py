@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import aiormq
@@ -13,6 +14,8 @@ import pytest
 from asyncproc.backends.memory import MemoryStateStore
 from asyncproc.backends.rabbitmq import RabbitMQQueue
 from asyncproc.config import load_settings
+from asyncproc.model import Job, JobState
+from asyncproc.registry import Registry, load_plugins
 from asyncproc.server import create_app
 from tests.support import live_server, wait_until
 
@@ -27,17 +30,18 @@ class Heard(msgspec.Struct):
     status: dict[str, Any]
 
 
-@pytest.fixture
-async def served(
-    amqp_url: str, unique_prefix: str, anyio_backend: str
+@asynccontextmanager
+async def serving(
+    amqp_url: str, prefix: str, registry: Registry | None = None
 ) -> AsyncIterator[tuple[httpx.AsyncClient, list[Heard]]]:
-    """An app publishing to a fresh callback exchange, and what a queue bound to it ("#") hears."""
-    exchange = f"{unique_prefix}events"
+    """An app (with `registry`'s kinds and hooks) publishing to a fresh callback exchange,
+    and what a queue bound to it ("#") hears."""
+    exchange = f"{prefix}events"
     settings = load_settings(
-        environ={}, callback_exchange=exchange, amqp_url=amqp_url, key_prefix=unique_prefix
+        environ={}, callback_exchange=exchange, amqp_url=amqp_url, key_prefix=prefix
     )
-    queue = RabbitMQQueue(amqp_url, prefix=unique_prefix)
-    app = create_app(settings, store=MemoryStateStore(), queue=queue)
+    queue = RabbitMQQueue(amqp_url, prefix=prefix)
+    app = create_app(settings, registry=registry, store=MemoryStateStore(), queue=queue)
     heard: list[Heard] = []
 
     def on_message(message: aiormq.abc.DeliveredMessage) -> None:
@@ -60,12 +64,21 @@ async def served(
             async with httpx.AsyncClient(base_url=base_url, timeout=30) as client:
                 yield client, heard
     finally:
-        async with RabbitMQQueue(amqp_url, prefix=unique_prefix) as cleanup:
+        async with RabbitMQQueue(amqp_url, prefix=prefix) as cleanup:
             await cleanup.start()
             await cleanup.delete(["default"])
             async with aiormq.connect(amqp_url) as connection:
                 channel = await connection.channel()
                 await channel.exchange_delete(exchange)
+
+
+@pytest.fixture
+async def served(
+    amqp_url: str, unique_prefix: str, anyio_backend: str
+) -> AsyncIterator[tuple[httpx.AsyncClient, list[Heard]]]:
+    """The demo app on a fresh callback exchange, and what a queue bound to it hears."""
+    async with serving(amqp_url, unique_prefix) as served:
+        yield served
 
 
 async def finished(heard: list[Heard], job_id: str) -> list[dict[str, Any]]:
@@ -121,3 +134,30 @@ async def test_failure_is_published_without_the_traceback(
     assert [s["state"] for s in statuses] == ["queued", "running", "failed"]
     error = statuses[-1]["error"]
     assert (error["errorId"], error["techMsg"], error["techInfo"]) == ("unhandled", "boom", None)
+
+
+async def test_a_plugin_gives_its_kind_a_callback_message_of_its_own(
+    amqp_url: str, unique_prefix: str
+) -> None:
+    # The hook layer's callback shapes: demo.echo's changes are told in this plugin's
+    # words (and only its finish), demo.count's with the status as ever.
+    async def shape(before: Job | None, after: Job) -> bytes | None:
+        if after.state is not JobState.SUCCEEDED:
+            return None
+        return msgspec.json.encode({"id": after.id, "finishedWith": after.result_mime})
+
+    registry = load_plugins(["asyncproc.plugins.demo"])
+    registry.hooks.callback_shapes["demo.echo"] = shape
+    async with serving(amqp_url, unique_prefix, registry) as (client, heard):
+        body = {"content": {"a": 1}, "callbackRouting": "echoes"}
+        echo = (await client.post("/api/demo.echo/enqueue", json=body)).json()["id"]
+        body = {"content": {"n": 0}, "callbackRouting": "counts"}
+        count = (await client.post("/api/demo.count/enqueue", json=body)).json()["id"]
+        statuses = await finished(heard, count)
+        assert statuses[-1]["state"] == "succeeded"
+
+        async def echoes() -> list[Heard]:
+            return [h for h in heard if h.routing_key == "echoes"]
+
+        told = await wait_until(echoes, lambda got: len(got) >= 1)
+        assert [h.status for h in told] == [{"id": echo, "finishedWith": "application/json"}]

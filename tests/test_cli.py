@@ -189,6 +189,7 @@ async def test_ctrl_c_while_waiting_stops_the_job(server_url: str) -> None:
 
     assert returncode == EXIT_STOPPED, text(seen)
     assert "stopping job" in text(seen)
+    assert f"job {job_id} was stopped" in text(seen)
     assert (await api_status(server_url, job_id))["state"] == "stopped"
 
 
@@ -228,6 +229,45 @@ async def test_result_to_file_is_byte_for_byte(server_url: str, tmp_path: Path) 
     assert report.read_bytes() == b"id,value\n1,1\n2,4\n3,9\n4,16\n"
 
 
+async def test_result_on_stdout_ends_text_with_a_newline(server_url: str, tmp_path: Path) -> None:
+    done = await cli(server_url, "submit", "demo.echo", "--content", '{"a": 1}', "--wait")
+    assert done.returncode == EXIT_OK
+    found = JOB_ID.search(text(done.stderr))
+    assert found is not None
+    job_id = found.group()
+    async with httpx.AsyncClient(base_url=server_url) as http:
+        exact = (await http.get(f"/api/jobs/{job_id}/result")).content
+    assert not exact.endswith(b"\n")
+
+    shown = await cli(server_url, "result", job_id)
+    assert shown.returncode == EXIT_OK
+    assert shown.stdout == exact + b"\n"  # the prompt starts on a line of its own
+    target = tmp_path / "result.json"
+    saved = await cli(server_url, "result", job_id, "-o", str(target))
+    assert saved.returncode == EXIT_OK
+    assert target.read_bytes() == exact  # a file stays byte-exact
+
+
+async def test_messages_say_the_state_in_plain_english(server_url: str) -> None:
+    running = await cli(server_url, "submit", "demo.count", "--content", LONG_COUNT)
+    job_id = text(running.stdout).strip()
+    await until_state(server_url, job_id, "running")
+    early = await cli(server_url, "result", job_id)
+    assert text(early.stderr).strip() == f"job {job_id} is running: no result yet"
+    stopped = await cli(server_url, "stop", job_id, "--wait")
+    assert stopped.returncode == EXIT_OK
+    assert f"job {job_id} was stopped" in text(stopped.stderr)
+
+    finished = await cli(server_url, "submit", "demo.count", "--content", '{"n": 0}', "--wait")
+    found = JOB_ID.search(text(finished.stderr))
+    assert found is not None
+    refused = await cli(server_url, "stop", found.group())
+    assert refused.returncode == EXIT_USAGE
+    assert text(refused.stderr).strip() == (
+        f"asyncproc: job {found.group()} succeeded (409 state_conflict)"
+    )
+
+
 async def test_jobs_table_lists_jobs(server_url: str) -> None:
     ids = []
     for i in range(2):
@@ -253,9 +293,12 @@ async def test_jobs_table_lists_jobs(server_url: str) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["submit", "demo.count", "--content", '{"n": -1}'], "Expected `int` >= 0"),
+        (
+            ["submit", "demo.count", "--content", '{"n": -1}'],
+            "content.n: expected an integer of 0 or more, got -1",
+        ),
         (["submit", "no.such.kind", "--content", "{}"], "no.such.kind"),
-        (["submit", "demo.count", "--content", "{not json"], "not valid JSON"),
+        (["submit", "demo.count", "--content", "{not json"], "--content must be JSON: "),
         (["submit", "demo.count", "--content", "@/nonexistent/file.json"], "cannot read"),
         (["status", "0123456789abcdef0123456789abcdef"], "0123456789abcdef0123456789abcdef"),
     ],

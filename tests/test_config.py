@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -100,3 +101,66 @@ def test_bad_setting_stops_start_up_with_one_line_and_exit_2(tmp_path: Path) -> 
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
     assert "port" in lines[0]
+
+
+def test_a_misspelled_variable_is_reported_with_the_closest_setting(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    env = {
+        "ASYNCPROC_CONCURENCY": "4",
+        "ASYNCPROC_COLOUR": "blue",
+        "ASYNCPROC_URL": "http://127.0.0.1:9",
+        "ASYNCPROC_TEST_REDIS_URL": "redis://x",
+    }
+    with caplog.at_level(logging.WARNING, logger="asyncproc.config"):
+        settings = load_settings(environ=env)
+    assert settings.concurrency == 16
+    assert caplog.messages == [
+        "ASYNCPROC_COLOUR names no setting; it is ignored",
+        "ASYNCPROC_CONCURENCY names no setting; it is ignored"
+        " (did you mean ASYNCPROC_CONCURRENCY?)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("concurency = 4", 'concurency: unknown setting in {path}, did you mean "concurrency"?'),
+        ("port = 'eighty'", 'port: expected an integer, got "eighty"'),
+        (
+            '[kinds."demo.count"]\nmax_concurency = 2',
+            'kinds.demo.count.max_concurency: unknown setting, did you mean "max_concurrency"? '
+            "(known: processing_timeout, retention, retries, retry_delay, retry_max_delay, "
+            "max_concurrency, rate_limit, unique, on_conflict)",
+        ),
+        (
+            '[kinds."demo.count"]\nretries = "two"',
+            'kinds.demo.count.retries: expected an integer, got "two"',
+        ),
+        ('[kinds]\n"demo.count" = 5', "kinds.demo.count: expected a table of the kind's options"),
+        (
+            '[[triggers]]\nname = "t"\nkind = "demo.echo"\nevnt = "x"',
+            'triggers[0].evnt: unknown setting, did you mean "event"? (known: name, kind, event, '
+            "queue, exchange, binding_key, content_field, key_field, id_field)",
+        ),
+    ],
+)
+def test_an_unknown_or_bad_key_in_the_file_stops_start_up_naming_it(
+    tmp_path: Path, toml: str, message: str
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(toml + "\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(config, environ={})
+    assert str(caught.value) == message.format(path=config)
+
+
+def test_an_unknown_kind_in_the_file_says_which_kinds_there_are(tmp_path: Path) -> None:
+    from asyncproc.server import create_app
+
+    with pytest.raises(ConfigError) as caught:
+        create_app(load_settings(environ={}, kinds={"demo.cout": {"retries": 1}}))
+    assert caught.value.key == "kinds.demo.cout"
+    assert caught.value.problem.startswith(
+        'unknown kind "demo.cout" (did you mean "demo.count"?); known kinds: demo.bytes,'
+    )

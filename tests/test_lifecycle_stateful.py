@@ -31,6 +31,7 @@ an hour away or already past), so a replay sees the same outcomes.
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -633,6 +634,26 @@ class LifecycleMachine(RuleBasedStateMachine):
                 assert stored == self.results.get(job_id)
             else:
                 assert stored is None, "a result exists only for succeeded jobs"
+
+    @invariant()
+    def store_counts_agree_with_the_model(self) -> None:
+        if self.store is None:
+            return
+
+        def counts(at: datetime) -> Counter[tuple[str, JobState]]:
+            return Counter(
+                (job.kind, job.state) for job in self.jobs.values() if not expired(job, at)
+            )
+
+        # Records only ever leave by expiring: what the store counts lies between the
+        # model just before the call (less a millisecond of rounding) and just after it.
+        high = counts(utcnow() - timedelta(milliseconds=2))
+        stored = self.call(self.store.count_states, sorted(KINDS))
+        low = counts(utcnow())
+        for kind in KINDS:
+            for state in JobState:
+                n = stored[kind][state]
+                assert low[kind, state] <= n <= high[kind, state], (kind, state, n)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,8 @@
 // Talking to the asyncproc HTTP API (see API.md): JSON calls, readable errors,
-// and watching one job live (SSE, falling back to long poll).
+// and watching one job live (SSE, falling back to long poll). With auth on, every
+// call carries the token (auth.js asks for it on the first 401).
 
+import { askForToken, authHeaders } from "./auth.js";
 import { isTerminal } from "./dom.js";
 
 /** A non-2xx answer: `status`, the server's human-readable `message`, the `body`. */
@@ -50,15 +52,22 @@ async function readError(response) {
   return new ApiError(response.status, message, body);
 }
 
-/** fetch(), with the clock noted and a non-2xx answer thrown as ApiError. */
+/**
+ * fetch(), with the token sent, the clock noted and a non-2xx answer thrown as
+ * ApiError; a 401 asks for a token and, once given, sends the call again.
+ */
 export async function call(path, options = {}) {
-  const response = await fetch(path, {
-    ...options,
-    headers: { Accept: "application/json", ...(options.headers ?? {}) },
-  });
-  noteClock(response);
-  if (!response.ok) throw await readError(response);
-  return response;
+  for (;;) {
+    const auth = authHeaders();
+    const response = await fetch(path, {
+      ...options,
+      headers: { Accept: "application/json", ...auth, ...(options.headers ?? {}) },
+    });
+    noteClock(response);
+    if (response.status === 401 && (await askForToken(Boolean(auth.Authorization)))) continue;
+    if (!response.ok) throw await readError(response);
+    return response;
+  }
 }
 
 /** GET a JSON document. */
@@ -95,6 +104,7 @@ export function watchJob(id, { onStatus, onGone, onTrouble, sse = true, minGap =
   let version = -1;
   let source = null;
   let controller = null;
+  let streamController = null;
   let wake = null;
 
   // A timer that stop() cuts short, so a stopped watcher never lingers.
@@ -114,6 +124,7 @@ export function watchJob(id, { onStatus, onGone, onTrouble, sse = true, minGap =
     source?.close();
     source = null;
     controller?.abort();
+    streamController?.abort();
     wake?.();
   };
 
@@ -198,7 +209,83 @@ export function watchJob(id, { onStatus, onGone, onTrouble, sse = true, minGap =
     };
   }
 
-  if (sse && typeof EventSource === "function") stream();
+  // The same stream read with fetch, which can send the token (EventSource cannot,
+  // and a token in the URL would land in logs).
+  function fetchStream() {
+    let received = false;
+    let streaming = true;
+    streamController = new AbortController();
+    const fallBack = () => {
+      if (!streaming) return;
+      streaming = false;
+      clearTimeout(silence);
+      streamController?.abort();
+      if (!closed) poll();
+    };
+    const silence = setTimeout(() => {
+      if (!received) fallBack();
+    }, FIRST_EVENT_MS);
+    const handle = (block) => {
+      let event = "message";
+      const data = [];
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim();
+        else if (line.startsWith("data:")) data.push(line.slice(5).trimStart());
+      }
+      if (event === "gone") {
+        gone();
+        return;
+      }
+      if (!data.length) return; // a keep-alive comment
+      received = true;
+      clearTimeout(silence);
+      onTrouble?.(null);
+      try {
+        deliver(JSON.parse(data.join("\n")));
+      } catch {
+        // Not JSON: skip it, as EventSource's listener does.
+      }
+    };
+    (async () => {
+      const auth = authHeaders();
+      const response = await fetch(jobPath(id, "/events"), {
+        headers: { Accept: "text/event-stream", ...auth },
+        signal: streamController.signal,
+      });
+      noteClock(response);
+      if (response.status === 404) {
+        streaming = false;
+        clearTimeout(silence);
+        gone();
+        return;
+      }
+      if (response.status === 401 && (await askForToken(Boolean(auth.Authorization)))) {
+        streaming = false;
+        clearTimeout(silence);
+        if (!closed) fetchStream();
+        return;
+      }
+      if (!response.ok || !response.body) throw new Error(`events: ${response.status}`);
+      const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      let buffer = "";
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) break;
+        buffer += value.replaceAll("\r\n", "\n");
+        let end;
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          handle(buffer.slice(0, end));
+          buffer = buffer.slice(end + 2);
+        }
+      }
+      fallBack(); // ended before a terminal status (a restart): long poll from here
+    })().catch(() => {
+      if (!closed) fallBack();
+    });
+  }
+
+  if (sse && authHeaders().Authorization && typeof ReadableStream === "function") fetchStream();
+  else if (sse && typeof EventSource === "function") stream();
   else poll();
   return stop;
 }

@@ -1,4 +1,5 @@
-// The page's entry point: a small history.pushState router over five views.
+// The page's entry point: a small history.pushState router over six views.
+//   /overview    counts per kind and state, the last hour as a chart
 //   /            the jobs list
 //   /jobs/{id}   one job, live
 //   /new         the New job form
@@ -11,10 +12,12 @@ import { h } from "./dom.js";
 import { listView } from "./joblist.js";
 import { jobView } from "./jobview.js";
 import { newJobView } from "./newjob.js";
+import { overviewView } from "./overview.js";
 import { schedulesView } from "./schedules.js";
 import { deadLettersView } from "./deadletters.js";
 
 const routes = [
+  [/^\/overview$/, overviewView],
   [/^\/$/, listView],
   [/^\/jobs\/([^/]+)$/, jobView, ["id"]],
   [/^\/new$/, newJobView],

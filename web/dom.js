@@ -54,9 +54,11 @@ export function isTerminal(status) {
   return TERMINAL.has(status.state);
 }
 
-/** "1 h 02 min", "3 min 05 s", "4.2 s" for a duration in milliseconds. */
+/** "1 h 02 min", "3 min 05 s", "4.2 s", "35 ms" for a duration in milliseconds. */
 export function formatDuration(ms) {
   if (!Number.isFinite(ms) || ms < 0) ms = 0;
+  // A job that took next to nothing reads better as "12 ms" than as "0.0 s".
+  if (ms < 100) return `${Math.round(ms)} ms`;
   const s = ms / 1000;
   if (s < 10) return `${s.toFixed(1)} s`;
   const total = Math.round(s);
@@ -92,6 +94,28 @@ export function formatTime(iso) {
   return sameDay
     ? date.toLocaleTimeString()
     : `${date.toLocaleDateString()} ${date.toLocaleTimeString()}`;
+}
+
+/** A timestamp with its date always ("Nov 30, 2026, 4:05:12 PM" in the viewer's locale). */
+export function formatDateTime(iso) {
+  if (!iso) return "";
+  const date = new Date(iso);
+  if (Number.isNaN(date.getTime())) return iso;
+  return date.toLocaleString(undefined, { dateStyle: "medium", timeStyle: "medium" });
+}
+
+/**
+ * How long a job ran (started → finished), or has been running (started → `now`);
+ * null before it started (a job stopped or timed out in the queue never did).
+ */
+export function jobDuration(status, now) {
+  const started = Date.parse(status.startedAt ?? "");
+  if (Number.isNaN(started)) return null;
+  if (isTerminal(status)) {
+    const finished = Date.parse(status.finishedAt ?? "");
+    return Number.isNaN(finished) ? null : Math.max(0, finished - started);
+  }
+  return status.state === "running" ? Math.max(0, now - started) : null;
 }
 
 /** "42%" with at most one decimal. */

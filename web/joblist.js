@@ -2,9 +2,19 @@
 // by key and by parent (from the URL: the job view links here), paged by
 // cursor, kept up to date while it is open.
 
-import { getJSON, watchJob } from "./api.js";
+import { getJSON, serverNow, watchJob } from "./api.js";
 import { progressBar } from "./bar.js";
-import { STATES, formatPercent, formatTime, h, isTerminal, setText, shortId } from "./dom.js";
+import {
+  STATES,
+  formatDateTime,
+  formatDuration,
+  formatPercent,
+  h,
+  isTerminal,
+  jobDuration,
+  setText,
+  shortId,
+} from "./dom.js";
 import { jobsListUrl } from "./origin.js";
 
 const PAGE_SIZE = 25;
@@ -67,6 +77,7 @@ function jobRow(status) {
   const percent = h("span", { class: "percent" });
   const step = h("span", { class: "biz-step" });
   const created = h("time", {});
+  const duration = h("span", {});
   const link = h(
     "a",
     { href: `/jobs/${encodeURIComponent(status.id)}`, class: "job-link" },
@@ -80,12 +91,25 @@ function jobRow(status) {
     h("td", { class: "col-job" }, link),
     h("td", { class: "col-state" }, badge),
     h("td", { class: "col-progress" }, h("div", { class: "bar-row" }, bar.el, percent), step),
+    h("td", { class: "col-duration" }, duration),
     h("td", { class: "col-created" }, created),
   );
   let version = -1;
 
+  // A running job's duration grows between changes: redrawn on every refresh.
+  function showDuration(job) {
+    const took = jobDuration(job, serverNow());
+    setText(duration, took === null ? "—" : formatDuration(took));
+    duration.title = isTerminal(job) || took === null ? "" : "running so far";
+    // On a phone the column has no header in sight: the card says "took 3.2 s".
+    const label = took === null ? "" : isTerminal(job) ? "took" : "running for";
+    if (duration.dataset.label !== label) duration.dataset.label = label;
+  }
+
   function update(next) {
-    if (next.version <= version) return;
+    if (next.version < version) return;
+    showDuration(next);
+    if (next.version === version) return;
     version = next.version;
     el.dataset.state = next.state;
     setText(badge, next.state);
@@ -94,7 +118,7 @@ function jobRow(status) {
     const value = next.progress?.percent;
     setText(percent, value === null || value === undefined ? "" : formatPercent(value));
     setText(step, next.progress?.bizStep ?? "");
-    setText(created, formatTime(next.createdAt));
+    setText(created, formatDateTime(next.createdAt));
     created.setAttribute("datetime", next.createdAt);
   }
   update(status);
@@ -162,7 +186,9 @@ export function listView(root, { query: initial }) {
       h(
         "tr",
         {},
-        ["Job", "State", "Progress", "Created"].map((name) => h("th", { scope: "col" }, name)),
+        ["Job", "State", "Progress", "Duration", "Created"].map((name) =>
+          h("th", { scope: "col" }, name),
+        ),
       ),
     ),
     tbody,

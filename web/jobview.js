@@ -5,11 +5,12 @@ import { ApiError, getJSON, jobPath, postJSON, serverNow, watchJob } from "./api
 import { progressBar } from "./bar.js";
 import { startedJobs } from "./children.js";
 import {
+  formatDateTime,
   formatDuration,
   formatPercent,
-  formatTime,
   h,
   isTerminal,
+  jobDuration,
   setAttr,
   setText,
 } from "./dom.js";
@@ -84,6 +85,28 @@ function errorDetails(error) {
   ];
 }
 
+/** The job's input, pretty JSON, from `GET /api/jobs/{id}/content` (not in the status). */
+function inputSection(id, signal) {
+  const body = h("pre", { class: "content-json job-input", tabindex: "0" }, "Loading…");
+  const el = h(
+    "section",
+    { class: "input-block", "aria-labelledby": "input-title" },
+    h("h2", { id: "input-title" }, "Input"),
+    body,
+  );
+  getJSON(jobPath(id, "/content"), { signal })
+    .then((content) => {
+      body.textContent = JSON.stringify(content, null, 2);
+    })
+    .catch((error) => {
+      if (signal.aborted) return;
+      // A server without the route, or a job purged meanwhile: the rest of the page stands.
+      body.textContent = `The input could not be loaded (${error.message}).`;
+      body.classList.add("muted");
+    });
+  return el;
+}
+
 function errorBox(status) {
   const error = status.error ?? {};
   return h(
@@ -122,6 +145,8 @@ export function jobView(root, { params }) {
     stopLabel,
     stopping,
   );
+  // Hidden until the job is known to be unfinished: a finished job has nothing to stop.
+  const actions = h("div", { class: "actions", hidden: true }, stopButton);
   const notice = h("p", { class: "notice", role: "status" });
   const outcome = h("div", { class: "outcome-slot" });
   const meta = h("dl", { class: "meta" });
@@ -141,21 +166,29 @@ export function jobView(root, { params }) {
       h("p", { class: "step" }, bizStep, message),
       h("p", { class: "timing" }, elapsed, eta),
     ),
-    h("div", { class: "actions" }, stopButton),
+    actions,
     notice,
     outcome,
+    inputSection(id, controller.signal),
     children.el,
   );
   root.replaceChildren(view);
   setText(notice, "Loading the job…");
 
   function renderMeta(status) {
+    const time = (iso) => h("time", { datetime: iso }, formatDateTime(iso));
     const rows = [
       ["Kind", status.kind],
       ["Id", h("code", {}, status.id)],
-      ["Created", formatTime(status.createdAt)],
+      ["Created", time(status.createdAt)],
+      ["Started", status.startedAt ? time(status.startedAt) : "not yet"],
     ];
-    if (status.attempt > 1) rows.push(["Attempt", String(status.attempt)]);
+    if (isTerminal(status)) {
+      rows.push(["Finished", status.finishedAt ? time(status.finishedAt) : ""]);
+      const took = jobDuration(status, serverNow());
+      rows.push(["Duration", took === null ? "never started" : formatDuration(took)]);
+    }
+    rows.push(["Attempt", String(status.attempt)]);
     rows.push(...originRows(status));
     meta.replaceChildren(
       ...rows.flatMap(([term, value]) => [h("dt", {}, term), h("dd", {}, value)]),
@@ -206,6 +239,8 @@ export function jobView(root, { params }) {
       renderMeta(status);
     } else if (
       status.attempt !== before.attempt ||
+      status.startedAt !== before.startedAt ||
+      status.finishedAt !== before.finishedAt ||
       status.compensationId !== before.compensationId
     ) {
       renderMeta(status);
@@ -227,6 +262,7 @@ export function jobView(root, { params }) {
     stopping.hidden = !stopAsked;
     stopLabel.className = stopAsked ? "sr-only" : "";
     stopButton.disabled = finished;
+    actions.hidden = finished;
     setAttr(stopButton, "aria-disabled", stopAsked ? "true" : null);
 
     renderTiming();

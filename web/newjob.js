@@ -1,5 +1,6 @@
 // The New job form at /new: pick a kind, edit its JSON content (pre-filled
-// from the kind's JSON Schema), submit, land on the job view.
+// from the kind's JSON Schema: its first example, else a skeleton), submit,
+// land on the job view.
 
 import { ApiError, getJSON, postJSON } from "./api.js";
 import { h, setText } from "./dom.js";
@@ -24,14 +25,22 @@ function typeOf(schema) {
   return null;
 }
 
+function firstExample(schema) {
+  return Array.isArray(schema?.examples) && schema.examples.length > 0
+    ? { value: schema.examples[0] }
+    : null;
+}
+
 /**
- * A starting value for a schema: its default or first example, else a value
+ * A starting value for a schema: its first example or its default, else a value
  * with every required property (and every property that has a default).
+ * Examples beside a `$ref` (a kind's content annotated with examples) count too.
  */
 export function sampleOf(schema, root = schema, depth = 0) {
+  const example = firstExample(schema) ?? firstExample(resolve(schema, root));
+  if (example) return example.value;
   const s = resolve(schema, root);
   if ("default" in s) return s.default;
-  if (Array.isArray(s.examples) && s.examples.length > 0) return s.examples[0];
   if ("const" in s) return s.const;
   if (Array.isArray(s.enum) && s.enum.length > 0) return s.enum[0];
   const branches = s.anyOf ?? s.oneOf;
@@ -64,6 +73,49 @@ export function sampleOf(schema, root = schema, depth = 0) {
       return false;
     default:
       return null;
+  }
+}
+
+// The kind the form opens on when the URL names none and this browser never
+// started one: the demo's showcase (a job that shows progress for a few seconds).
+const SHOWCASE = "demo.count";
+const LAST_KIND = "asyncproc.newJob.kind";
+
+/** Whether the kind's content schema offers an example to start from. */
+export function hasExample(kind) {
+  const schema = kind.contentSchema;
+  return Boolean(firstExample(schema) ?? firstExample(resolve(schema, schema)));
+}
+
+/**
+ * The kind the form opens on: the URL's, else the last one started from this
+ * browser, else the showcase, else the first with an example, else the first.
+ */
+export function openingKind(kinds, wanted, last) {
+  const known = (name) => (name && kinds.some((k) => k.kind === name) ? name : null);
+  return (
+    known(wanted) ??
+    known(last) ??
+    known(SHOWCASE) ??
+    kinds.find(hasExample)?.kind ??
+    kinds[0]?.kind ??
+    null
+  );
+}
+
+function lastKind() {
+  try {
+    return localStorage.getItem(LAST_KIND);
+  } catch {
+    return null; // storage disabled: no memory, no harm
+  }
+}
+
+function rememberKind(name) {
+  try {
+    localStorage.setItem(LAST_KIND, name);
+  } catch {
+    // storage disabled or full
   }
 }
 
@@ -110,12 +162,9 @@ function fieldList(schema) {
   );
 }
 
-/** A 422 message made for people: "at `n`" rather than "at `$.content.n`". */
+/** A 422 message on the content form: "n: expected ..." rather than "content.n: expected ...". */
 export function readableProblem(message) {
-  return message
-    .replace(/^content: /, "")
-    .replace(/`\$\.content\.?/g, "`")
-    .replace(/``/g, "the content");
+  return message.replace(/^content: /, "").replace(/^content\.(?=\S)/, "");
 }
 
 /** Mount the New job form into `root`; returns the cleanup function. */
@@ -150,7 +199,7 @@ export function newJobView(root, { query, navigate }) {
     "aria-describedby": "new-key-help",
   });
   const submit = h("button", { type: "submit" }, "Start job");
-  const reset = h("button", { type: "button", class: "secondary" }, "Reset to defaults");
+  const reset = h("button", { type: "button", class: "secondary" }, "Reset content");
   const form = h(
     "form",
     { class: "new-job", novalidate: true },
@@ -231,6 +280,7 @@ export function newJobView(root, { query, navigate }) {
       const status = await postJSON(`/api/${encodeURIComponent(kindSelect.value)}/enqueue`, body, {
         signal: controller.signal,
       });
+      rememberKind(kindSelect.value);
       navigate(`/jobs/${encodeURIComponent(status.id)}`);
     } catch (error) {
       if (controller.signal.aborted) return;
@@ -269,7 +319,7 @@ export function newJobView(root, { query, navigate }) {
           ),
         ),
       );
-      choose(query.kind ?? kinds[0].kind, { keepEdits: false });
+      choose(openingKind(kinds, query.kind, lastKind()), { keepEdits: false });
     })
     .catch((error) => {
       if (!controller.signal.aborted) showProblem(`Could not load the job kinds: ${error.message}`);

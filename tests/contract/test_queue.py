@@ -476,3 +476,68 @@ async def test_a_consumer_that_stops_taking_gets_nothing_more(
     finally:
         await rabbit.delete(["default"])
         await rabbit.aclose()
+
+
+# -- take: deliveries without a consumer (external processors) -----------------------
+
+
+async def test_take_answers_at_once_when_nothing_waits(queue: Queue) -> None:
+    assert await queue.take(["alpha"], 5, 0) == []
+
+
+async def test_take_gets_up_to_count_in_routing_order(queue: Queue) -> None:
+    for job_id in ("b1", "b2"):
+        await queue.publish(job_id, "beta")
+    for job_id in ("a1", "a2"):
+        await queue.publish(job_id, "alpha")
+    taken = await queue.take(["alpha", "beta"], 3, 0)
+    assert [(d.job_id, d.routing) for d in taken] == [
+        ("a1", "alpha"),
+        ("a2", "alpha"),
+        ("b1", "beta"),
+    ]
+    for delivery in taken:
+        await delivery.ack()
+    [rest] = await queue.take(["alpha", "beta"], 3, 0)
+    assert rest.job_id == "b2"
+    await rest.ack()
+    assert await queue.take(["alpha", "beta"], 3, 0) == []
+
+
+async def test_take_waits_for_the_first_message(queue: Queue) -> None:
+    async with anyio.create_task_group() as tasks:
+        got: list[Delivery] = []
+
+        async def wait() -> None:
+            got.extend(await queue.take(["alpha"], 2, 10))
+
+        tasks.start_soon(wait)
+        await anyio.sleep(QUIET)
+        assert got == []
+        await queue.publish("late", "alpha")
+    assert [d.job_id for d in got] == ["late"]
+    await got[0].ack()
+
+
+async def test_take_gives_up_after_its_wait(queue: Queue) -> None:
+    with anyio.fail_after(5):
+        assert await queue.take(["alpha"], 1, QUIET) == []
+
+
+async def test_a_taken_message_requeued_comes_back_redelivered(queue: Queue) -> None:
+    await queue.publish("again", "alpha")
+    [first] = await queue.take(["alpha"], 1, 0)
+    assert not first.redelivered
+    await first.requeue()
+    [second] = await queue.take(["alpha"], 1, 5)
+    assert second.job_id == "again"
+    assert second.redelivered
+    await second.ack()
+
+
+async def test_take_leaves_consumers_alone(queue: Queue) -> None:
+    async with taking(queue, ["alpha"], 10) as consumer:
+        await queue.publish("x", "alpha")
+        [delivery] = await consumer.count(1)
+        assert await queue.take(["alpha"], 1, 0) == []
+        await delivery.ack()

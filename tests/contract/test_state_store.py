@@ -20,6 +20,7 @@ import redis.asyncio as aioredis
 
 from asyncproc.backends.memory import MemoryStateStore
 from asyncproc.backends.redis import RedisStateStore
+from asyncproc.backends.redis_scripts import index_member
 from asyncproc.errors import BadRequest, JobNotFound, KeyConflict, TransitionRefused
 from asyncproc.interfaces import Created, Doc, JobQuery, StateStore
 from asyncproc.lifecycle import (
@@ -768,6 +769,63 @@ async def test_list_by_parent(store: StateStore) -> None:
     assert await ids(parent=parent.id, kind="demo.echo") == []
     assert await ids(parent="someone-else") == ["p-other"]
     assert await ids(parent="nobody") == []
+
+
+# -- listing by owner ---------------------------------------------------------------
+
+
+async def test_list_by_owner(store: StateStore) -> None:
+    base = utcnow()
+    for n, owner in enumerate(["alice", "bob", "alice", None, "alice"]):
+        job = new_job(f"o-{n}", key=f"k{n % 2}", created_at=base + timedelta(seconds=n))
+        await store.create(msgspec.structs.replace(job, owner=owner))
+    await store.transition("o-2", Start())
+
+    async def ids(**filters: Any) -> list[str]:
+        found: list[str] = []
+        cursor = None
+        while True:
+            page = await store.list_jobs(JobQuery(limit=2, cursor=cursor, **filters))
+            found += [job.id for job in page.items]
+            cursor = page.next
+            if cursor is None:
+                return found
+
+    assert await ids(owner="alice") == ["o-4", "o-2", "o-0"]
+    assert await ids(owner="alice", state=JobState.RUNNING) == ["o-2"]
+    assert await ids(owner="alice", key="k1") == []
+    assert await ids(owner="bob", key="k1") == ["o-1"]
+    assert await ids(owner="bob", kind="demo.echo") == []
+    assert await ids(owner="nobody") == []
+    assert await ids() == [f"o-{n}" for n in (4, 3, 2, 1, 0)]
+
+
+@pytest.mark.redis
+async def test_redis_owner_index_is_used_and_trimmed(redis_store: RedisStateStore) -> None:
+    store = redis_store
+    client = aioredis.Redis.from_url(store.url)
+    try:
+        job = msgspec.structs.replace(new_job(retention=0.3), owner="alice")
+        await store.create(job)
+        forgotten = msgspec.structs.replace(new_job(), owner="alice")
+        await store.create(forgotten)
+        assert await client.zcard(f"{store.prefix}idx:owner:alice") == 2
+        # The listing reads the owner's index, not every job's.
+        await client.zrem(f"{store.prefix}idx:owner:alice", index_member(job.created_at, job.id))
+        page = await store.list_jobs(JobQuery(owner="alice"))
+        assert [found.id for found in page.items] == [forgotten.id]
+        await client.zadd(
+            f"{store.prefix}idx:owner:alice", {index_member(job.created_at, job.id): 0}
+        )
+        assert await store.forget(forgotten)
+        assert await client.zcard(f"{store.prefix}idx:owner:alice") == 1
+        await store.transition(job.id, Start())
+        await store.transition(job.id, Succeed())
+        await wait_until(lambda: client.exists(f"{store.prefix}job:{job.id}"), lambda n: n == 0)
+        assert await store.purge_expired(utcnow()) == 1
+        assert not await client.exists(f"{store.prefix}idx:owner:alice")
+    finally:
+        await client.aclose()
 
 
 async def test_an_expired_child_leaves_the_parent_listing(store: StateStore) -> None:

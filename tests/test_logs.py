@@ -1,0 +1,150 @@
+"""Log lines (API.md section 16): the start-up line, one line per finished job, and the
+traceback of an unhandled error whatever `expose_tech_info` says; text and JSON."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from asyncproc.config import load_settings
+from asyncproc.logs import configure_logging
+from tests.support import NodeProcess, api_client, demo_app, job_finished, post_json
+
+pytestmark = pytest.mark.anyio
+
+FAIL = {"mode": "unhandled", "message": "the sky fell"}
+
+
+def records_of(caplog: pytest.LogCaptureFixture, logger: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == logger]
+
+
+async def test_start_line_finished_jobs_and_unhandled_tracebacks(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="asyncproc")
+    async with api_client(demo_app(expose_tech_info=False)) as client:
+        ok = await post_json(client, "/api/demo.count/enqueue", {"content": {"n": 0}}, 202)
+        bad = await post_json(client, "/api/demo.fail/enqueue", {"content": FAIL}, 202)
+        await job_finished(client, ok["id"])
+        failed = await job_finished(client, bad["id"])
+    assert failed["error"]["techInfo"] is None  # hidden from clients...
+
+    errors = [r for r in records_of(caplog, "asyncproc") if r.levelno == logging.ERROR]
+    assert len(errors) == 1  # ... but always in the log, with the job's id
+    error: Any = errors[0]
+    assert error.jobId == bad["id"]
+    assert bad["id"] in error.getMessage()
+    assert error.exc_info is not None
+    assert "the sky fell" in caplog.text
+    assert "Traceback (most recent call last)" in caplog.text
+
+    starts: list[Any] = [r for r in records_of(caplog, "asyncproc") if "ready" in r.getMessage()]
+    [start] = starts
+    assert start.role == "all"
+    assert (start.state, start.queue) == ("memory", "memory")
+    assert "asyncproc.plugins.demo" in start.plugins
+    assert "demo.count" in start.kinds
+    assert "demo.count" in start.getMessage()
+    assert "asyncproc.plugins.demo" in start.getMessage()
+
+    finished: dict[str, Any] = {
+        getattr(r, "jobId", None): r for r in records_of(caplog, "asyncproc.jobs")
+    }
+    line = finished[ok["id"]]
+    assert (line.kind, line.state, line.attempt, line.errorId) == (
+        "demo.count",
+        "succeeded",
+        1,
+        None,
+    )
+    assert 0 <= line.duration < 5
+    assert line.levelno == logging.INFO
+    assert ok["id"] in line.getMessage()
+    failure = finished[bad["id"]]
+    assert (failure.state, failure.errorId, failure.levelno) == (
+        "failed",
+        "unhandled",
+        logging.WARNING,
+    )
+
+
+def test_json_lines_carry_time_level_logger_message_and_extras() -> None:
+    stream = io.StringIO()
+    settings = load_settings(environ={}, log_format="json", log_level="info")
+    handler = configure_logging(settings, stream)
+    try:
+        log = logging.getLogger("asyncproc.test")
+        log.info("hello %s", "there", extra={"jobId": "j1", "attempt": 2})
+        log.debug("not shown at info")
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            log.error("it broke", exc_info=True)
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger("asyncproc").setLevel(logging.NOTSET)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 2
+    first, second = lines
+    assert first["level"] == "info"
+    assert first["logger"] == "asyncproc.test"
+    assert first["message"] == "hello there"
+    assert (first["jobId"], first["attempt"]) == ("j1", 2)
+    assert first["time"].endswith("Z")
+    assert "RuntimeError: boom" in second["traceback"]
+
+
+def _node_env(**values: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCPROC_")}
+    env.update({f"ASYNCPROC_{k.upper()}": v for k, v in values.items()})
+    return env
+
+
+async def test_a_node_logs_json_lines_on_stderr(tmp_path: Path) -> None:
+    node = NodeProcess(_node_env(log_format="json"), tmp_path)
+    try:
+        node.wait_healthy()
+        async with httpx.AsyncClient(base_url=node.url) as client:
+            bad = await post_json(client, "/api/demo.fail/enqueue", {"content": FAIL}, 202)
+            await job_finished(client, bad["id"])
+            # uvicorn's access log is off by default.
+            await client.get("/health")
+    finally:
+        node.stop()
+    output = node.log_path.read_text().splitlines()
+    # Every line is JSON but the banner `asyncproc serve` prints on stdout.
+    lines = [json.loads(line) for line in output if not line.startswith("asyncproc all node on")]
+    assert all({"time", "level", "logger", "message"} <= line.keys() for line in lines)
+    [start] = [line for line in lines if "ready" in line["message"]]
+    assert "demo.count" in start["kinds"]
+    [finished] = [line for line in lines if line["logger"] == "asyncproc.jobs"]
+    assert (finished["jobId"], finished["state"], finished["errorId"]) == (
+        bad["id"],
+        "failed",
+        "unhandled",
+    )
+    assert finished["attempt"] == 1
+    assert isinstance(finished["duration"], float)
+    [error] = [line for line in lines if line["level"] == "error"]
+    assert error["jobId"] == bad["id"]
+    assert "RuntimeError: the sky fell" in error["traceback"]
+    assert not any("GET /health" in line["message"] for line in lines)
+
+
+async def test_debug_turns_the_access_log_on(tmp_path: Path) -> None:
+    node = NodeProcess(_node_env(log_level="debug"), tmp_path)
+    try:
+        node.wait_healthy()
+        async with httpx.AsyncClient(base_url=node.url) as client:
+            await client.get("/api/kinds")
+    finally:
+        node.stop()
+    assert "GET /api/kinds" in node.log_path.read_text()
