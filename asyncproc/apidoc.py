@@ -103,6 +103,8 @@ class Param:
             if raw == "":
                 raw = None
         if raw is None:
+            if self.required:
+                raise InvalidInput(f"{self.name}: required (a {self.where} parameter)")
             return None
         try:
             if self.scalar:
@@ -119,8 +121,8 @@ class Param:
     @cached_property
     def empty_is_absent(self) -> bool:
         """Whether `read` takes an empty value for an absent one where the type itself
-        refuses it (`?limit=`: a query parameter, not a string)."""
-        if self.where != "query":
+        refuses it (`?limit=`: an optional query parameter, not a string)."""
+        if self.where != "query" or self.required:
             return False
         try:
             msgspec.convert("", self.value_type)
