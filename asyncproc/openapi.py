@@ -255,6 +255,7 @@ def core_operations(registry: Registry) -> list[Operation]:
             "This document",
             "service",
             {200: Answer("OpenAPI 3.1", dict[str, Any])},
+            **page,
         ),
         Operation("GET", "/", "The progress page", "page", {200: PAGE}, **page),
         Operation(
