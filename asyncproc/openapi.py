@@ -51,6 +51,7 @@ __all__ = [
     "kind_operations",
     "openapi_document",
     "ref",
+    "with_content",
 ]
 
 REF = "#/components/schemas/{name}"
@@ -275,18 +276,27 @@ def core_operations(registry: Registry) -> list[Operation]:
     ]
 
 
-def enqueue_body(kind: JobKind) -> Any:
-    """The enqueue body of `kind`: `EnqueueRequest` with the kind's content type (one
-    Struct per kind, named `<kind>.enqueue`)."""
+def with_content(base: Any, content: Any, name: str) -> Any:
+    """A copy of the body Struct `base` (camelCase fields, `content: msgspec.Raw`) named
+    `name`, whose `content` is of the type `content`: the document shows what the
+    handler checks the raw content against."""
     fields: list[Any] = []
-    for field in msgspec.structs.fields(EnqueueRequest):
+    for field in msgspec.structs.fields(base):
         if field.name == "content":
-            fields.append((field.name, kind.content_type))
+            fields.append((field.name, content))
         elif field.required:
             fields.append((field.name, field.type))
         else:
             fields.append((field.name, field.type, field.default))
-    body = msgspec.defstruct(f"{kind.name}.enqueue", fields, rename="camel", frozen=True)
+    body = msgspec.defstruct(name, fields, rename="camel", frozen=True)
+    body.__doc__ = base.__doc__
+    return body
+
+
+def enqueue_body(kind: JobKind) -> Any:
+    """The enqueue body of `kind`: `EnqueueRequest` with the kind's content type (one
+    Struct per kind, named `<kind>.enqueue`)."""
+    body = with_content(EnqueueRequest, kind.content_type, f"{kind.name}.enqueue")
     body.__doc__ = f"The enqueue body of {kind.name}."
     return Annotated[body, msgspec.Meta(extra_json_schema=ENQUEUE_RULES)]
 

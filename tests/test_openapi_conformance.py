@@ -2,7 +2,8 @@
 
 Each operation of the document gets generated requests (schemathesis's examples,
 coverage and fuzzing phases, a few examples each) against a real `python app.py` node:
-on the memory backends, and on Redis + RabbitMQ under a key prefix of its own. Every
+on the memory backends, and on Redis + RabbitMQ under a key prefix of its own (and the
+MyLab routes on a node that serves them for an external kind). Every
 answer must be no server error, a documented status code with a documented content type
 and a body that matches its schema; a request the schema allows must not be refused
 (`positive_data_acceptance`) and one it forbids must not be accepted
@@ -49,6 +50,9 @@ ACCEPTS_ALSO = [
     # The kind's content schema, the cron syntax and the time zone are checked when the
     # schedule is defined (422 naming the field), not by the body's JSON Schema.
     ("/api/schedules/{name}", ["422"]),
+    # MyLab's contract: a result asked for before there is one answers 400.
+    ("/requests/{id}/result", ["400"]),
+    ("/v2/requests/{id}/result", ["400"]),
 ]
 
 
@@ -184,4 +188,24 @@ schema = schemathesis.pytest.from_fixture("api_schema").exclude(
 @schema.parametrize()
 def test_the_server_keeps_its_openapi_document(case: Case) -> None:
     _shorten_long_polls(case)
+    case.call_and_validate()
+
+
+@pytest.fixture
+def mylab_schema(tmp_path: Path) -> Iterator[Any]:
+    """A memory node serving MyLab's API for an external kind, and its document."""
+    settings = {"mylab": "true", "mylab_kind": "mylab.ext", "external_kinds": "mylab.ext"}
+    node = NodeProcess(_node_env(**settings), tmp_path, "mylab")
+    try:
+        node.wait_healthy()
+        yield schemathesis.openapi.from_url(f"{node.url}/openapi.json", config=_config())
+    finally:
+        node.stop()
+
+
+mylab = schemathesis.pytest.from_fixture("mylab_schema").include(tag="mylab")
+
+
+@mylab.parametrize()
+def test_the_mylab_routes_keep_the_document(case: Case) -> None:
     case.call_and_validate()
