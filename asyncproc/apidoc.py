@@ -94,8 +94,9 @@ class Param:
     description: str = ""
 
     def read(self, request: Any) -> Any:
-        """The parameter's value in `request` (a Starlette request); None when absent or
-        empty; `InvalidInput` when it breaks its type."""
+        """The parameter's value in `request` (a Starlette request); None when absent (an
+        empty query value counts as absent); `InvalidInput` naming it when it breaks its
+        type, or when it is required and absent."""
         if self.where == "path":
             raw: str | None = request.path_params.get(self.name)
         else:
