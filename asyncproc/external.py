@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import logging
 import secrets
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Annotated
 
@@ -153,10 +154,26 @@ async def cluster_secret(store: StateStore) -> bytes:
 class ExternalJobs:
     """The calls of external processors, on top of the node's JobService."""
 
-    def __init__(self, service: JobService, *, lease: float, secret: bytes) -> None:
+    def __init__(
+        self,
+        service: JobService,
+        *,
+        lease: float,
+        secret: bytes | Callable[[], Awaitable[bytes]],
+    ) -> None:
         self.service = service
         self.lease = lease
-        self.secret = secret
+        # The cluster's secret, or how to get it (from the store, on first use: a node
+        # starts while the store is away, and answers 503 until it is back).
+        self._secret = secret if isinstance(secret, bytes) else None
+        self._get_secret = None if isinstance(secret, bytes) else secret
+
+    async def secret(self) -> bytes:
+        """The secret tokens are signed with."""
+        if self._secret is None:
+            assert self._get_secret is not None
+            self._secret = await self._get_secret()
+        return self._secret
 
     def _lease_until(self) -> datetime:
         return utcnow() + timedelta(seconds=self.lease)
@@ -166,6 +183,7 @@ class ExternalJobs:
     async def take(self, request: TakeRequest) -> list[Taken]:
         """Up to `request.max` jobs of `request.kinds`, started for `request.worker`;
         waits up to `request.wait` seconds for the first."""
+        secret = await self.secret()  # before any job starts: a token is owed for each
         registry = self.service.registry
         routings: list[str] = []
         for name in dict.fromkeys(request.kinds):
@@ -179,7 +197,7 @@ class ExternalJobs:
             wait = max(0.0, deadline - anyio.current_time())
             deliveries = await self.service.queue.take(routings, request.max - len(taken), wait)
             for delivery in deliveries:
-                item = await self._settle(delivery, request.worker)
+                item = await self._settle(delivery, request.worker, secret)
                 if item is not None:
                     taken.append(item)
             # Messages of jobs that could not start (stopped, finished, not yet due)
@@ -187,7 +205,7 @@ class ExternalJobs:
             if taken or not deliveries or anyio.current_time() >= deadline:
                 return taken
 
-    async def _settle(self, delivery: Delivery, worker: str) -> Taken | None:
+    async def _settle(self, delivery: Delivery, worker: str, secret: bytes) -> Taken | None:
         """Start the delivery's job for `worker` and ack the message (the lease guards the
         job from now on); None when it has nothing to start."""
         with anyio.CancelScope(shield=True):
@@ -208,7 +226,7 @@ class ExternalJobs:
             content=job.content,
             headers=job.headers,
             incoming_at=job.incoming_at,
-            token=make_token(self.secret, job.id, job.attempt),
+            token=make_token(secret, job.id, job.attempt),
             lease_until=until,
         )
 
@@ -254,7 +272,7 @@ class ExternalJobs:
 
     async def _leased(self, job_id: str, token: str) -> int:
         """The attempt `token` stands for while its lease holds; else `LeaseLost`."""
-        attempt = token_attempt(self.secret, job_id, token)
+        attempt = token_attempt(await self.secret(), job_id, token)
         if attempt is None:
             raise LeaseLost(f"the token is not one of job {job_id!r}", jobId=job_id)
         lease = await self.service.store.lease_of(job_id)

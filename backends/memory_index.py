@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from bisect import bisect_left, insort
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 
@@ -43,10 +43,15 @@ class JobIndex:
     def add(self, job: Job) -> None:
         """Index a new job."""
         entry = (job.created_at, job.id)
-        if not self._order or entry >= self._order[-1]:
-            self._order.append(entry)
-        else:  # a clock stepped back, or an id sorting below its twin's
-            insort(self._order, entry)
+        order = self._order
+        if not order or entry > order[-1]:
+            order.append(entry)
+        else:  # a clock stepped back, an id sorting below its twin's, or an id used again
+            at = bisect_left(order, entry)
+            if at < len(order) and order[at] == entry:
+                self._dead -= 1  # a dropped job's entry, which now stands for this one
+            else:
+                order.insert(at, entry)
         self._by_state[job.state].add(job.id)
         self._by_kind.setdefault(job.kind, set()).add(job.id)
         if job.key is not None:

@@ -17,6 +17,7 @@ so the store needs one Redis server (or a primary with replicas), not Redis Clus
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import math
 import os
@@ -84,6 +85,8 @@ _UNFINISHED_MARGIN = 3600.0
 _CACHE_SIZE = 1024
 _CACHE_MAX_CONTENT = 64 * 1024
 _LIST_BATCH = 100
+# A list by state reads the state's own sets when they hold at most this many jobs.
+_FEW_IN_STATE = 1000
 # The per-minute counters outlive the hour `GET /api/stats` shows.
 _MINUTES_TTL = 7200
 
@@ -366,6 +369,7 @@ class RedisStateStore(StateStore):
                 prefix,
                 self._state_set(record.kind, record.state),
                 *holder_move,
+                record.kind,
             ]
             answer = await self._eval(self._create, keys, args)
             if answer[0] == 2:
@@ -724,7 +728,16 @@ class RedisStateStore(StateStore):
     # -- queries --------------------------------------------------------------------
 
     async def list_jobs(self, query: JobQuery) -> Page:
-        """See `StateStore.list_jobs`."""
+        """See `StateStore.list_jobs`.
+
+        A query by state first sizes the state's sets (one per kind): when they are
+        small (a state few jobs are in, or none), the page is picked from them rather
+        than by walking an index of every job.
+        """
+        if query.state is not None:
+            few = await self._few_in_state(query)
+            if few is not None:
+                return await self._page_of(few, query)
         after = query.after()
         index = self._index_key(query)
         start = "(" + index_member(*after) if after is not None else "+"
@@ -764,6 +777,58 @@ class RedisStateStore(StateStore):
         more = len(items) > query.limit
         items = items[: query.limit]
         return Page(items=items, next=cursor_of(items[-1]) if more and items else None)
+
+    async def _few_in_state(self, query: JobQuery) -> list[str] | None:
+        """The ids of the jobs in `query.state` (of `query.kind`, when given) while there
+        are at most `_FEW_IN_STATE`, else None."""
+        assert query.state is not None
+        with _guard():
+            if query.kind is not None:
+                kinds = [query.kind]
+            else:
+                members = await self._redis.smembers(f"{self.prefix}kinds")
+                kinds = [k.decode() if isinstance(k, bytes) else k for k in members]
+            if not kinds:
+                return []
+            now = f"({epoch_ms(utcnow())}"
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for kind in kinds:
+                    pipe.zcount(self._state_set(kind, query.state), now, "+inf")
+                sizes: list[int] = await pipe.execute()
+            if sum(sizes) > _FEW_IN_STATE:
+                return None
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for kind, size in zip(kinds, sizes, strict=True):
+                    if size:
+                        pipe.zrange(self._state_set(kind, query.state), now, "+inf", byscore=True)
+                found: list[list[bytes]] = await pipe.execute()
+        return [job_id.decode() for ids in found for job_id in ids]
+
+    async def _page_of(self, ids: list[str], query: JobQuery) -> Page:
+        """The page of `query` among the jobs `ids` (read in one pipelined round trip)."""
+        after = query.after()
+        now = utcnow()
+        jobs: list[Job] = []
+        if ids:
+            with _guard():
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for job_id in ids:
+                        pipe.hget(self._job_key(job_id), "r")
+                    records: list[bytes | None] = await pipe.execute()
+            for record in records:
+                if record is None:
+                    continue
+                job = decode_job(record)
+                if (
+                    query.matches(job)
+                    and not expired(job, now)
+                    and (after is None or (job.created_at, job.id) < after)
+                ):
+                    jobs.append(job)
+        items = heapq.nlargest(query.limit + 1, jobs, key=lambda j: (j.created_at, j.id))
+        more = len(items) > query.limit
+        items = items[: query.limit]
+        return Page(items=items, next=cursor_of(items[-1]) if more else None)
 
     async def release_key(self, kind: str, key: str) -> bool:
         """See `StateStore.release_key`."""

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
@@ -20,6 +21,15 @@ __all__ = ["UNAVAILABLE", "Arg", "Pipeliner"]
 Arg = bytes | str | int | float
 # Every way of not reaching Redis.
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+
+_pack_command: Callable[[tuple[Arg, ...]], bytes] | None
+try:  # 2-3 times quicker than packing in Python: a third of a node's Redis client work
+    import hiredis
+
+    # (hiredis's stub types the argument as a 1-tuple; it takes any number of args.)
+    _pack_command = cast("Callable[[tuple[Arg, ...]], bytes]", hiredis.pack_command)
+except ImportError:  # pragma: no cover - redis[hiredis] is what the extra installs
+    _pack_command = None
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -145,7 +155,17 @@ class Pipeliner:
 
 
 def _pack(commands: list[tuple[Arg, ...]]) -> bytes:
-    """The commands in the Redis protocol (RESP), as one buffer."""
+    """The commands in the Redis protocol (RESP), as one buffer: hiredis's C packer
+    (installed with `redis[hiredis]`), else `_pack_python`."""
+    if _pack_command is None:
+        return _pack_python(commands)
+    if len(commands) == 1:
+        return _pack_command(commands[0])
+    return b"".join([_pack_command(command) for command in commands])
+
+
+def _pack_python(commands: list[tuple[Arg, ...]]) -> bytes:
+    """`_pack` in Python, byte for byte what hiredis packs."""
     parts: list[bytes] = []
     add = parts.append
     for command in commands:

@@ -26,6 +26,8 @@ Keys, all under the prefix P:
     P lim:<kind>:wait      zset    its waiters: job id -> when it first waited
     P lim:<kind>:due       zset    job id -> when its fallback message is due
     P doc:<space>          hash    document name -> "<version>|<data>"
+    P kinds                set     every kind a job was ever created of (the state
+                                   sets to look at for a list filtered by state)
     P st:<kind>:<state>    zset    ids of the kind's records in that state, scored by
                                    when the record expires (epoch ms): the counts of
                                    `count_states`, kept by the scripts that write
@@ -71,7 +73,7 @@ _MICROSECOND = timedelta(microseconds=1)
 #       15 "1" when it finishes, 16 its expire ms, 17 its purge score, 18 its exp
 #       member, 19 its id, 20 the key prefix, 21 the new job's state set (P st:..),
 #       22 the holder's state set before ("": its state does not change), 23 after,
-#       24 its score there
+#       24 its score there, 25 the new job's kind (added to P kinds)
 # Answers {0, record} the id exists, {1, record} this very create was applied already
 # (a resent command), {2} created, {3, hold value, holder record, holder token} the
 # key is not as expected ({3} alone: it is free now): Python decides again.
@@ -113,6 +115,7 @@ if KEYS[8] ~= '' then
 end
 redis.call('HSET', KEYS[1], 'r', ARGV[1], 'w', ARGV[2], 'm', ARGV[3])
 redis.call('ZADD', ARGV[21], ARGV[6], ARGV[4])
+redis.call('SADD', ARGV[20] .. 'kinds', ARGV[25])
 redis.call('PEXPIREAT', KEYS[1], ARGV[6])
 redis.call('ZADD', KEYS[2], 0, ARGV[3])
 redis.call('ZADD', KEYS[3], 0, ARGV[3])

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import uuid
 from datetime import timedelta
+from pathlib import Path
 
 import anyio
 import msgspec
@@ -24,6 +26,9 @@ import msgspec
 from asyncproc.interfaces import JobQuery, StateStore
 from asyncproc.lifecycle import Start, Succeed
 from asyncproc.model import Job, JobState, utcnow
+
+# Run as a script: `tests.contract` (the clean-up) importable from the checkout.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 KINDS = [f"bench.kind{n}" for n in range(10)]
 

@@ -287,21 +287,53 @@ def read_timings(client: httpx.Client) -> list[Timing]:
 # -- the modes ------------------------------------------------------------------
 
 
+def service_pids(backends: Backends) -> dict[str, int]:
+    """The server processes the cluster backends run in (the local redis-server on port
+    6379, RabbitMQ's Erlang VM), by name, for their CPU per job; {} with memory."""
+    pids: dict[str, int] = {}
+    wanted = {"redis-server": backends.state == "redis", "rabbitmq": backends.queue == "rabbitmq"}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if wanted["redis-server"] and command.startswith("redis-server") and ":6379" in command:
+            pids.setdefault("redis-server", int(entry.name))
+        elif wanted["rabbitmq"] and "beam.smp" in command:
+            # The shared node, named `rabbit` (test brokers of their own have other names).
+            named = re.search(r"-s?name (\S+)", command)
+            if named is None or named.group(1).split("@")[0] == "rabbit":
+                pids.setdefault("rabbitmq", int(entry.name))
+    return pids
+
+
 def run_http_burst(backends: Backends, jobs: int, load: Load, *, timeout: float = 300) -> Figures:
-    """(b): wrk enqueues `jobs` no-op jobs; figures from the job records once all finished."""
+    """(b): wrk enqueues `jobs` no-op jobs; figures from the job records once all finished.
+    The CPU each process spent (our nodes; redis-server and RabbitMQ with the cluster
+    backends) is read from /proc before and after, and printed per job."""
     with asyncproc_server(backends) as server:
-        cpu = server.cpu_seconds()
+        processes = {"api" if backends.split else "node": server.process.pid}
+        for helper in server.helpers:
+            processes["worker"] = helper.process.pid
+        processes.update(service_pids(backends))
+        before = {name: _cpu_seconds(pid) for name, pid in processes.items()}
         wrk = run_wrk(server.base_url + ENQUEUE_PATH, jobs, load)
         with httpx.Client(base_url=server.base_url, timeout=60) as client:
             wait_finished(client, timeout)
-            cpu = server.cpu_seconds() - cpu
+            spent = {name: _cpu_seconds(pid) - before[name] for name, pid in processes.items()}
             timings = read_timings(client)
     shape = " api+worker" if backends.split else ""
     figures = timing_of(f"(b) http burst {backends.state}/{backends.queue}{shape}", timings)
+    ours = sum(v for k, v in spent.items() if k in {"api", "worker", "node"})
+    per_job = {name: cpu / max(len(timings), 1) * 1e6 for name, cpu in spent.items()}
     figures.notes += [
         f"wrk {wrk.rate:,.0f} req/s",
         f"non-2xx/errors {wrk.bad}",
-        f"server cpu {cpu / max(figures.seconds, 1e-9):.0%} = {cpu / len(timings) * 1e6:.0f} us/job",
+        f"server cpu {ours / max(figures.seconds, 1e-9):.0%} = "
+        f"{ours / max(len(timings), 1) * 1e6:.0f} us/job",
+        "cpu/job " + ", ".join(f"{name} {us:.0f} us" for name, us in per_job.items()),
         f"wrk cpu {wrk.cpu:.0%}",
     ]
     return figures

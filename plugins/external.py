@@ -46,8 +46,10 @@ _LOST = {409: Answer("The token lost its lease, or its job moved on (lease_lost)
 @asynccontextmanager
 async def external_jobs(node: Node) -> AsyncIterator[None]:
     """Serve external processors on this node while it runs."""
-    secret = await cluster_secret(node.service.store)
-    node.app.state.external = ExternalJobs(node.service, lease=node.settings.lease, secret=secret)
+    store = node.service.store
+    node.app.state.external = ExternalJobs(
+        node.service, lease=node.settings.lease, secret=lambda: cluster_secret(store)
+    )
     yield
 
 

@@ -113,6 +113,20 @@ async def test_the_cap_drops_the_oldest_finished_jobs_first() -> None:
     assert [job.id for job in finished.items] == ["c5", "c2", "c1"]
 
 
+async def test_an_id_used_again_with_the_same_time_is_listed_once() -> None:
+    store = MemoryStateStore()
+    first = new_job("again", retention=0.0)
+    await store.create(first)
+    await store.transition("again", Start())
+    await store.transition("again", Succeed())
+    await store.purge_expired(utcnow())
+    assert await store.get("again") is None
+    # The same id and createdAt again (a requestId sent again after its job expired).
+    await store.create(first)
+    listed = await store.list_jobs(JobQuery(limit=10))
+    assert [job.id for job in listed.items] == ["again"]
+
+
 async def test_no_cap_keeps_every_finished_job() -> None:
     store = MemoryStateStore(max_finished=0)
     for n in range(50):

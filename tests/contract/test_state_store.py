@@ -367,7 +367,16 @@ async def test_list_is_newest_first_each_job_once(store: StateStore) -> None:
         assert seen == expected, limit
 
 
-async def test_list_filters(store: StateStore) -> None:
+@pytest.fixture(params=["few", "many"])
+def in_state(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Redis lists by state from the state's sets while they are small ("few"), else by
+    walking an index ("many"): both ways are checked (the memory store has one way)."""
+    if request.param == "many":
+        monkeypatch.setattr("asyncproc.backends.redis._FEW_IN_STATE", 0)
+    return str(request.param)
+
+
+async def test_list_filters(store: StateStore, in_state: str) -> None:
     base = utcnow()
     a, _ = await store.create(new_job("f-a", kind="demo.echo", key="k1", created_at=base))
     b, _ = await store.create(new_job("f-b", key="k1", created_at=base + timedelta(seconds=1)))
@@ -518,8 +527,10 @@ async def test_redis_keys_live_under_the_prefix_and_expire_by_ttl(
         await wait_until(lambda: client.exists(f"{store.prefix}job:{job.id}"), lambda n: n == 0)
         assert await store.purge_expired(utcnow()) == 1
         all_keys = {key.decode() async for key in client.scan_iter(match=store.prefix + "*")}
-        # What is left: the succeeded `once` job's hold on its key, until released.
-        assert all_keys == {f"{store.prefix}hold:demo.count:k"}
+        # What is left: the succeeded `once` job's hold on its key, until released, and
+        # the names of the kinds jobs were created of (one entry per kind, not per job).
+        assert all_keys == {f"{store.prefix}hold:demo.count:k", f"{store.prefix}kinds"}
+        assert await client.smembers(f"{store.prefix}kinds") == {b"demo.count"}
         assert await store.release_key("demo.count", "k")
     finally:
         await client.aclose()
