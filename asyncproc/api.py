@@ -7,7 +7,7 @@ refusal is an exception mapped to its status code in `EXCEPTION_HANDLERS`.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 from starlette.exceptions import HTTPException
@@ -16,6 +16,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from . import messages
+from .apidoc import ErrorDetail, Param, decode_json
 from .errors import (
     BackendUnavailable,
     BadRequest,
@@ -38,7 +39,7 @@ from .input_limits import (
     kept_headers,
 )
 from .interfaces import JobQuery
-from .model import Job, JobState, OnConflict, Trigger, TriggerType, utcnow
+from .model import Job, JobState, JobStatus, OnConflict, Trigger, TriggerType, Uniqueness, utcnow
 from .safe_answers import attachment, is_active_content
 from .service import BusinessKey, EnqueueRequest, JobService
 
@@ -48,6 +49,25 @@ T = TypeVar("T")
 
 JobId = Annotated[str, msgspec.Meta(min_length=1, max_length=128)]
 Wait = Annotated[float, msgspec.Meta(ge=0, le=60)]
+Limit = Annotated[int, msgspec.Meta(ge=1)]
+
+# The query and path parameters: each handler reads its own through these, and the
+# OpenAPI document shows the same types (`asyncproc.openapi`).
+JOB_ID = Param("id", "path", JobId, "The job's id")
+WAIT = Param(
+    "wait", "query", Wait | None, "Seconds to wait for a version above `since` (long poll)"
+)
+SINCE = Param("since", "query", int | None, "The version to wait past; default: the current one")
+DOWNLOAD = Param("download", "query", str | None, "Any value but `0` or `false`: as an attachment")
+LIST_PARAMS = (
+    Param("kind", "query", str | None, "Only jobs of this kind"),
+    Param("state", "query", JobState | None, "Only jobs in this state"),
+    Param("key", "query", str | None, "Only jobs of this business key"),
+    Param("parent", "query", str | None, "Only the jobs this job started (a selection)"),
+    Param("limit", "query", Limit | None, "Page size: default 50, at most 200 (more is capped)"),
+    Param("cursor", "query", str | None, "The `next` of the previous page"),
+)
+KEY = Param("key", "path", BusinessKey, "The business key")
 
 
 class IdRequest(msgspec.Struct, frozen=True):
@@ -77,6 +97,47 @@ class KindInfo(msgspec.Struct, frozen=True, rename="camel"):
     title: str
     description: str
     content_schema: dict[str, Any]
+
+
+class JobList(msgspec.Struct, frozen=True):
+    """`GET /api/jobs`: a page of jobs, newest first, and the cursor of the next (null on
+    the last)."""
+
+    items: list[JobStatus]
+    next: str | None
+
+
+class Released(msgspec.Struct, frozen=True):
+    """The answer of release: whether a `once` key was held and is free now."""
+
+    kind: str
+    key: str
+    released: bool
+
+
+class KeyContext(msgspec.Struct, frozen=True):
+    """`GET /api/keys/{kind}/{key}`: the key's rule, the job holding it, its recent jobs."""
+
+    kind: str
+    key: str
+    rule: Uniqueness
+    holder: JobStatus | None
+    jobs: list[JobStatus]
+
+
+class BatchItem(msgspec.Struct, frozen=True):
+    """One item's outcome: `created` or `existing` (with the job's status), or `refused`
+    (with the error a single enqueue would have answered)."""
+
+    outcome: Literal["created", "existing", "refused"]
+    status: JobStatus | None
+    error: ErrorDetail | None
+
+
+class BatchAnswer(msgspec.Struct, frozen=True):
+    """The answer of enqueue-batch: one outcome per item, in order."""
+
+    items: list[BatchItem]
 
 
 _encoder = msgspec.json.Encoder()
@@ -151,7 +212,8 @@ async def read_body(request: Request, *, json: bool = True) -> bytes:
 def decode_body(body: bytes, type_: type[T]) -> T:
     """Parse a JSON body: 400 when it is not a JSON object with the required fields, else 422."""
     try:
-        return msgspec.json.decode(body, type=type_)
+        result: T = decode_json(body, type_)
+        return result
     except msgspec.ValidationError as exc:  # before DecodeError: it is a subclass
         text = str(exc)
         message = messages.invalid_value(exc, type_, body)
@@ -170,16 +232,6 @@ def handler_headers(request: Request) -> dict[str, str]:
     `Cookie`, `Proxy-Authorization` and the `hidden_headers` setting's names."""
     hidden = hidden_header_names(request.app.state.settings.hidden_headers)
     return kept_headers(request.scope["headers"], hidden)
-
-
-def _query_number(request: Request, name: str, type_: Any) -> Any:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        return msgspec.json.decode(raw.encode(), type=type_)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        raise InvalidInput(messages.invalid_query(name, raw, type_)) from None
 
 
 # -- per-kind calls ------------------------------------------------------------
@@ -204,16 +256,38 @@ async def enqueue(request: Request) -> Response:
     return json_response(status, 202, {"Location": f"/api/jobs/{job.id}"})
 
 
+MAX_BATCH = 1000
+# Each item (an enqueue body, or a key) is decoded on its own: a bad one is refused alone.
+BatchItems = Annotated[list[msgspec.Raw], msgspec.Meta(min_length=1, max_length=MAX_BATCH)]
+
+
 class BatchRequest(msgspec.Struct, frozen=True, rename="camel"):
     """Body of `POST /api/{kind}/enqueue-batch`: items, or keys sharing one content."""
 
-    items: list[msgspec.Raw] | None = None
-    keys: list[msgspec.Raw] | None = None
-    content: msgspec.Raw = msgspec.Raw(b"")  # empty: not given
+    items: BatchItems | None = None
+    keys: BatchItems | None = None
+    # Empty: not given (a factory: the JSON Schema has no default to show for it).
+    content: msgspec.Raw = msgspec.field(default_factory=lambda: msgspec.Raw(b""))
     on_conflict: OnConflict | None = None
 
 
-MAX_BATCH = 1000
+# The rules across its fields the handler checks (`batch_requests`), for the document.
+BatchBody = Annotated[
+    BatchRequest,
+    msgspec.Meta(
+        extra_json_schema={
+            "anyOf": [
+                {"required": ["items"], "properties": {"items": {"type": "array"}}},
+                {"required": ["keys", "content"], "properties": {"keys": {"type": "array"}}},
+            ],
+            "not": {
+                "required": ["items", "keys"],
+                "properties": {"items": {"type": "array"}, "keys": {"type": "array"}},
+            },
+            "description": "`items`, or `keys` with the `content` they share (not both).",
+        }
+    ),
+]
 BATCH_TRIGGER = Trigger(TriggerType.BATCH)
 
 
@@ -311,7 +385,7 @@ async def kind_release(request: Request) -> Response:
     service.registry.get(kind)
     body = decode_body(await read_body(request), ReleaseRequest)
     released = await service.release(kind, body.key)
-    return json_response({"kind": kind, "key": body.key, "released": released})
+    return json_response(Released(kind, body.key, released))
 
 
 async def _stop(request: Request, job_id: str, kind: str | None) -> Response:
@@ -349,29 +423,29 @@ def _suffix(mime: str | None) -> str:
 
 async def job_status(request: Request) -> Response:
     """GET /api/jobs/{id}?wait=&since="""
-    wait = _query_number(request, "wait", Wait)
-    since = _query_number(request, "since", int)
+    wait = WAIT.read(request)
+    since = SINCE.read(request)
     job = await service_of(request).wait_for_change(
-        request.path_params["id"], wait=wait or 0.0, since=since
+        JOB_ID.read(request), wait=wait or 0.0, since=since
     )
     return status_response(request, job)
 
 
 async def job_stop(request: Request) -> Response:
     """POST /api/jobs/{id}/stop"""
-    return await _stop(request, request.path_params["id"], None)
+    return await _stop(request, JOB_ID.read(request), None)
 
 
 async def job_result(request: Request) -> Response:
     """GET /api/jobs/{id}/result?download=1"""
-    download = request.query_params.get("download", "") not in {"", "0", "false"}
-    return await _result(request, request.path_params["id"], None, download=download)
+    download = (DOWNLOAD.read(request) or "0") not in {"0", "false"}
+    return await _result(request, JOB_ID.read(request), None, download=download)
 
 
 async def job_events(request: Request) -> Response:
     """GET /api/jobs/{id}/events: the status now and after each change, as SSE."""
     service = service_of(request)
-    job_id = request.path_params["id"]
+    job_id = JOB_ID.read(request)
     await service.get(job_id)
     expose = service.expose_tech_info
 
@@ -392,23 +466,14 @@ async def job_events(request: Request) -> Response:
 
 async def list_jobs(request: Request) -> Response:
     """GET /api/jobs?kind=&state=&key=&parent=&limit=&cursor="""
-    params = request.query_params
-    state = params.get("state") or None
-    if state is not None and state not in JobState.__members__.values():
-        raise InvalidInput(f"state={state!r} is not one of {', '.join(JobState)}")
-    limit = _query_number(request, "limit", Annotated[int, msgspec.Meta(ge=1)]) or 50
+    kind, state, key, parent, limit, cursor = (param.read(request) for param in LIST_PARAMS)
     query = JobQuery(
-        kind=params.get("kind") or None,
-        state=JobState(state) if state else None,
-        key=params.get("key") or None,
-        parent=params.get("parent") or None,
-        limit=min(limit, 200),
-        cursor=params.get("cursor") or None,
+        kind=kind, state=state, key=key, parent=parent, limit=min(limit or 50, 200), cursor=cursor
     )
     page = await service_of(request).list_jobs(query)
     expose = service_of(request).expose_tech_info
     items = [job.status(expose_tech_info=expose) for job in page.items]
-    return json_response({"items": items, "next": page.next})
+    return json_response(JobList(items, page.next))
 
 
 async def key_context(request: Request) -> Response:
@@ -416,11 +481,7 @@ async def key_context(request: Request) -> Response:
     service = service_of(request)
     kind = request.path_params["kind"]
     service.registry.get(kind)
-    key = request.path_params["key"]
-    try:
-        msgspec.convert(key, BusinessKey)
-    except msgspec.ValidationError:
-        raise InvalidInput("key must be 1 to 256 characters") from None
+    key = KEY.read(request)
     return json_response(await service.key_context(kind, key))
 
 

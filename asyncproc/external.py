@@ -131,10 +131,12 @@ def make_token(secret: bytes, job_id: str, attempt: int) -> str:
 def token_attempt(secret: bytes, job_id: str, token: str) -> int | None:
     """The attempt a token of `job_id` was given for, or None when it is not one."""
     number, _, _ = token.partition(".")
-    if not number.isdigit() or len(number) > 9:
+    # ASCII digits only (`"²".isdigit()` is true), and bytes compared: compare_digest
+    # refuses a str with other characters (a 500 for a garbled token).
+    if not (number.isascii() and number.isdigit()) or len(number) > 9:
         return None
     attempt = int(number)
-    if not hmac.compare_digest(make_token(secret, job_id, attempt), token):
+    if not hmac.compare_digest(make_token(secret, job_id, attempt).encode(), token.encode()):
         return None
     return attempt
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.routing import BaseRoute
 
+from .apidoc import Answer, Operation
 from .model import ErrorInfo, Job, JobState, OnConflict
 
 if TYPE_CHECKING:
@@ -130,7 +131,11 @@ class Hooks:
         self.list_filters: list[ListFilter] = []
         # Kind -> the shape of its callback messages (default: the status JSON).
         self.callback_shapes: dict[str, CallbackShape] = {}
-        # The OpenAPI paths of `routes`, and the Structs their `$ref`s name.
+        # The OpenAPI document of `routes`: their declared operations (`apidoc`), and
+        # answers every operation may give (e.g. 401/403 of an auth plugin).
+        self.openapi_operations: list[Operation] = []
+        self.openapi_answers: dict[int, Answer] = {}
+        # Raw additions: paths written by hand, and the Structs their `$ref`s name.
         self.openapi_paths: dict[str, Any] = {}
         self.openapi_types: list[Any] = []
 
@@ -149,6 +154,8 @@ class Hooks:
         self.visibility += other.visibility
         self.list_filters += other.list_filters
         self.callback_shapes.update(other.callback_shapes)
+        self.openapi_operations += other.openapi_operations
+        self.openapi_answers.update(other.openapi_answers)
         self.openapi_paths.update(other.openapi_paths)
         self.openapi_types += [t for t in other.openapi_types if t not in self.openapi_types]
 

@@ -1,48 +1,113 @@
-"""The OpenAPI 3.1 document of every route, built from the registered kinds."""
+"""The OpenAPI 3.1 document of every route, generated from the declared operations.
+
+Every body and answer is a msgspec type the server decodes or encodes (the schemas
+come from `msgspec.json.schema_components` over them, constraints included), and
+every query and path parameter is the `apidoc.Param` its handler reads. The core
+routes are declared here, each kind's six calls from its content type, and the
+plugins' routes by the plugins themselves (`Registry.document`).
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Annotated, Any, Literal
 
 import msgspec
 
+from .api import (
+    DOWNLOAD,
+    JOB_ID,
+    KEY,
+    LIST_PARAMS,
+    SINCE,
+    WAIT,
+    BatchAnswer,
+    BatchBody,
+    IdRequest,
+    JobList,
+    KeyContext,
+    KindInfo,
+    ProgressRequest,
+    Released,
+    ReleaseRequest,
+)
+from .apidoc import JSON, Answer, ErrorBody, ErrorDetail, Operation, Param
 from .model import JobStatus
-from .registry import Registry
+from .registry import JobKind, Registry
+from .service import ENQUEUE_RULES, EnqueueRequest
 
-__all__ = ["ERROR", "ERRORS", "STATUS", "answer", "json_content", "openapi_document", "ref"]
+__all__ = [
+    "ERROR",
+    "ERRORS",
+    "ERROR_ANSWERS",
+    "STATUS",
+    "BackendHealth",
+    "ErrorBody",
+    "ErrorDetail",
+    "Health",
+    "answer",
+    "core_operations",
+    "json_content",
+    "kind_operations",
+    "openapi_document",
+    "ref",
+    "with_content",
+]
 
 REF = "#/components/schemas/{name}"
 
+# The errors a call may answer beside its own answers (API.md section 5, 16).
+ERROR_ANSWERS: dict[int, str] = {
+    400: "The body is not JSON, is nested deeper than 64 levels, or is not an object with "
+    "the required fields",
+    404: "Unknown kind, job or route",
+    413: "The body is over `max_body` bytes",
+    415: "A body whose Content-Type is not application/json",
+    422: "A value breaks its type or format; the message names it",
+    431: "Request headers over 64 KiB in all",
+    503: "A backend did not answer, the queue is over its depth limit, or the node is "
+    "shutting down; `Retry-After` says when to try again",
+}
+WITH_BODY = (400, 413, 415, 422, 431, 503)
+NO_BODY = (431, 503)
+WITH_PARAMS = (422, 431, 503)
 
-class ErrorDetail(msgspec.Struct):
-    """What went wrong: a stable code and a readable message."""
-
-    code: str
-    message: str
+HTML = "text/html"
+EVENT_STREAM = "text/event-stream"
 
 
-class ErrorBody(msgspec.Struct):
-    """Every non-2xx body (but the 409 of stop and result)."""
+class BackendHealth(msgspec.Struct, frozen=True, omit_defaults=True):
+    """One backend's health: its name, whether it answered, and why not."""
 
-    error: ErrorDetail
+    name: str
+    ok: bool
+    error: str | None = None
 
 
-class JobList(msgspec.Struct):
-    """A page of jobs and the cursor of the next page."""
+class Health(msgspec.Struct, frozen=True):
+    """`GET /health`: `ok` when every backend answers, else `unavailable` (503)."""
 
-    items: list[JobStatus]
-    next: str | None
+    status: Literal["ok", "unavailable"]
+    role: str
+    backends: dict[str, BackendHealth]
+
+
+# -- raw path items (`hooks.openapi_paths`), for plugins that write theirs by hand ---------
+# Prefer `Registry.document(Operation(...))`: its parameters are the ones the handler reads.
 
 
 def json_content(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"application/json": {"schema": schema}}
+    """An OpenAPI `content` map of one JSON schema."""
+    return {JSON: {"schema": schema}}
 
 
 def ref(name: str) -> dict[str, Any]:
+    """A `$ref` to the component `name` (a Struct listed in `hooks.openapi_types`)."""
     return {"$ref": REF.format(name=name)}
 
 
 def answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An OpenAPI response object, with a JSON body of `schema` if given."""
     out: dict[str, Any] = {"description": description}
     if schema is not None:
         out["content"] = json_content(schema)
@@ -51,282 +116,353 @@ def answer(description: str, schema: dict[str, Any] | None = None) -> dict[str, 
 
 STATUS = ref("JobStatus")
 ERROR = ref("ErrorBody")
-ERRORS = {
-    "400": answer("Body is not JSON, is nested deeper than 64 levels, or misses a field", ERROR),
-    "404": answer("Unknown kind or job", ERROR),
-    "413": answer("Body over the size limit", ERROR),
-    "415": answer("A body whose Content-Type is not application/json", ERROR),
-    "422": answer("A value breaks its schema", ERROR),
-    "431": answer("Request headers over 64 KiB in all", ERROR),
-    "503": answer("A backend is unreachable or the queue is full", ERROR),
+ERRORS = {str(code): answer(text, ERROR) for code, text in ERROR_ANSWERS.items()}
+
+
+def _status(description: str, **more: Any) -> Answer:
+    return Answer(description, JobStatus, **more)
+
+
+LOCATION = {"Location": "The job's URL: `/api/jobs/{id}`"}
+NOT_FOUND_JOB = Answer("Unknown job (or purged after its retention, or of another kind)", ErrorBody)
+STOPPED = {
+    200: _status("Queued (now stopped) or already stopped: the status"),
+    202: _status("Running: stop requested; the status"),
+    409: _status("Already succeeded or failed: the status"),
+    404: NOT_FOUND_JOB,
 }
-ID_BODY = {
-    "type": "object",
-    "required": ["id"],
-    "properties": {"id": {"type": "string"}},
+RESULT = {
+    200: Answer(
+        "The result bytes, with the result's MIME type as Content-Type",
+        media="*/*",
+        schema={},
+        headers={"Content-Disposition": "`attachment` with `download`, or for active content"},
+    ),
+    204: Answer("Succeeded with no result"),
+    409: _status("Not succeeded: the status (a failed job's carries `error`)"),
+    404: NOT_FOUND_JOB,
 }
-PATH_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
-ON_CONFLICT = {"type": "string", "enum": ["reject", "existing", "replace"]}
+PAGE = Answer("The web page (it routes itself)", media=HTML, schema={"type": "string"})
 
 
-class BatchItem(msgspec.Struct):
-    """One item's outcome: `created`, `existing` (with the status) or `refused` (with the error)."""
-
-    outcome: str
-    status: JobStatus | None
-    error: ErrorDetail | None
-
-
-class BatchAnswer(msgspec.Struct):
-    """The answer of enqueue-batch and of an event: one outcome per item."""
-
-    items: list[BatchItem]
-
-
-class KeyContext(msgspec.Struct):
-    """A key's rule, the job holding it, and its recent jobs."""
-
-    kind: str
-    key: str
-    rule: str
-    holder: JobStatus | None
-    jobs: list[JobStatus]
-
-
-def _post(summary: str, body: dict[str, Any], answers: dict[str, Any], tag: str) -> dict[str, Any]:
+def _event_schema(status_ref: dict[str, Any]) -> dict[str, Any]:
+    """One server-sent event: a status (`message`), or `gone` when the job is purged."""
     return {
-        "post": {
-            "summary": summary,
-            "tags": [tag],
-            "requestBody": {"required": True, "content": json_content(body)},
-            "responses": {**answers, **ERRORS},
-        }
-    }
-
-
-def _kind_paths(kind_name: str, content_ref: dict[str, Any]) -> dict[str, Any]:
-    enqueue_body = {
-        "type": "object",
-        "required": ["content"],
-        "properties": {
-            "content": content_ref,
-            "requestId": {"type": "string", "pattern": "^[A-Za-z0-9._:-]{1,128}$"},
-            "key": {"type": "string", "minLength": 1, "maxLength": 256},
-            "procRouting": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
-            "callbackRouting": {"type": "string", "minLength": 1, "maxLength": 255},
-            "onConflict": ON_CONFLICT,
-        },
-    }
-    batch_body = {
-        "type": "object",
-        "properties": {
-            "items": {"type": "array", "items": enqueue_body, "minItems": 1, "maxItems": 1000},
-            "keys": {
-                "type": "array",
-                "items": {"type": "string", "minLength": 1, "maxLength": 256},
-                "minItems": 1,
-                "maxItems": 1000,
-            },
-            "content": content_ref,
-            "onConflict": ON_CONFLICT,
-        },
-    }
-    progress_body = {
-        "type": "object",
-        "required": ["id"],
-        "properties": {
-            "id": {"type": "string"},
-            "wait": {"type": "number", "minimum": 0, "maximum": 60},
-            "since": {"type": "integer"},
-        },
-    }
-    release_body = {
-        "type": "object",
-        "required": ["key"],
-        "properties": {"key": {"type": "string"}},
-    }
-    base = f"/api/{kind_name}"
-    return {
-        f"{base}/enqueue": _post(
-            f"Enqueue a {kind_name} job",
-            enqueue_body,
+        "oneOf": [
             {
-                "202": answer("Queued", STATUS),
-                "200": answer("requestId exists: its status", STATUS),
-                "409": answer("requestId of another kind, or key held", ERROR),
-            },
-            kind_name,
-        ),
-        f"{base}/enqueue-batch": _post(
-            f"Enqueue many {kind_name} jobs: one outcome per item",
-            batch_body,
-            {"200": answer("One outcome per item, in order", ref("BatchAnswer"))},
-            kind_name,
-        ),
-        f"{base}/progress": _post(
-            "Status, optionally waiting for the next change",
-            progress_body,
-            {"200": answer("Status", STATUS)},
-            kind_name,
-        ),
-        f"{base}/stop": _post(
-            "Stop the job",
-            ID_BODY,
-            {
-                "200": answer("Stopped", STATUS),
-                "202": answer("Running: stop requested", STATUS),
-                "409": answer("Already succeeded or failed", STATUS),
-            },
-            kind_name,
-        ),
-        f"{base}/result": _post(
-            "The result bytes, with their MIME type",
-            ID_BODY,
-            {
-                "200": {"description": "The result", "content": {"*/*": {"schema": {}}}},
-                "204": answer("Succeeded with no result"),
-                "409": answer("Not succeeded", STATUS),
-            },
-            kind_name,
-        ),
-        f"{base}/release": _post(
-            "Free a `once` key",
-            release_body,
-            {"200": answer("Released or not", {"type": "object"})},
-            kind_name,
-        ),
-    }
-
-
-def _alias_paths() -> dict[str, Any]:
-    wait_params = [
-        *PATH_ID,
-        {"name": "wait", "in": "query", "schema": {"type": "number", "minimum": 0, "maximum": 60}},
-        {"name": "since", "in": "query", "schema": {"type": "integer"}},
-    ]
-    list_params = [
-        {"name": name, "in": "query", "schema": {"type": "string"}}
-        for name in ("kind", "state", "key", "parent", "cursor")
-    ] + [{"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}}]
-    return {
-        "/api/jobs": {
-            "get": {
-                "summary": "Jobs, newest first, paged by cursor",
-                "tags": ["jobs"],
-                "parameters": list_params,
-                "responses": {"200": answer("A page", ref("JobList")), **ERRORS},
-            }
-        },
-        "/api/jobs/{id}": {
-            "get": {
-                "summary": "Status (long poll with wait and since)",
-                "tags": ["jobs"],
-                "parameters": wait_params,
-                "responses": {"200": answer("Status", STATUS), **ERRORS},
-            }
-        },
-        "/api/jobs/{id}/stop": {
-            "post": {
-                "summary": "Stop the job",
-                "tags": ["jobs"],
-                "parameters": PATH_ID,
-                "responses": {
-                    "200": answer("Stopped", STATUS),
-                    "202": answer("Running: stop requested", STATUS),
-                    "409": answer("Already succeeded or failed", STATUS),
-                    **ERRORS,
-                },
-            }
-        },
-        "/api/jobs/{id}/result": {
-            "get": {
-                "summary": "The result bytes",
-                "tags": ["jobs"],
-                "parameters": [
-                    *PATH_ID,
-                    {"name": "download", "in": "query", "schema": {"type": "string"}},
-                ],
-                "responses": {
-                    "200": {"description": "The result", "content": {"*/*": {"schema": {}}}},
-                    "204": answer("Succeeded with no result"),
-                    "409": answer("Not succeeded", STATUS),
-                    **ERRORS,
-                },
-            }
-        },
-        "/api/jobs/{id}/events": {
-            "get": {
-                "summary": "Server-sent events: the status after each change",
-                "tags": ["jobs"],
-                "parameters": PATH_ID,
-                "responses": {
-                    "200": {
-                        "description": "An event stream",
-                        "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                "type": "object",
+                "required": ["data"],
+                "properties": {
+                    "event": {"const": "message"},
+                    "id": {"type": "string", "description": "The status's version"},
+                    "data": {
+                        "type": "string",
+                        "contentMediaType": JSON,
+                        "contentSchema": status_ref,
                     },
-                    **ERRORS,
                 },
-            }
-        },
-        "/api/keys/{kind}/{key}": {
-            "get": {
-                "summary": "A key's context: its rule, holder and recent jobs",
-                "tags": ["jobs"],
-                "parameters": [
-                    {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-                    for name in ("kind", "key")
-                ],
-                "responses": {"200": answer("The key's context", ref("KeyContext")), **ERRORS},
-            }
-        },
-        "/api/kinds": {
-            "get": {
-                "summary": "The registered kinds and their content schemas",
-                "tags": ["kinds"],
-                "responses": {
-                    "200": answer("Kinds", {"type": "array", "items": {"type": "object"}})
-                },
-            }
-        },
-        "/health": {
-            "get": {
-                "summary": "Node health",
-                "tags": ["service"],
-                "responses": {
-                    "200": answer("Healthy", {"type": "object"}),
-                    "503": answer("A backend is unreachable", {"type": "object"}),
-                },
-            }
-        },
-        "/openapi.json": {
-            "get": {
-                "summary": "This document",
-                "tags": ["service"],
-                "responses": {"200": answer("OpenAPI 3.1", {"type": "object"})},
-            }
-        },
-        "/": {
-            "get": {
-                "summary": "The progress page",
-                "tags": ["service"],
-                "responses": {"200": {"description": "HTML", "content": {"text/html": {}}}},
-            }
-        },
+            },
+            {
+                "type": "object",
+                "required": ["data"],
+                "properties": {"event": {"const": "gone"}, "data": {"const": "{}"}},
+            },
+        ]
     }
+
+
+def core_operations(registry: Registry) -> list[Operation]:
+    """The routes of API.md sections 2, 5 and 6 that are not per kind."""
+    kinds = tuple(kind.name for kind in registry)
+    kind_type: Any = Literal[kinds] if kinds else str
+    key_kind = Param("kind", "path", kind_type, "A registered kind")
+    # The page and /health: no backend, no parameter to refuse, open to anyone.
+    page: dict[str, Any] = {"errors": (431,), "common": False}
+    return [
+        Operation(
+            "GET",
+            "/api/jobs",
+            "Jobs, newest first (ties by id), paged by cursor",
+            "jobs",
+            {
+                200: Answer("A page of jobs", JobList),
+                400: Answer("A cursor this service did not hand out", ErrorBody),
+            },
+            params=LIST_PARAMS,
+        ),
+        Operation(
+            "GET",
+            "/api/jobs/{id}",
+            "The status; with `wait`, a long poll for a version above `since`",
+            "jobs",
+            {200: _status("The status"), 404: NOT_FOUND_JOB},
+            params=[JOB_ID, WAIT, SINCE],
+        ),
+        Operation("POST", "/api/jobs/{id}/stop", "Stop the job", "jobs", STOPPED, [JOB_ID]),
+        Operation(
+            "GET",
+            "/api/jobs/{id}/result",
+            "The result bytes",
+            "jobs",
+            RESULT,
+            params=[JOB_ID, DOWNLOAD],
+        ),
+        Operation(
+            "GET",
+            "/api/jobs/{id}/events",
+            "Server-sent events: the status now and after each change, until terminal",
+            "jobs",
+            {
+                200: Answer(
+                    "One `data:` line of status JSON per change (`id:` its version), the "
+                    "current status first; `: keep-alive` comments every 15 s; the stream "
+                    "ends after a terminal state (an `event: gone` if the job is purged)",
+                    media=EVENT_STREAM,
+                    schema=_event_schema({"$ref": REF.format(name="JobStatus")}),
+                ),
+                404: NOT_FOUND_JOB,
+            },
+            params=[JOB_ID],
+        ),
+        Operation(
+            "GET",
+            "/api/keys/{kind}/{key}",
+            "A key's context: its rule, holder and 20 most recent jobs",
+            "jobs",
+            {200: Answer("The key's context", KeyContext), 404: Answer("Unknown kind", ErrorBody)},
+            params=[key_kind, KEY],
+        ),
+        Operation(
+            "GET",
+            "/api/kinds",
+            "The registered kinds and their content schemas",
+            "kinds",
+            {200: Answer("The kinds", list[KindInfo])},
+        ),
+        Operation(
+            "GET",
+            "/health",
+            "This node's health",
+            "service",
+            {
+                200: Answer("Every backend answers", Health),
+                503: Answer("A backend it needs is unreachable", Health),
+            },
+            **page,
+        ),
+        Operation(
+            "GET",
+            "/openapi.json",
+            "This document",
+            "service",
+            {200: Answer("OpenAPI 3.1", dict[str, Any])},
+            **page,
+        ),
+        Operation("GET", "/", "The progress page", "page", {200: PAGE}, **page),
+        Operation(
+            "GET",
+            "/jobs/{id}",
+            "The page, on one job",
+            "page",
+            {200: PAGE},
+            params=[Param("id", "path", str)],
+            **page,
+        ),
+        Operation("GET", "/new", "The page, on a new job", "page", {200: PAGE}, **page),
+        Operation("GET", "/schedules", "The page, on the schedules", "page", {200: PAGE}, **page),
+        Operation(
+            "GET", "/dead-letters", "The page, on the dead letters", "page", {200: PAGE}, **page
+        ),
+    ]
+
+
+def with_content(base: Any, content: Any, name: str) -> Any:
+    """A copy of the body Struct `base` (camelCase fields, `content: msgspec.Raw`) named
+    `name`, whose `content` is of the type `content`: the document shows what the
+    handler checks the raw content against."""
+    fields: list[Any] = []
+    for field in msgspec.structs.fields(base):
+        if field.name == "content":
+            fields.append((field.name, content))
+        elif field.required:
+            fields.append((field.name, field.type))
+        else:
+            fields.append((field.name, field.type, field.default))
+    body = msgspec.defstruct(name, fields, rename="camel", frozen=True)
+    body.__doc__ = base.__doc__
+    return body
+
+
+def enqueue_body(kind: JobKind) -> Any:
+    """The enqueue body of `kind`: `EnqueueRequest` with the kind's content type (one
+    Struct per kind, named `<kind>.enqueue`)."""
+    body = with_content(EnqueueRequest, kind.content_type, f"{kind.name}.enqueue")
+    body.__doc__ = f"The enqueue body of {kind.name}."
+    return Annotated[body, msgspec.Meta(extra_json_schema=ENQUEUE_RULES)]
+
+
+def kind_operations(kind: JobKind) -> list[Operation]:
+    """The six calls of one kind (API.md sections 1, 6 and 10)."""
+    base = f"/api/{kind.name}"
+    tag = kind.name
+    return [
+        Operation(
+            "POST",
+            f"{base}/enqueue",
+            f"Enqueue a {kind.name} job: {kind.title}",
+            tag,
+            {
+                202: _status("Queued: the new job's status", headers=LOCATION),
+                200: _status("`requestId` (or the key's holder under `existing`) names a job"),
+                409: Answer("`requestId` of another kind, or the key is held", ErrorBody),
+            },
+            body=enqueue_body(kind),
+            description=kind.description,
+        ),
+        Operation(
+            "POST",
+            f"{base}/enqueue-batch",
+            f"Enqueue many {kind.name} jobs: one outcome per item",
+            tag,
+            {200: Answer("One outcome per item, in order", BatchAnswer)},
+            body=BatchBody,
+            description=(
+                f"Each item is an enqueue body of {kind.name} (`{kind.name}.enqueue`); an "
+                "item that is not a valid one is refused on its own (`outcome: refused`)."
+            ),
+        ),
+        Operation(
+            "POST",
+            f"{base}/progress",
+            "The status; with `wait`, a long poll for a version above `since`",
+            tag,
+            {200: _status("The status"), 404: NOT_FOUND_JOB},
+            body=ProgressRequest,
+        ),
+        Operation("POST", f"{base}/stop", "Stop the job", tag, STOPPED, body=IdRequest),
+        Operation("POST", f"{base}/result", "The result bytes", tag, RESULT, body=IdRequest),
+        Operation(
+            "POST",
+            f"{base}/release",
+            "Free a `once` key",
+            tag,
+            {200: Answer("Whether the key was held", Released)},
+            body=ReleaseRequest,
+        ),
+    ]
+
+
+class _Types:
+    """The msgspec types of a document, each given its schema (a `$ref` for Structs)."""
+
+    def __init__(self) -> None:
+        self.types: list[Any] = []
+        self.schemas: list[dict[str, Any]] = []
+
+    def add(self, type_: Any) -> None:
+        if type_ is not None and type_ not in self.types:
+            self.types.append(type_)
+
+    def resolve(self) -> dict[str, Any]:
+        """Make the schemas; answer the components."""
+        refs, components = msgspec.json.schema_components(self.types, ref_template=REF)
+        self.schemas = list(refs)
+        return components
+
+    def schema(self, type_: Any) -> dict[str, Any]:
+        return self.schemas[self.types.index(type_)]
+
+
+def _parameter(param: Param, types: _Types) -> dict[str, Any]:
+    schema = types.schema(param.value_type)
+    description = param.description
+    if param.empty_is_absent:
+        # `?limit=` is no limit: the document says so rather than call it invalid.
+        schema = {"anyOf": [schema, {"const": ""}]}
+        description += " (empty: as if not given)"
+    out: dict[str, Any] = {
+        "name": param.name,
+        "in": param.where,
+        "required": param.required,
+        "schema": schema,
+    }
+    if description:
+        out["description"] = description.strip()
+    return out
+
+
+def _answer(answer: Answer, types: _Types) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": answer.description}
+    if answer.type is not None:
+        out["content"] = {answer.media: {"schema": types.schema(answer.type)}}
+    elif answer.schema is not None:
+        out["content"] = {answer.media: {"schema": dict(answer.schema)}}
+    if answer.headers:
+        out["headers"] = {
+            name: {"description": text, "schema": {"type": "string"}}
+            for name, text in answer.headers.items()
+        }
+    return out
+
+
+def _errors(operation: Operation) -> Sequence[int]:
+    if operation.errors is not None:
+        return operation.errors
+    if operation.body is not None or operation.bodies:
+        return WITH_BODY
+    return WITH_PARAMS if operation.params else NO_BODY
+
+
+def _operation(operation: Operation, types: _Types, common: dict[int, Answer]) -> dict[str, Any]:
+    answers: dict[int, Answer] = {
+        code: Answer(ERROR_ANSWERS[code], ErrorBody) for code in _errors(operation)
+    }
+    if operation.common:
+        answers.update(common)
+    answers.update(operation.answers)
+    out: dict[str, Any] = {"summary": operation.summary, "tags": [operation.tag]}
+    if operation.description:
+        out["description"] = operation.description
+    if operation.params:
+        out["parameters"] = [_parameter(p, types) for p in operation.params]
+    content = {media: {"schema": dict(schema)} for media, schema in operation.bodies.items()}
+    if operation.body is not None:
+        content[JSON] = {"schema": types.schema(operation.body)}
+    if content:
+        out["requestBody"] = {"required": True, "content": content}
+    out["responses"] = {str(code): _answer(answers[code], types) for code in sorted(answers)}
+    return out
+
+
+def _types_of(operations: Iterable[Operation], common: dict[int, Answer]) -> _Types:
+    types = _Types()
+    types.add(ErrorBody)
+    for operation in operations:
+        types.add(operation.body)
+        for param in operation.params:
+            types.add(param.value_type)
+        for answer in [*operation.answers.values(), *common.values()]:
+            types.add(answer.type)
+    return types
 
 
 def openapi_document(registry: Registry) -> dict[str, Any]:
-    """A complete OpenAPI 3.1 document for the kinds of `registry`."""
-    kinds = list(registry)
+    """A complete OpenAPI 3.1 document of the routes of a node with `registry`."""
     hooks = registry.hooks
-    base: list[Any] = [JobStatus, ErrorBody, JobList, BatchAnswer, KeyContext]
-    base += [t for t in hooks.openapi_types if t not in base]
-    types = base + [k.content_type for k in kinds]
-    refs, components = msgspec.json.schema_components(types, ref_template=REF)
-    paths = _alias_paths()
-    for kind, content_ref in zip(kinds, refs[len(base) :], strict=True):
-        paths.update(_kind_paths(kind.name, content_ref))
-    # Plugins' routes (schedules, triggers, ...): `$ref`s name the Structs above.
+    operations = core_operations(registry)
+    for kind in registry:
+        operations += kind_operations(kind)
+    operations += hooks.openapi_operations
+    common = dict(hooks.openapi_answers)
+    types = _types_of(operations, common)
+    for extra in hooks.openapi_types:  # the Structs of hand-written `openapi_paths`
+        types.add(extra)
+    components = types.resolve()
+    paths: dict[str, Any] = {}
+    for operation in operations:
+        paths.setdefault(operation.path, {})[operation.method.lower()] = _operation(
+            operation, types, common
+        )
     paths.update(hooks.openapi_paths)
     return {
         "openapi": "3.1.0",

@@ -20,6 +20,7 @@ import msgspec
 from starlette.routing import Route
 
 from . import messages
+from .apidoc import Operation, decode_json
 from .errors import ConfigError, InvalidContent, PluginError, UnknownKind
 from .hooks import (
     AfterChange,
@@ -140,10 +141,14 @@ class JobKind:
         # Run by processors outside over HTTP (`external.py`): `handler` is never called.
         self.external = False
 
+    def read_content(self, raw: bytes) -> Any:
+        """The typed content, as the handler gets it (5.0 taken for an integer field)."""
+        return decode_json(raw, self.content_type, self.decoder)
+
     def decode_content(self, raw: bytes) -> Any:
         """The typed content; raises `InvalidInput` naming what is wrong."""
         try:
-            content = self.decoder.decode(raw)
+            content = self.read_content(raw)
         except msgspec.ValidationError as exc:  # before DecodeError: it is a subclass
             raise InvalidContent(
                 messages.invalid_value(exc, self.content_type, raw, "content")
@@ -369,6 +374,10 @@ class Registry:
             return endpoint
 
         return register
+
+    def document(self, *operations: Operation) -> None:
+        """Declare the OpenAPI operations of this plugin's routes (`asyncproc.apidoc`)."""
+        self.hooks.openapi_operations.extend(operations)
 
     def external(self, name: str, *, title: str | None = None, description: str = "") -> JobKind:
         """Register `name` as an external kind (API.md section 14): any JSON content, no

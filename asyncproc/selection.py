@@ -97,7 +97,7 @@ def selection_key_hook(key_of: Callable[[Any], str]) -> Callable[[Draft], Any]:
     async def hook(draft: Draft) -> None:
         if draft.job.key is not None:
             return
-        params = draft.kind.decoder.decode(draft.job.content)
+        params = draft.kind.read_content(draft.job.content)
         draft.job = msgspec.structs.replace(draft.job, key=key_of(params))
 
     return hook

@@ -29,7 +29,7 @@ from .errors import BackendUnavailable
 from .hooks import Node
 from .input_limits import hidden_header_names
 from .interfaces import Queue, StateStore
-from .openapi import openapi_document
+from .openapi import BackendHealth, Health, openapi_document
 from .origins import Origins
 from .registry import (
     Registry,
@@ -241,21 +241,17 @@ async def health(request: Request) -> Response:
     """GET /health: 200 when every backend answers, 503 naming the ones that do not."""
     settings: Settings = request.app.state.settings
     service: JobService = request.app.state.service
-    backends: dict[str, dict[str, Any]] = {}
+    backends: dict[str, BackendHealth] = {}
     healthy = True
     for part, backend in (("state", service.store), ("queue", service.queue)):
         try:
             with anyio.fail_after(2):
                 await backend.ping()
-            backends[part] = {"name": backend.name, "ok": True}
+            backends[part] = BackendHealth(backend.name, True)
         except (BackendUnavailable, TimeoutError, OSError) as exc:
             healthy = False
-            backends[part] = {"name": backend.name, "ok": False, "error": str(exc)}
-    body = {
-        "status": "ok" if healthy else "unavailable",
-        "role": settings.role,
-        "backends": backends,
-    }
+            backends[part] = BackendHealth(backend.name, False, str(exc))
+    body = Health("ok" if healthy else "unavailable", str(settings.role), backends)
     return json_response(body, 200 if healthy else 503)
 
 

@@ -56,6 +56,12 @@ BusinessKey = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 RoutingName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
 CallbackRouting = Annotated[str, msgspec.Meta(min_length=1, max_length=255)]
 
+# The longest start delay (100 years), and the last year a start may be in: past them,
+# a job's deadline or purge time could overflow a date. (The year is one the document
+# can say: a pattern on the date; a time relative to now it could not.)
+MAX_DELAY = 100 * 365.25 * 86400
+LAST_YEAR = 8999
+
 # The repair sweep: how often it looks, and how long a ready job may wait unstarted
 # in an empty queue before its message counts as lost.
 REPAIR_EVERY = timedelta(seconds=30)
@@ -122,18 +128,42 @@ class EnqueueRequest(msgspec.Struct, frozen=True, rename="camel"):
     proc_routing: RoutingName | None = None
     callback_routing: CallbackRouting | None = None
     on_conflict: OnConflict | None = None
-    delay: Annotated[float, msgspec.Meta(ge=0)] | None = None
-    not_before: Annotated[datetime, msgspec.Meta(tz=True)] | None = None
+    delay: Annotated[float, msgspec.Meta(ge=0, le=MAX_DELAY)] | None = None
+    not_before: (
+        Annotated[
+            datetime,
+            msgspec.Meta(
+                tz=True,
+                description="Before the year 9000",
+                extra_json_schema={"pattern": f"^[0-{LAST_YEAR // 1000}]"},
+            ),
+        ]
+        | None
+    ) = None
 
     def start_at(self, now: datetime) -> datetime | None:
-        """When the job may start (`delay` or `notBefore`), None for at once; 422 for both."""
+        """When the job may start (`delay` or `notBefore`), None for at once; 422 for both,
+        or for a `notBefore` past `LAST_YEAR` (a deadline or purge time after it could
+        overflow a date)."""
         if self.delay is not None and self.not_before is not None:
             raise InvalidInput("give delay or notBefore, not both")
         if self.delay:
             return now + timedelta(seconds=self.delay)
+        if self.not_before is not None and self.not_before.year > LAST_YEAR:
+            raise InvalidInput(f"notBefore: must be before the year {LAST_YEAR + 1}")
         if self.not_before is not None and self.not_before > now:
             return self.not_before
         return None
+
+
+# What the document says of an enqueue body beyond its fields' types.
+ENQUEUE_RULES = {
+    "not": {
+        "required": ["delay", "notBefore"],
+        "properties": {"delay": {"type": "number"}, "notBefore": {"type": "string"}},
+    },
+    "description": "`delay` and `notBefore` together answer 422.",
+}
 
 
 class ItemOutcome(msgspec.Struct, frozen=True):

@@ -416,7 +416,7 @@ class WorkerPool:
             return
         try:
             kind = service.registry.get(job.kind)
-            content = kind.decoder.decode(job.content)
+            content = kind.read_content(job.content)
         except (UnknownKind, ValueError) as exc:
             error = ErrorInfo(error_id="bad_job", tech_msg=str(exc))
             await self._finish(job, Fail(error))

@@ -28,6 +28,7 @@ from typing import Any
 import msgspec
 from starlette.middleware import Middleware
 
+from asyncproc.apidoc import Answer, ErrorBody
 from asyncproc.config import Settings
 from asyncproc.errors import Forbidden, ServiceError, Unauthorized
 from asyncproc.hooks import Draft, Node
@@ -144,6 +145,11 @@ def set_up(settings: Settings, app_registry: Registry) -> None:
             hooks.before_enqueue.append(own)
             hooks.visibility.append(sees)
             hooks.list_filters.append(own_jobs)
+        # In the OpenAPI document, of every call but the public ones (`common=False`).
+        hooks.openapi_answers[401] = Answer(
+            "No bearer token, or an unknown one (`WWW-Authenticate: Bearer`)", ErrorBody
+        )
+        hooks.openapi_answers[403] = Answer("The token lacks the scope this call needs", ErrorBody)
     elif not _loopback(settings.host):
         log.warning(
             "AUTH IS OFF: no [[tokens]] are configured and host %s is not a loopback "

@@ -24,12 +24,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from asyncproc.api import json_response, service_of, status_response
-from asyncproc.errors import Conflict, InvalidInput, JobNotFound, NotFound, TransitionRefused
+from asyncproc.apidoc import Answer, ErrorBody, Operation, Param
+from asyncproc.errors import Conflict, JobNotFound, NotFound, TransitionRefused
 from asyncproc.hooks import Node
 from asyncproc.lifecycle import Revive
-from asyncproc.messages import invalid_query
-from asyncproc.model import Job, JobState, Uniqueness
-from asyncproc.openapi import ERROR, ERRORS, STATUS, answer, ref
+from asyncproc.model import Job, JobState, JobStatus, Uniqueness
 from asyncproc.registry import Registry
 from asyncproc.service import JobService
 
@@ -42,7 +41,14 @@ log = logging.getLogger("asyncproc.dead_letters")
 
 registry = Registry()
 
-_LIMIT = Annotated[int, msgspec.Meta(ge=1)]
+_LIMIT = Param(
+    "limit",
+    "query",
+    Annotated[int, msgspec.Meta(ge=1)] | None,
+    "Page size: default 50, at most 200",
+)
+_CURSOR = Param("cursor", "query", str | None, "The `next` of the previous page")
+_ID = Param("id", "path", str, "The dead letter's id")
 
 
 class DeadLetterRecorder:
@@ -91,13 +97,8 @@ async def _letter(book: DeadLetterBook, letter_id: str) -> Stored:
 @registry.route("/api/dead-letters", methods=["GET"])
 async def list_dead_letters(request: Request) -> Response:
     """GET /api/dead-letters?limit=&cursor=: newest first."""
-    raw = request.query_params.get("limit") or None
-    try:
-        limit = 50 if raw is None else msgspec.json.decode(raw.encode(), type=_LIMIT)
-    except (msgspec.DecodeError, msgspec.ValidationError):
-        raise InvalidInput(invalid_query("limit", raw or "", _LIMIT)) from None
-    cursor = request.query_params.get("cursor") or None
-    return json_response(await _book(request).page(min(limit, 200), cursor))
+    limit = _LIMIT.read(request) or 50
+    return json_response(await _book(request).page(min(limit, 200), _CURSOR.read(request)))
 
 
 @registry.route("/api/dead-letters/{id}", methods=["DELETE"])
@@ -184,45 +185,41 @@ async def _offer(request: Request, stored: Stored) -> Job:
 
 # -- OpenAPI ---------------------------------------------------------------------------
 
-_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
-_NOT_FOUND = {"404": answer("No dead letter of this id", ERROR)}
+_NOT_FOUND = {404: Answer("No dead letter of this id", ErrorBody)}
+_TAG = "dead letters"
 
-
-def _call(summary: str, answers: dict[str, Any], **more: Any) -> dict[str, Any]:
-    return {"summary": summary, "tags": ["dead letters"], "responses": answers, **more}
-
-
-registry.hooks.openapi_types += [DeadLetterPage]
-registry.hooks.openapi_paths.update(
-    {
-        "/api/dead-letters": {
-            "get": _call(
-                "Dead letters, newest first",
-                {"200": answer("A page of dead letters", ref("DeadLetterPage")), **ERRORS},
-                parameters=[
-                    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1}},
-                    {"name": "cursor", "in": "query", "schema": {"type": "string"}},
-                ],
-            )
+registry.document(
+    Operation(
+        "GET",
+        "/api/dead-letters",
+        "Dead letters, newest first",
+        _TAG,
+        {
+            200: Answer("A page of dead letters", DeadLetterPage),
+            400: Answer("A cursor this service did not hand out", ErrorBody),
         },
-        "/api/dead-letters/{id}": {
-            "delete": _call(
-                "Delete a dead letter",
-                {"204": answer("Deleted"), **ERRORS, **_NOT_FOUND},
-                parameters=_ID,
-            )
+        [_LIMIT, _CURSOR],
+    ),
+    Operation(
+        "DELETE",
+        "/api/dead-letters/{id}",
+        "Delete a dead letter",
+        _TAG,
+        {204: Answer("Deleted"), **_NOT_FOUND},
+        [_ID],
+    ),
+    Operation(
+        "POST",
+        "/api/dead-letters/{id}/requeue",
+        "Run a dead letter again: a dead job queued again, a message offered again",
+        _TAG,
+        {
+            202: Answer(
+                "The job that runs again", JobStatus, headers={"Location": "The job's URL"}
+            ),
+            409: Answer("It cannot run again (gone, its key held, refused again)", ErrorBody),
+            **_NOT_FOUND,
         },
-        "/api/dead-letters/{id}/requeue": {
-            "post": _call(
-                "Run a dead letter again: a dead job queued again, a message offered again",
-                {
-                    "202": answer("The job that runs again", STATUS),
-                    "409": answer("It cannot run again (gone, refused again)", ERROR),
-                    **ERRORS,
-                    **_NOT_FOUND,
-                },
-                parameters=_ID,
-            )
-        },
-    }
+        [_ID],
+    ),
 )

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
-from asyncproc.api import decode_body, json_response, read_body, status_response
-from asyncproc.errors import InvalidInput
+from asyncproc.api import JOB_ID, decode_body, json_response, read_body, status_response
+from asyncproc.apidoc import Answer, ErrorBody, Operation, Param
 from asyncproc.external import (
     ExternalJobs,
     FailReport,
@@ -26,15 +25,21 @@ from asyncproc.external import (
     StoppedReport,
     TakeAnswer,
     TakeRequest,
+    Token,
     cluster_secret,
 )
 from asyncproc.hooks import Node
-from asyncproc.openapi import ERROR, ERRORS, STATUS, answer, json_content, ref
+from asyncproc.model import JobStatus
 from asyncproc.registry import Registry
 
 __all__ = ["registry"]
 
 registry = Registry()
+
+_TAG = "external processors"
+_ID = JOB_ID
+_TOKEN = Param("token", "query", Token, "The token `take` handed out with the job")
+_LOST = {409: Answer("The token lost its lease, or its job moved on (lease_lost)", ErrorBody)}
 
 
 @registry.lifespan
@@ -64,18 +69,16 @@ async def take(request: Request) -> Response:
 async def progress(request: Request) -> Response:
     """POST /api/workers/jobs/{id}/progress: report (or heartbeat), renewing the lease."""
     body = decode_body(await read_body(request), ProgressReport)
-    return json_response(await _jobs(request).progress(request.path_params["id"], body))
+    return json_response(await _jobs(request).progress(_ID.read(request), body))
 
 
 @registry.route("/api/workers/jobs/{id}/result", methods=["PUT"])
 async def result(request: Request) -> Response:
     """PUT /api/workers/jobs/{id}/result?token=: the result bytes, typed by Content-Type."""
-    token = request.query_params.get("token")
-    if not token:
-        raise InvalidInput("query parameter token is required")
+    token = _TOKEN.read(request)
     data = await read_body(request, json=False)
     mime = request.headers.get("content-type") or None
-    job = await _jobs(request).succeed(request.path_params["id"], token, data, mime)
+    job = await _jobs(request).succeed(_ID.read(request), token, data, mime)
     return status_response(request, job)
 
 
@@ -83,99 +86,64 @@ async def result(request: Request) -> Response:
 async def fail(request: Request) -> Response:
     """POST /api/workers/jobs/{id}/fail: failed, or queued again when retryable."""
     body = decode_body(await read_body(request), FailReport)
-    return status_response(request, await _jobs(request).fail(request.path_params["id"], body))
+    return status_response(request, await _jobs(request).fail(_ID.read(request), body))
 
 
 @registry.route("/api/workers/jobs/{id}/stopped", methods=["POST"])
 async def stopped(request: Request) -> Response:
     """POST /api/workers/jobs/{id}/stopped: the processor stopped as asked."""
     body = decode_body(await read_body(request), StoppedReport)
-    job = await _jobs(request).stopped(request.path_params["id"], body.token)
+    job = await _jobs(request).stopped(_ID.read(request), body.token)
     return status_response(request, job)
 
 
-_ID = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
-_LOST = {"409": answer("The token lost its lease, or its job moved on (lease_lost)", ERROR)}
-
-
-def _call(summary: str, answers: dict[str, Any], **more: Any) -> dict[str, Any]:
-    return {
-        "summary": summary,
-        "tags": ["external processors"],
-        "responses": {**answers, **ERRORS},
-        **more,
-    }
-
-
-def _body(name: str) -> dict[str, Any]:
-    return {"required": True, "content": json_content(ref(name))}
-
-
-registry.hooks.openapi_types += [
-    TakeRequest,
-    TakeAnswer,
-    ProgressReport,
-    ProgressAnswer,
-    FailReport,
-    StoppedReport,
-]
-registry.hooks.openapi_paths.update(
-    {
-        "/api/workers/take": {
-            "post": _call(
-                "Take jobs of external kinds (long poll up to `wait` for the first)",
-                {
-                    "200": answer(
-                        "The jobs taken, now running for this processor", ref("TakeAnswer")
-                    )
-                },
-                requestBody=_body("TakeRequest"),
-            )
+registry.document(
+    Operation(
+        "POST",
+        "/api/workers/take",
+        "Take jobs of external kinds (long poll up to `wait` for the first)",
+        _TAG,
+        {
+            200: Answer("The jobs taken, now running for this processor", TakeAnswer),
+            404: Answer("A kind that is not registered", ErrorBody),
         },
-        "/api/workers/jobs/{id}/progress": {
-            "post": _call(
-                "Report progress or a heartbeat; renews the lease",
-                {
-                    "200": answer("Stop requested?, the lease's new end", ref("ProgressAnswer")),
-                    **_LOST,
-                },
-                parameters=_ID,
-                requestBody=_body("ProgressReport"),
-            )
-        },
-        "/api/workers/jobs/{id}/result": {
-            "put": _call(
-                "The job succeeded with these result bytes (typed by Content-Type)",
-                {"200": answer("The job's status", STATUS), **_LOST},
-                parameters=[
-                    *_ID,
-                    {
-                        "name": "token",
-                        "in": "query",
-                        "required": True,
-                        "schema": {"type": "string"},
-                    },
-                ],
-                requestBody={
-                    "content": {"*/*": {"schema": {"type": "string", "format": "binary"}}}
-                },
-            )
-        },
-        "/api/workers/jobs/{id}/fail": {
-            "post": _call(
-                "The job failed (queued again when retryable and retries are left)",
-                {"200": answer("The job's status", STATUS), **_LOST},
-                parameters=_ID,
-                requestBody=_body("FailReport"),
-            )
-        },
-        "/api/workers/jobs/{id}/stopped": {
-            "post": _call(
-                "The processor stopped the job after a stop request",
-                {"200": answer("The job's status", STATUS), **_LOST},
-                parameters=_ID,
-                requestBody=_body("StoppedReport"),
-            )
-        },
-    }
+        body=TakeRequest,
+    ),
+    Operation(
+        "POST",
+        "/api/workers/jobs/{id}/progress",
+        "Report progress or a heartbeat; renews the lease",
+        _TAG,
+        {200: Answer("Stop requested?, the lease's new end", ProgressAnswer), **_LOST},
+        [_ID],
+        body=ProgressReport,
+    ),
+    Operation(
+        "PUT",
+        "/api/workers/jobs/{id}/result",
+        "The job succeeded with these result bytes (typed by Content-Type)",
+        _TAG,
+        {200: Answer("The job's status", JobStatus), **_LOST},
+        [_ID, _TOKEN],
+        bodies={"*/*": {}},
+        errors=(413, 422, 431, 503),  # any type of body: no 400 or 415
+    ),
+    Operation(
+        "POST",
+        "/api/workers/jobs/{id}/fail",
+        "The job failed (queued again when retryable and retries are left)",
+        _TAG,
+        {200: Answer("The job's status", JobStatus), **_LOST},
+        [_ID],
+        body=FailReport,
+    ),
+    Operation(
+        "POST",
+        "/api/workers/jobs/{id}/stopped",
+        "The processor stopped the job after a stop request",
+        _TAG,
+        {200: Answer("The job's status", JobStatus), **_LOST},
+        [_ID],
+        body=StoppedReport,
+    ),
 )

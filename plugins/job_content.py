@@ -11,7 +11,8 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from asyncproc.api import service_of
+from asyncproc.api import JOB_ID, service_of
+from asyncproc.apidoc import Answer, ErrorBody, Operation
 from asyncproc.registry import Registry
 
 __all__ = ["registry"]
@@ -22,37 +23,20 @@ registry = Registry()
 @registry.route("/api/jobs/{id}/content", methods=["GET"])
 async def job_content(request: Request) -> Response:
     """GET /api/jobs/{id}/content: the job's input as it was enqueued."""
-    job = await service_of(request).get(request.path_params["id"])
+    job = await service_of(request).get(JOB_ID.read(request))
     return Response(bytes(job.content), media_type="application/json")
 
 
-# Written out in full (no helper of asyncproc.openapi), so it reads the same whichever
-# way the document's builder evolves.
-_ERROR = {"$ref": "#/components/schemas/ErrorBody"}
-registry.hooks.openapi_paths.update(
-    {
-        "/api/jobs/{id}/content": {
-            "get": {
-                "summary": "The job's input content, as it was enqueued",
-                "tags": ["jobs"],
-                "parameters": [
-                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "responses": {
-                    "200": {
-                        "description": "The content (any JSON)",
-                        "content": {"application/json": {"schema": {}}},
-                    },
-                    "404": {
-                        "description": "Unknown job, or purged after its retention",
-                        "content": {"application/json": {"schema": _ERROR}},
-                    },
-                    "503": {
-                        "description": "The state store did not answer",
-                        "content": {"application/json": {"schema": _ERROR}},
-                    },
-                },
-            }
-        }
-    }
+registry.document(
+    Operation(
+        "GET",
+        "/api/jobs/{id}/content",
+        "The job's input content, as it was enqueued",
+        "jobs",
+        {
+            200: Answer("The content (any JSON)", schema={}),
+            404: Answer("Unknown job, or purged after its retention", ErrorBody),
+        },
+        [JOB_ID],
+    )
 )

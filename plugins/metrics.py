@@ -31,6 +31,7 @@ from prometheus_client.utils import floatToGoString
 from starlette.requests import Request
 from starlette.responses import Response
 
+from asyncproc.apidoc import Answer, ErrorBody, Operation
 from asyncproc.errors import BackendUnavailable, NotFound
 from asyncproc.hooks import Node
 from asyncproc.model import Job, JobState
@@ -233,19 +234,22 @@ async def metrics(request: Request) -> Response:
 
 
 registry.route("/metrics", methods=["GET"], every_role=True)(metrics)
-registry.hooks.openapi_paths["/metrics"] = {
-    "get": {
-        "summary": "This node's metrics (Prometheus text format)",
-        "tags": ["operations"],
-        "responses": {
-            "200": {
-                "description": "The metric families of API.md section 16",
-                "content": {"text/plain": {"schema": {"type": "string"}}},
-            },
-            "404": {"description": "Metrics are off (`metrics = false`)"},
+registry.document(
+    Operation(
+        "GET",
+        "/metrics",
+        "This node's metrics (Prometheus text format)",
+        "operations",
+        {
+            200: Answer(
+                "The metric families of API.md section 16",
+                media="text/plain",
+                schema={"type": "string"},
+            ),
+            404: Answer("Metrics are off (`metrics = false`)", ErrorBody),
         },
-    }
-}
+    )
+)
 
 
 @registry.lifespan

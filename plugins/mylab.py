@@ -28,13 +28,19 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from asyncproc.api import decode_body, handler_headers, json_response, read_body, service_of
+from asyncproc.api import (
+    JOB_ID,
+    decode_body,
+    handler_headers,
+    json_response,
+    read_body,
+    service_of,
+)
 from asyncproc.config import Settings
 from asyncproc.errors import (
     BadRequest,
     ConfigError,
     Conflict,
-    InvalidInput,
     ServiceError,
     TransitionRefused,
     UnsupportedMediaType,
@@ -110,6 +116,9 @@ def check_settings(settings: Settings, kinds: Registry) -> None:
         )
     if settings.mylab_queue and settings.queue != "rabbitmq":
         raise ConfigError("mylab_queue", "needs queue = rabbitmq")
+    # The routes' document, with the content `POST /requests` checks (`mylab_kind`'s).
+    content = kinds.get(settings.mylab_kind).content_type
+    kinds.hooks.openapi_operations += mylab_openapi.operations(PREFIXES, content)
 
 
 # -- hooks ----------------------------------------------------------------------------
@@ -160,7 +169,7 @@ def mylab_kind(request: Request) -> str:
 
 async def request_job(request: Request) -> Job:
     """The MyLab job the path names; 404 when unknown, purged, or of another kind."""
-    return await service_of(request).get(request.path_params["id"], mylab_kind(request))
+    return await service_of(request).get(JOB_ID.read(request), mylab_kind(request))
 
 
 async def create(request: Request) -> Response:
@@ -190,15 +199,12 @@ async def status(request: Request) -> Response:
 
 
 _TRUE = frozenset({"true", "1", "yes"})
-_FALSE = frozenset({"false", "0", "no", ""})
 
 
 async def details(request: Request) -> Response:
     """GET /requests/{id}?include_resp=: MyLab's RequestDetails (`resObj`/`resBin` with
     `include_resp=true` once the request has a result)."""
-    raw = request.query_params.get("include_resp", "").lower()
-    if raw not in _TRUE | _FALSE:
-        raise InvalidInput(f"query parameter include_resp={raw!r} is not true or false")
+    raw = (mylab_openapi.INCLUDE_RESP.read(request) or "").lower()
     job = await request_job(request)
     service = service_of(request)
     result = None
@@ -335,9 +341,6 @@ async def put_result(request: Request) -> Response:
     job = await running_job(request)
     return await report(request, job, Succeed(len(data), mime), data)
 
-
-registry.hooks.openapi_types += mylab_openapi.TYPES
-registry.hooks.openapi_paths.update(mylab_openapi.paths(PREFIXES))
 
 for _prefix in PREFIXES:
     registry.route(_prefix, ["POST"])(create)

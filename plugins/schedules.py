@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Annotated
 
 import anyio
 import msgspec
@@ -22,15 +22,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from asyncproc.api import decode_body, json_response, read_body, service_of, status_response
+from asyncproc.apidoc import Answer, ErrorBody, Operation, Param
 from asyncproc.config import ScheduleSettings, Settings, parse_duration
 from asyncproc.errors import BackendUnavailable, ConfigError, InvalidInput, NotFound
 from asyncproc.hooks import Node
-from asyncproc.openapi import ERROR, ERRORS, STATUS, answer, json_content, ref
+from asyncproc.model import JobStatus
 from asyncproc.registry import Registry
 from asyncproc.schedule_times import Catchup, Overlap
 from asyncproc.service import BusinessKey
 
 from .schedule_book import (
+    NAME,
     Definition,
     Schedule,
     ScheduleBook,
@@ -61,6 +63,24 @@ class ScheduleBody(msgspec.Struct, frozen=True, rename="camel"):
     catchup: Catchup = Catchup.ONE
     catchup_window: float | str = 3600.0
     paused: bool = False
+
+
+# What the document says beyond the fields' types (`define` checks it: 422 naming `cron`).
+_BODY = Annotated[
+    ScheduleBody,
+    msgspec.Meta(
+        extra_json_schema={
+            "oneOf": [
+                {"required": ["cron"], "properties": {"cron": {"type": "string"}}},
+                {"required": ["every"], "properties": {"every": {"type": ["number", "string"]}}},
+            ],
+            "description": "Exactly one of `cron` and `every`.",
+        }
+    ),
+]
+
+# What `check_name` accepts (a PUT with another name answers 422; other calls 404).
+ScheduleName = Annotated[str, msgspec.Meta(pattern=f"^{NAME.pattern}$")]
 
 
 class ScheduleList(msgspec.Struct, frozen=True):
@@ -258,79 +278,80 @@ async def trigger(request: Request) -> Response:
 
 # -- OpenAPI ---------------------------------------------------------------------------
 
-_NAME = [
-    {
-        "name": "name",
-        "in": "path",
-        "required": True,
-        "schema": {"type": "string", "pattern": "^[A-Za-z0-9._-]{1,64}$"},
-    }
-]
-_SCHEDULE = ref("Schedule")
-_NOT_FOUND = {"404": answer("No schedule of this name", ERROR)}
+_NAME = Param("name", "path", ScheduleName, "The schedule's name")
+_SCHEDULE = Answer("The schedule", Schedule)
+_NOT_FOUND = {404: Answer("No schedule of this name", ErrorBody)}
+_TAG = "schedules"
 
-
-def _call(summary: str, answers: dict[str, Any], **more: Any) -> dict[str, Any]:
-    return {"summary": summary, "tags": ["schedules"], "responses": answers, **more}
-
-
-registry.hooks.openapi_types += [Schedule, ScheduleBody, ScheduleList]
-registry.hooks.openapi_paths.update(
-    {
-        "/api/schedules": {
-            "get": _call(
-                "Every schedule, by name",
-                {"200": answer("The schedules", ref("ScheduleList")), **ERRORS},
-            )
+registry.document(
+    Operation(
+        "GET",
+        "/api/schedules",
+        "Every schedule, by name",
+        _TAG,
+        {200: Answer("The schedules", ScheduleList)},
+    ),
+    Operation(
+        "GET",
+        "/api/schedules/{name}",
+        "One schedule",
+        _TAG,
+        {200: _SCHEDULE, **_NOT_FOUND},
+        [_NAME],
+    ),
+    Operation(
+        "PUT",
+        "/api/schedules/{name}",
+        "Create or replace a schedule",
+        _TAG,
+        {
+            201: Answer("Created: the schedule", Schedule),
+            200: Answer("Replaced: the schedule", Schedule),
         },
-        "/api/schedules/{name}": {
-            "get": _call(
-                "One schedule",
-                {"200": answer("The schedule", _SCHEDULE), **ERRORS, **_NOT_FOUND},
-                parameters=_NAME,
-            ),
-            "put": _call(
-                "Create or replace a schedule",
-                {
-                    "201": answer("Created", _SCHEDULE),
-                    "200": answer("Replaced", _SCHEDULE),
-                    **ERRORS,
-                },
-                parameters=_NAME,
-                requestBody={"required": True, "content": json_content(ref("ScheduleBody"))},
-            ),
-            "delete": _call(
-                "Delete a schedule",
-                {"204": answer("Deleted"), **ERRORS, **_NOT_FOUND},
-                parameters=_NAME,
-            ),
+        [_NAME],
+        body=_BODY,
+        description=(
+            "`422` naming the field for a bad cron, duration or time zone, both or neither of "
+            "`cron` and `every`, an unknown kind, or content that fails the kind's schema."
+        ),
+    ),
+    Operation(
+        "DELETE",
+        "/api/schedules/{name}",
+        "Delete a schedule",
+        _TAG,
+        {204: Answer("Deleted"), **_NOT_FOUND},
+        [_NAME],
+    ),
+    Operation(
+        "POST",
+        "/api/schedules/{name}/pause",
+        "Pause: no ticks until resumed",
+        _TAG,
+        {200: _SCHEDULE, **_NOT_FOUND},
+        [_NAME],
+    ),
+    Operation(
+        "POST",
+        "/api/schedules/{name}/resume",
+        "Resume from the next tick after now",
+        _TAG,
+        {200: _SCHEDULE, **_NOT_FOUND},
+        [_NAME],
+    ),
+    Operation(
+        "POST",
+        "/api/schedules/{name}/trigger",
+        "Start a job now, under the overlap rule",
+        _TAG,
+        {
+            202: Answer("The new job's status", JobStatus, headers={"Location": "The job's URL"}),
+            200: Answer("`overlap: skip` found an active job: its status", JobStatus),
+            409: Answer("The job's key is held", ErrorBody),
+            **_NOT_FOUND,
         },
-        "/api/schedules/{name}/pause": {
-            "post": _call(
-                "Pause: no ticks until resumed",
-                {"200": answer("The schedule", _SCHEDULE), **ERRORS, **_NOT_FOUND},
-                parameters=_NAME,
-            )
-        },
-        "/api/schedules/{name}/resume": {
-            "post": _call(
-                "Resume from the next tick after now",
-                {"200": answer("The schedule", _SCHEDULE), **ERRORS, **_NOT_FOUND},
-                parameters=_NAME,
-            )
-        },
-        "/api/schedules/{name}/trigger": {
-            "post": _call(
-                "Start a job now, under the overlap rule",
-                {
-                    "202": answer("The new job", STATUS),
-                    "200": answer("overlap skip: the active job", STATUS),
-                    "409": answer("The job's key is held", ERROR),
-                    **ERRORS,
-                    **_NOT_FOUND,
-                },
-                parameters=_NAME,
-            )
-        },
-    }
+        [_NAME],
+        # What the schedule's enqueue may answer (content checked again, a full queue).
+        errors=(422, 431, 503),
+    ),
 )

@@ -21,11 +21,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from asyncproc.api import json_response, service_of
+from asyncproc.apidoc import Answer, Operation
 from asyncproc.errors import BackendUnavailable
 from asyncproc.hooks import Node
 from asyncproc.interfaces import StateStore
 from asyncproc.model import Job, JobState, utcnow
-from asyncproc.openapi import ERROR, answer, ref
 from asyncproc.registry import Registry
 
 __all__ = ["MINUTES", "MinuteCounter", "Stats", "StatsMinute"]
@@ -158,17 +158,15 @@ async def stats(request: Request) -> Response:
 
 
 registry.route("/api/stats", methods=["GET"])(stats)
-registry.hooks.openapi_types += [Stats]
-registry.hooks.openapi_paths["/api/stats"] = {
-    "get": {
-        "summary": "Jobs per kind and state, and the last hour minute by minute (whole cluster)",
-        "tags": ["operations"],
-        "responses": {
-            "200": answer("The overview", ref("Stats")),
-            "503": answer("The store is unreachable", ERROR),
-        },
-    }
-}
+registry.document(
+    Operation(
+        "GET",
+        "/api/stats",
+        "Jobs per kind and state, and the last hour minute by minute (whole cluster)",
+        "operations",
+        {200: Answer("The overview", Stats)},
+    )
+)
 
 
 @registry.lifespan

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from asyncproc.api import handler_headers, json_response, read_body
+from asyncproc.apidoc import Answer, ErrorBody, Operation, Param
 from asyncproc.config import Settings, TriggerSettings
 from asyncproc.errors import (
     BackendUnavailable,
@@ -43,7 +44,6 @@ from asyncproc.hooks import Node
 from asyncproc.input_limits import json_too_deep
 from asyncproc.messages import invalid_json, unknown_kind
 from asyncproc.model import Job, JobStatus, Trigger, TriggerType
-from asyncproc.openapi import ERRORS, answer, json_content, ref
 from asyncproc.registry import Registry, optional_backend
 from asyncproc.service import BusinessKey, EnqueueRequest, JobService, RequestId
 
@@ -419,32 +419,27 @@ async def list_triggers(request: Request) -> Response:
     return json_response(TriggerList(triggers.infos() if triggers is not None else []))
 
 
-registry.hooks.openapi_types += [EventAnswer, TriggerList]
-registry.hooks.openapi_paths.update(
-    {
-        "/api/events/{event}": {
-            "post": {
-                "summary": "Post an event: each trigger listening for it starts a job",
-                "tags": ["triggers"],
-                "parameters": [
-                    {"name": "event", "in": "path", "required": True, "schema": {"type": "string"}}
-                ],
-                "requestBody": {"required": True, "content": json_content({"type": "object"})},
-                "responses": {
-                    "200": answer("One item per listening trigger", ref("EventAnswer")),
-                    **ERRORS,
-                    "404": answer("No trigger listens for this event", ref("ErrorBody")),
-                },
-            }
+registry.document(
+    Operation(
+        "POST",
+        "/api/events/{event}",
+        "Post an event: each trigger listening for it starts a job",
+        "triggers",
+        {
+            200: Answer("One item per listening trigger", EventAnswer),
+            404: Answer("No trigger listens for this event", ErrorBody),
         },
-        "/api/triggers": {
-            "get": {
-                "summary": "The triggers and their counts since this node started",
-                "tags": ["triggers"],
-                "responses": {"200": answer("The triggers, by name", ref("TriggerList"))},
-            }
-        },
-    }
+        [Param("event", "path", str, "The event's name")],
+        body=dict[str, Any],
+        description="The body, a JSON object, is the event's payload.",
+    ),
+    Operation(
+        "GET",
+        "/api/triggers",
+        "The triggers and their counts since this node started",
+        "triggers",
+        {200: Answer("The triggers, by name", TriggerList)},
+    ),
 )
 
 

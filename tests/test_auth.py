@@ -8,6 +8,7 @@ import hashlib
 import hmac
 import json
 import logging
+import re
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -446,3 +447,16 @@ async def test_an_allowed_origins_page_reads_the_401_and_sends_its_preflight() -
         # The page of the allowed origin can read why (and ask for a token).
         assert refused.headers["access-control-allow-origin"] == friend
         assert "www-authenticate" in refused.headers["access-control-expose-headers"].lower()
+
+
+async def test_the_openapi_document_says_which_calls_need_a_token() -> None:
+    async with api_client(demo_app(tokens=TOKENS)) as client:
+        document = (await client.get("/openapi.json")).json()
+    assert document["paths"]
+    for path, item in document["paths"].items():
+        for method, operation in item.items():
+            concrete = re.sub(r"\{[^}]+\}", "x", path)
+            protected = required_scope(method.upper(), concrete) is not None
+            answers = set(operation["responses"])
+            assert ({"401", "403"} <= answers) is protected, (method, path)
+            assert ("401" in answers) is protected, (method, path)

@@ -49,6 +49,12 @@ def test_token_names_its_attempt_and_cannot_be_forged() -> None:
     assert token_attempt(secret, "job-1", "garbage") is None
 
 
+def test_a_garbled_token_is_no_token_not_a_server_error() -> None:
+    secret = b"s" * 32
+    for garbled in ("3.é", "3." + "\U000ec398", "².abc", "٣.abc", "3"):
+        assert token_attempt(secret, "job-1", garbled) is None, garbled
+
+
 async def test_a_processor_takes_reports_and_finishes_a_job() -> None:
     async with api_client(external_app()) as client:
         job_id = await enqueue(client, {"rows": 3}, key=None)

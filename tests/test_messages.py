@@ -80,7 +80,7 @@ async def refused(
         (
             COUNT,
             b'{"content": {"n": 1}, "delay": "soon"}',
-            'delay: expected a number of 0 or more, got "soon"',
+            'delay: expected a number from 0 to 3155760000, got "soon"',
         ),
         (
             COUNT,
