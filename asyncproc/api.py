@@ -495,15 +495,15 @@ async def list_kinds(request: Request) -> Response:
 
 
 def api_routes(plugin_routes: Sequence[BaseRoute] = ()) -> list[BaseRoute]:
-    """The job API routes (the aliases first, so `jobs` is never taken for a kind), and
-    the plugins' routes ahead of the per-kind ones but enqueue's (so their paths win)."""
+    """The job API routes: enqueue first (the hot route; the GET aliases that share its
+    paths differ in method, so a kind may be called `jobs`), the aliases before the
+    per-kind calls (so `jobs` is never taken for a kind there), and the plugins' routes
+    ahead of the per-kind ones (so their paths win)."""
     return [
+        Route("/api/{kind}/enqueue", enqueue, methods=["POST"]),
         Route("/api/jobs", list_jobs, methods=["GET"]),
         Route("/api/kinds", list_kinds, methods=["GET"]),
         Route("/api/jobs/{id}", job_status, methods=["GET"]),
-        # Enqueue, the hot route, as early as it can be: only the three routes above
-        # can match the paths it matches.
-        Route("/api/{kind}/enqueue", enqueue, methods=["POST"]),
         Route("/api/keys/{kind}/{key:path}", key_context, methods=["GET"]),
         *plugin_routes,
         Route("/api/jobs/{id}/stop", job_stop, methods=["POST"]),

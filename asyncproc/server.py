@@ -201,14 +201,15 @@ def create_app(
                     await drain.finish()
                     tasks.cancel_scope.cancel()
 
-    routes: list[BaseRoute] = [
-        Route("/health", health, methods=["GET"]),
-        *registry.hooks.node_routes,
-    ]
+    routes: list[BaseRoute] = []
+    if settings.role.serves_api:
+        # The API first: enqueue, the hot route, is then the first a request is matched
+        # against (`/health` and the rest cannot match its paths).
+        routes += api_routes(registry.hooks.routes)
+    routes += [Route("/health", health, methods=["GET"]), *registry.hooks.node_routes]
     if settings.role.serves_api:
         routes += [
             Route("/openapi.json", openapi, methods=["GET"]),
-            *api_routes(registry.hooks.routes),
             Route("/", page, methods=["GET"]),
             Route("/overview", page, methods=["GET"]),
             Route("/jobs/{id}", page, methods=["GET"]),
