@@ -6,6 +6,7 @@ jobs in, the path of `POST /api/{kind}/enqueue-batch` minus HTTP.
 
     python bench/batch.py                                  # memory backends
     python bench/batch.py --state redis --queue rabbitmq   # the cluster backends
+    python bench/batch.py --state redis --queue rabbitmq --size 100 --clients 8
 """
 
 from __future__ import annotations
@@ -53,9 +54,10 @@ async def main(args: argparse.Namespace) -> None:
         retention=settings.retention,
     )
     times: list[float] = []
-    try:
-        began = time.perf_counter()
-        for _ in range(args.batches):
+
+    async def client(batches: int) -> None:
+        """One sender: its batches one after the other, as one HTTP client would."""
+        for _ in range(batches):
             requests = [
                 EnqueueRequest(content=msgspec.Raw(b"{}"), key=f"k{i}") for i in range(args.size)
             ]
@@ -65,6 +67,12 @@ async def main(args: argparse.Namespace) -> None:
             if args.verbose:
                 print(f"batch {len(times)}: {times[-1] * 1000:.1f} ms")
             assert all(item.outcome == "created" for item in outcomes), outcomes[:3]
+
+    try:
+        began = time.perf_counter()
+        async with anyio.create_task_group() as clients:
+            for n in range(args.clients):
+                clients.start_soon(client, len(range(n, args.batches, args.clients)))
         elapsed = time.perf_counter() - began
     finally:
         await queue.aclose()
@@ -75,7 +83,7 @@ async def main(args: argparse.Namespace) -> None:
     p99 = times[min(len(times) - 1, int(len(times) * 0.99))]
     print(
         f"batch ingest {args.state}/{args.queue}: {jobs / elapsed:,.0f} jobs/s accepted "
-        f"({args.batches} batches of {args.size}); one batch p50 "
+        f"({args.batches} batches of {args.size}, {args.clients} at once); one batch p50 "
         f"{statistics.median(times) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
     )
 
@@ -86,5 +94,6 @@ if __name__ == "__main__":
     parser.add_argument("--queue", choices=["memory", "rabbitmq"], default="memory")
     parser.add_argument("--size", type=int, default=1000, help="items per batch (<= 1000)")
     parser.add_argument("--batches", type=int, default=20)
+    parser.add_argument("--clients", type=int, default=1, help="senders of batches at once")
     parser.add_argument("--verbose", action="store_true", help="print each batch's time")
     anyio.run(main, parser.parse_args())
