@@ -241,11 +241,8 @@ class ExternalJobs:
             return None
         except TransitionRefused as refused:
             job = refused.job
-        if job.state is JobState.QUEUED and job.not_before is not None:
-            wait = (job.not_before - utcnow()).total_seconds()
-            if wait > 0:  # delivered early: back to the queue until then
-                await service.queue.publish(job.id, service.routing_of(job), delay=wait)
-                return None
+        if await service.put_back_early(job):
+            return None
         start = Start()
         if job.state is JobState.QUEUED and job.after is not None:
             holder = await service.store.get(job.after)

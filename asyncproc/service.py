@@ -596,6 +596,17 @@ class JobService:
         finally:
             await self.store.drop_lease(job_id)
 
+    async def put_back_early(self, job: Job) -> bool:
+        """True when queued `job` was delivered before its `notBefore` (a clock ahead, a
+        requeue): its message is published again, delayed until then."""
+        if job.state is not JobState.QUEUED or job.not_before is None:
+            return False
+        wait = (job.not_before - utcnow()).total_seconds()
+        if wait <= 0:
+            return False
+        await self.queue.publish(job.id, self.routing_of(job), delay=wait)
+        return True
+
     async def retry_later(self, job: Job, kind: JobKind, error: ErrorInfo | None) -> Job:
         """End `job`'s running attempt with a retryable `error`: queued again, not before
         the kind's backoff for this attempt (API.md section 13), its message published

@@ -321,12 +321,8 @@ class WorkerPool:
             return None
         except TransitionRefused as refused:
             job = refused.job
-        if job.state is JobState.QUEUED and job.not_before is not None:
-            wait = (job.not_before - utcnow()).total_seconds()
-            if wait > 0:
-                # Delivered early (a clock ahead, a requeue): back to the queue until then.
-                await service.queue.publish(job.id, job.proc_routing, delay=wait)
-                return None
+        if await service.put_back_early(job):
+            return None
         limited = job.kind in gate.names
         if (
             limited

@@ -65,6 +65,22 @@ __all__ = [
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# The scripts that write a record tell the change with this (`rules.must_tell`).
+_TELL = """
+-- Publish `change` on `channel`; a channel written "?<channel>" only when some node
+-- watches job `id` (P watched: id -> until when, epoch ms; `rules.must_tell`).
+local function tell(channel, change, prefix, id)
+  if string.sub(channel, 1, 1) == '?' then
+    local until_ms = redis.call('ZSCORE', prefix .. 'watched', id)
+    if not until_ms then return end
+    local t = redis.call('TIME')
+    if tonumber(until_ms) < t[1] * 1000 + math.floor(t[2] / 1000) then return end
+    channel = string.sub(channel, 2)
+  end
+  redis.call('PUBLISH', channel, change)
+end
+"""
 _MICROSECOND = timedelta(microseconds=1)
 
 # KEYS: 1 job, 2 idx, 3 idx:kind, 4 due, 5 exp, 6 idx:key, 7 idx:parent, 8 hold,
@@ -82,19 +98,9 @@ _MICROSECOND = timedelta(microseconds=1)
 # key is not as expected ({3} alone: it is free now): Python decides again.
 # The holder is read under P job:<id> from the hold value (a key not declared in
 # KEYS): that saves the conflict path a round trip, and the store needs one server.
-CREATE = """
--- Publish `change` on `channel`; a channel written "?<channel>" only when some node
--- watches job `id` (P watched: id -> until when, epoch ms; `rules.must_tell`).
-local function tell(channel, change, prefix, id)
-  if string.sub(channel, 1, 1) == '?' then
-    local until_ms = redis.call('ZSCORE', prefix .. 'watched', id)
-    if not until_ms then return end
-    local t = redis.call('TIME')
-    if tonumber(until_ms) < t[1] * 1000 + math.floor(t[2] / 1000) then return end
-    channel = string.sub(channel, 2)
-  end
-  redis.call('PUBLISH', channel, change)
-end
+CREATE = (
+    _TELL
+    + """
 local cur = redis.call('HMGET', KEYS[1], 'r', 'w')
 if cur[1] then
   if cur[2] == ARGV[2] then return {1, cur[1]} end
@@ -141,6 +147,7 @@ redis.call('ZADD', KEYS[4], ARGV[5], ARGV[4])
 tell(ARGV[9], ARGV[8], ARGV[20], ARGV[4])
 return {2}
 """
+)
 
 # KEYS: job, [due, exp, [hold]]  (the rest only for a finishing or un-finishing write)
 # ARGV: expected token, new token, record, change, channel, has result, result, id,
@@ -156,19 +163,9 @@ return {2}
 #       does not change), the one after, and its score there (when it expires)
 # Answers {0} missing, {1, record, token} someone else wrote, {2} this very write was
 # already applied (a retried command), {3} written, {5} the hold changed (decide again).
-TRANSITION = """
--- Publish `change` on `channel`; a channel written "?<channel>" only when some node
--- watches job `id` (P watched: id -> until when, epoch ms; `rules.must_tell`).
-local function tell(channel, change, prefix, id)
-  if string.sub(channel, 1, 1) == '?' then
-    local until_ms = redis.call('ZSCORE', prefix .. 'watched', id)
-    if not until_ms then return end
-    local t = redis.call('TIME')
-    if tonumber(until_ms) < t[1] * 1000 + math.floor(t[2] / 1000) then return end
-    channel = string.sub(channel, 2)
-  end
-  redis.call('PUBLISH', channel, change)
-end
+TRANSITION = (
+    _TELL
+    + """
 local w = redis.call('HGET', KEYS[1], 'w')
 if not w then return {0} end
 if w ~= ARGV[1] then
@@ -221,6 +218,7 @@ end
 tell(ARGV[5], ARGV[4], string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[8] - 4), ARGV[8])
 return {3}
 """
+)
 
 # KEYS: job, idx, idx:kind, due, idx:key or '', idx:parent or '', hold or '',
 #       idx:owner or ''
