@@ -4,6 +4,7 @@ take, progress and heartbeats, results, failures and retries, stop, leases and
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import anyio
@@ -11,6 +12,7 @@ import httpx
 import pytest
 
 from asyncproc.external import make_token, token_attempt
+from asyncproc.model import utcnow
 from tests.support import api_client, demo_app, live_server, wait_until
 from tests.support import job_finished as finished
 from tests.support import job_status as status
@@ -243,10 +245,15 @@ async def test_a_lapsed_lease_loses_the_job_to_another_processor() -> None:
 
 
 async def test_a_lapsed_lease_is_refused_before_the_sweep_takes_the_job_back() -> None:
-    async with api_client(external_app(lease=0.5, sweep_interval=30)) as client:
+    app = external_app(lease=0.5, sweep_interval=30)
+    store = app.state.service.store
+    async with api_client(app) as client:
         job_id = await enqueue(client)
         [item] = await take(client)
-        await anyio.sleep(0.6)  # the lease's own length: nothing to poll for
+        # No sweep comes: the token is refused on the lapsed lease alone.
+        await wait_until(
+            lambda: store.lease_of(job_id), lambda until: until is not None and until < utcnow()
+        )
         late = await client.post(
             f"/api/workers/jobs/{job_id}/progress", json={"token": item["token"], "percent": 5}
         )
@@ -319,8 +326,10 @@ async def test_the_python_processor_runs_jobs_with_progress_results_errors_and_s
             await anyio.sleep(60)
         return {"mode": mode}
 
+    app = external_app(lease=0.6)
+    store = app.state.service.store
     async with (
-        live_server(external_app(lease=0.6)) as url,
+        live_server(app) as url,
         httpx.AsyncClient(base_url=url) as client,
     ):
         processor = Processor(url, [KIND], work, concurrency=3, wait=0.5)
@@ -343,8 +352,13 @@ async def test_the_python_processor_runs_jobs_with_progress_results_errors_and_s
                 lambda: status(client, hang),
                 lambda s: s["progress"]["bizStep"] == "hang",
             )
-            # Heartbeats keep the lease: it outlives several lease lengths.
-            await anyio.sleep(1.5)
+            # Heartbeats keep the lease: renewed until it outlives several lease lengths.
+            first = await store.lease_of(hang)
+            assert first is not None
+            await wait_until(
+                lambda: store.lease_of(hang),
+                lambda until: until is not None and until >= first + timedelta(seconds=1.8),
+            )
             assert (await status(client, hang))["state"] == "running"
             assert running["attempt"] == 1
             assert (await client.post(f"/api/jobs/{hang}/stop")).status_code == 202
