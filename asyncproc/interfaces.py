@@ -229,6 +229,18 @@ class StateStore(_Closable, ABC):
     async def purge_expired(self, now: datetime) -> int:
         """Drop terminal records past retention (a no-op where the server expires keys)."""
 
+    # -- what a queue message may carry ------------------------------------------------
+
+    def hint(self, job: Job) -> bytes:
+        """What this store knows of `job` just written, for its queue message to carry
+        (b"" for nothing): the worker's store takes it as its first read of the job
+        (`take_hint`) and saves a round trip. Only a guess there: every write still
+        checks that the record is the one stored."""
+        return b""
+
+    def take_hint(self, job_id: str, hint: bytes) -> None:
+        """Take `hint` (from `hint` on another node) as what `job_id` probably is."""
+
     # -- leases of running jobs -------------------------------------------------------
 
     @abstractmethod
@@ -339,6 +351,8 @@ class Delivery(ABC):
     job_id: str
     routing: str
     redelivered: bool
+    # What the publisher's store knew of the job (`StateStore.hint`), or b"".
+    hint: bytes = b""
 
     @abstractmethod
     async def ack(self) -> None:
@@ -376,10 +390,13 @@ class Queue(_Closable, ABC):
         """Return when the broker answers; raise `BackendUnavailable` when it does not."""
 
     @abstractmethod
-    async def publish(self, job_id: str, routing: str, *, delay: float = 0.0) -> None:
+    async def publish(
+        self, job_id: str, routing: str, *, delay: float = 0.0, hint: bytes = b""
+    ) -> None:
         """Queue `job_id` on `routing`, delivered no earlier than `delay` seconds from now;
         returns once the broker holds it durably (a delayed message too). A delayed
-        message waits in the broker, not in a worker."""
+        message waits in the broker, not in a worker. A queue that carries more than
+        the id hands `hint` (`StateStore.hint`) to the delivery; others drop it."""
 
     @abstractmethod
     def consume(

@@ -318,7 +318,7 @@ class JobService:
         if publish:
             if stored.not_before is None:  # the common case, without `publish`'s layer
                 try:
-                    await self.queue.publish(stored.id, routing)
+                    await self.queue.publish(stored.id, routing, hint=self.store.hint(stored))
                 except BackendUnavailable:
                     with contextlib.suppress(BackendUnavailable):
                         await self.store.forget(stored)

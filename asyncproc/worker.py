@@ -310,6 +310,8 @@ class WorkerPool:
         # Limited kinds' starts are refused until a permit is held: the refusal hands
         # over the record, so unlimited kinds pay nothing and limited ones no extra read.
         start = Start(limited=gate.names) if gate.names else Start()
+        if delivery.hint:
+            service.store.take_hint(delivery.job_id, delivery.hint)
         try:
             started = await service.transition(delivery.job_id, start)
             return started if started.state is JobState.RUNNING else None

@@ -125,11 +125,12 @@ class Taker:
                         got = message.delivery
                         if not isinstance(got, spec.Basic.GetOk):
                             break
+                        job_id, _, _ = message.body.partition(b"\n")  # `amqp_message`
                         taken.append(
                             _GotDelivery(
                                 channel,
                                 got.delivery_tag or 0,
-                                message.body.decode(errors="replace"),
+                                job_id.decode(errors="replace"),
                                 routing,
                                 bool(got.redelivered),
                             )

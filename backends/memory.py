@@ -481,8 +481,10 @@ class MemoryQueue(Queue):
     async def ping(self) -> None:
         """Always answers: the queue is this process."""
 
-    async def publish(self, job_id: str, routing: str, *, delay: float = 0.0) -> None:
-        """See `Queue.publish`."""
+    async def publish(
+        self, job_id: str, routing: str, *, delay: float = 0.0, hint: bytes = b""
+    ) -> None:
+        """See `Queue.publish` (the hint is dropped: the records are in this process)."""
         if delay > 0:
 
             def due() -> None:

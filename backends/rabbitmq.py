@@ -9,7 +9,8 @@ Topology, every name under the key prefix `P`:
                        durable TTL queue of delayed messages of r, dead-lettering into
                        P + "jobs" with key r (see `amqp_delay`)
 
-A message is the job id (UTF-8), persistent; `publish` returns once the broker
+A message is the job id (UTF-8) and what the publisher's store knew of the job
+(`amqp_message`), persistent; `publish` returns once the broker
 confirmed it, and gives up with `BackendUnavailable` after `outage_timeout`
 (a broker that is down, frozen or cut off: the confirm included). The queue keeps two connections, one to publish and one to
 consume: RabbitMQ's flow control blocks a publishing connection, and acks must
@@ -55,6 +56,7 @@ from .amqp_link import (
     describe,
     open_channel,
 )
+from .amqp_message import job_message, read_job_message
 from .amqp_take import Taker
 from .callbacks import CallbackPublisher
 
@@ -193,24 +195,25 @@ class _Consumer:
             await _quietly(message.channel.basic_nack(tag, requeue=True, wait=False))
             return
         try:
-            job_id = message.body.decode()
+            job_id, hint = read_job_message(message.body)
         except UnicodeDecodeError:
-            job_id = ""
+            job_id, hint = "", b""
         if not 0 < len(job_id) <= 128 or not job_id.isprintable():
             # Not a job id: nothing to run and no job to fail; keep it for inspection.
             tag = deliver.delivery_tag or 0
             await _quietly(message.channel.basic_reject(tag, requeue=False, wait=False))
             return
-        self._buffer.put_nowait(
-            _RabbitDelivery(
-                self,
-                message.channel,
-                deliver.delivery_tag or 0,
-                job_id,
-                deliver.routing_key or "",
-                bool(deliver.redelivered),
-            )
+        delivery = _RabbitDelivery(
+            self,
+            message.channel,
+            deliver.delivery_tag or 0,
+            job_id,
+            deliver.routing_key or "",
+            bool(deliver.redelivered),
         )
+        if hint:
+            delivery.hint = hint
+        self._buffer.put_nowait(delivery)
 
     async def _run(self) -> None:
         delay = BACKOFF_MIN
@@ -439,8 +442,11 @@ class RabbitMQQueue(Queue):
             except FAILED as exc:
                 await self._retrying(deadline, exc)
 
-    async def publish(self, job_id: str, routing: str, *, delay: float = 0.0) -> None:
-        """See `Queue.publish`: persistent, confirmed by the broker.
+    async def publish(
+        self, job_id: str, routing: str, *, delay: float = 0.0, hint: bytes = b""
+    ) -> None:
+        """See `Queue.publish`: persistent, confirmed by the broker; the body is the
+        job id and `hint` (`amqp_message`).
 
         A delayed message goes to a TTL queue that dead-letters it to `routing`'s
         queue once due (`amqp_delay`: never early, late by less than a bucket's width
@@ -453,7 +459,7 @@ class RabbitMQQueue(Queue):
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.outage_timeout
-        body = job_id.encode()
+        body = job_message(job_id, hint)
         ms = delay_ms(delay)
         bucket = bucket_for(ms) if ms else 0
         while True:

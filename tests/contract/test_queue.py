@@ -541,3 +541,25 @@ async def test_take_leaves_consumers_alone(queue: Queue) -> None:
         [delivery] = await consumer.count(1)
         assert await queue.take(["alpha"], 1, 0) == []
         await delivery.ack()
+
+
+async def test_a_hint_travels_with_its_job_id_or_not_at_all(queue: Queue) -> None:
+    # A queue either hands the publisher's hint to the delivery whole or drops it;
+    # the job id is the same either way, through a consumer and through `take`.
+    hint = b'node.7\n{"id": "h1", "line": "one\\ntwo"}'
+    await queue.publish("h1", "alpha", hint=hint)
+    await queue.publish("h2", "alpha", hint=hint)
+    await queue.publish("h3", "beta", hint=b"x" * 100_000)  # too big to carry
+    async with taking(queue, ["alpha"], 4) as taken:
+        (first,) = await taken.count(1)
+        assert first.job_id == "h1" and first.hint in (hint, b"")
+        await first.requeue()  # a redelivery carries it too
+        for delivery in (await taken.count(3))[1:]:
+            assert delivery.hint == first.hint
+            await delivery.ack()
+        assert sorted(taken.ids) == ["h1", "h1", "h2"]
+    [big] = await queue.take(["beta"], 1, 0)
+    assert big.job_id == "h3" and big.hint == b""
+    await big.ack()
+    if isinstance(queue, RabbitMQQueue):
+        assert first.hint == hint

@@ -1002,3 +1002,32 @@ async def test_changes_are_told_to_watchers_and_when_every_node_must_hear(nodes:
     await nodes.store.transition(finishing.id, Start())
     done = await nodes.store.transition(finishing.id, Succeed())
     await wait_until(tick, lambda _: done.version in peer.versions(finishing.id))
+
+
+async def test_a_hint_saves_the_peer_its_read_and_a_stale_one_changes_nothing(
+    nodes: Nodes,
+) -> None:
+    # What the queue message carries (`StateStore.hint`): the peer's first guess of the
+    # job. A fresh one is right; a stale one (the job changed after the message went
+    # out) must never win over the stored record.
+    fresh, _ = await nodes.store.create(new_job())
+    stale, _ = await nodes.store.create(new_job())
+    fresh_hint = nodes.store.hint(fresh)
+    stale_hint = nodes.store.hint(stale)
+    if isinstance(nodes.store, RedisStateStore):
+        assert fresh_hint and stale_hint  # the node that wrote a record can tell it
+    await nodes.store.change(stale.id, RequestStop())  # queued -> stopped
+    nodes.peer.take_hint(fresh.id, fresh_hint)
+    nodes.peer.take_hint(stale.id, stale_hint)
+    _, started = await nodes.peer.change(fresh.id, Start())
+    assert started.state is JobState.RUNNING
+    with pytest.raises(TransitionRefused):
+        await nodes.peer.change(stale.id, Start())
+    stored = await nodes.store.get(stale.id)
+    assert stored is not None and stored.state is JobState.STOPPED
+    # A hint that is not one (a foreign or garbled message) is ignored.
+    other, _ = await nodes.store.create(new_job())
+    nodes.peer.take_hint(other.id, b"x\nnot json")
+    nodes.peer.take_hint(other.id, stale_hint)  # another job's record
+    _, started = await nodes.peer.change(other.id, Start())
+    assert started.state is JobState.RUNNING and started.id == other.id
