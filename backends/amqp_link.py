@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from typing import cast
+from typing import Any, cast
 
 import aiormq
 from aiormq import Channel
@@ -15,6 +15,8 @@ from aiormq.abc import AbstractChannel, AbstractConnection
 from aiormq.exceptions import AMQPError
 
 from asyncproc.errors import BackendUnavailable
+
+from .amqp_cork import CorkedTransportFactory
 
 __all__ = [
     "BACKOFF_MIN",
@@ -80,6 +82,13 @@ def with_heartbeat(url: str, seconds: int = HEARTBEAT) -> str:
     return url + ("&" if "?" in url else "?") + f"heartbeat={seconds}"
 
 
+def _transport(url: str) -> dict[str, Any]:
+    """aiormq's connect arguments for `url`'s transport (`amqp_cork` for plain TCP)."""
+    if url.startswith("amqp://"):
+        return {"transport_factory": CorkedTransportFactory()}
+    return {}
+
+
 class Link:
     """One AMQP connection that is reopened with backoff whenever it drops."""
 
@@ -130,7 +139,9 @@ class Link:
             try:
                 async with asyncio.timeout(_CONNECT_TIMEOUT):
                     connection = await aiormq.connect(
-                        self.url, client_properties={"connection_name": self.name}
+                        self.url,
+                        client_properties={"connection_name": self.name},
+                        **_transport(self.url),
                     )
             except FAILED as exc:
                 if aborted(exc):

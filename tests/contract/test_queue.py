@@ -552,14 +552,16 @@ async def test_a_hint_travels_with_its_job_id_or_not_at_all(queue: Queue) -> Non
     await queue.publish("h3", "beta", hint=b"x" * 100_000)  # too big to carry
     async with taking(queue, ["alpha"], 4) as taken:
         (first,) = await taken.count(1)
-        assert first.job_id == "h1" and first.hint in (hint, b"")
+        assert first.job_id == "h1"
+        assert first.hint in (hint, b"")
         await first.requeue()  # a redelivery carries it too
         for delivery in (await taken.count(3))[1:]:
             assert delivery.hint == first.hint
             await delivery.ack()
         assert sorted(taken.ids) == ["h1", "h1", "h2"]
     [big] = await queue.take(["beta"], 1, 0)
-    assert big.job_id == "h3" and big.hint == b""
+    assert big.job_id == "h3"
+    assert big.hint == b""
     await big.ack()
     if isinstance(queue, RabbitMQQueue):
         assert first.hint == hint
