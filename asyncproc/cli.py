@@ -79,6 +79,7 @@ def serve(args: argparse.Namespace) -> int:
     """Run one node with uvicorn until interrupted; SIGTERM / Ctrl-C drains it first."""
     import uvicorn
 
+    from .corked_http import http_protocol
     from .logs import configure_logging
     from .server import create_app
     from .serving import (
@@ -106,6 +107,7 @@ def serve(args: argparse.Namespace) -> int:
         access_log=args.access_log or debug,
         # The jobs' grace is spent before uvicorn's shutdown begins (DrainingServer).
         timeout_graceful_shutdown=CONNECTIONS_GRACE,
+        http=http_protocol(),
     )
     announce = f"asyncproc {settings.role} node on http://{settings.host}:{settings.port}/"
     server = DrainingServer(config, app.state.drain, announce)

@@ -1,7 +1,7 @@
 """Mode (c): the bare Starlette JSON endpoint that bounds what (b) can reach.
 
 Served exactly as `asyncproc serve` serves the app (uvicorn.run, same loop and
-HTTP implementation, access log off), at the same path as the enqueue call, so
+HTTP protocol, `asyncproc.corked_http` included, access log off), at the same path as the enqueue call, so
 the same wrk script drives both.
 """
 
@@ -12,6 +12,8 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from asyncproc.corked_http import http_protocol
 
 __all__ = ["app", "serve"]
 
@@ -35,6 +37,14 @@ app = Starlette(
 )
 
 
-def serve(host: str, port: int) -> None:
-    """Serve the ceiling app until interrupted (the settings of `asyncproc serve`)."""
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+def serve(host: str, port: int, corked: bool = True) -> None:
+    """Serve the ceiling app until interrupted (the settings of `asyncproc serve`;
+    `corked=False`: uvicorn's own protocol, the setup before `asyncproc.corked_http`)."""
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        http=http_protocol() if corked else "auto",
+    )

@@ -157,10 +157,11 @@ def asyncproc_server(backends: Backends) -> Iterator[Server]:
 
 
 @contextlib.contextmanager
-def ceiling_server() -> Iterator[Server]:
-    """The bare Starlette endpoint, served like the app."""
+def ceiling_server(corked: bool = True) -> Iterator[Server]:
+    """The bare Starlette endpoint, served like the app (`corked=False`: with
+    uvicorn's own HTTP protocol)."""
     port = _free_port()
-    code = f"from bench.ceiling import serve; serve({HOST!r}, {port})"
+    code = f"from bench.ceiling import serve; serve({HOST!r}, {port}, {corked!r})"
     server = Server([sys.executable, "-c", code], _env({}), port)
     try:
         server.wait_ready()
@@ -339,13 +340,16 @@ def run_http_burst(backends: Backends, jobs: int, load: Load, *, timeout: float 
     return figures
 
 
-def run_ceiling(jobs: int, load: Load) -> Figures:
-    """(c): the same wrk run against the bare Starlette endpoint."""
-    with ceiling_server() as server:
+def run_ceiling(jobs: int, load: Load, corked: bool = True) -> Figures:
+    """(c): the same wrk run against the bare Starlette endpoint; `corked=False`:
+    served with uvicorn's own HTTP protocol, as the ceiling was before
+    `asyncproc.corked_http` (printed as (c0), for reference)."""
+    with ceiling_server(corked) as server:
         cpu = server.cpu_seconds()
         wrk = run_wrk(server.base_url + ENQUEUE_PATH, jobs, load)
         cpu = server.cpu_seconds() - cpu
-    figures = Figures("(c) ceiling bare starlette", seconds=wrk.seconds, rate=wrk.rate)
+    name = "(c) ceiling bare starlette" if corked else "(c0) bare starlette, uvicorn's protocol"
+    figures = Figures(name, seconds=wrk.seconds, rate=wrk.rate)
     figures.notes += [
         f"{wrk.requests:,} requests",
         f"non-2xx/errors {wrk.bad}",

@@ -86,6 +86,7 @@ def _runs(args: argparse.Namespace) -> list[tuple[str, Callable[[], Figures]]]:
         runs.append(("a", lambda: _in_loop(args, lambda: run_burst(backends, args.jobs))))
     if "ceiling" in want:
         runs.append(("c", lambda: run_ceiling(args.jobs, load)))
+        runs.append(("c0", lambda: run_ceiling(args.jobs, load, corked=False)))
     if "http" in want:
         runs.append(("b", lambda: run_http_burst(backends, args.jobs, load)))
     return runs
@@ -123,6 +124,11 @@ def _verdicts(args: argparse.Namespace, results: dict[str, list[Figures]]) -> li
             f"best {ratio_best:.0%}, median {ratio_median:.0%}, "
             f"{'all' if finished else 'NOT all'} finished -> {'met' if ok else 'NOT met'}"
         )
+        if "c0" in results:
+            lines.append(
+                f"(b) against (c0), the bare endpoint on uvicorn's own protocol: "
+                f"best {best['b'] / best['c0']:.0%}, median {median['b'] / median['c0']:.0%}"
+            )
     return lines
 
 

@@ -21,6 +21,8 @@ import httpx
 import pytest
 import uvicorn
 
+from asyncproc.corked_http import http_protocol
+
 T = TypeVar("T")
 
 IN_CI = bool(os.environ.get("CI"))
@@ -72,7 +74,15 @@ async def wait_until(
 async def live_server(app: Any) -> AsyncIterator[str]:
     """Serve `app` with uvicorn on a free loopback port; yields the base URL."""
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+    # Served with the HTTP protocol `asyncproc serve` uses (`asyncproc.corked_http`).
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        http=http_protocol(),
+    )
     server = uvicorn.Server(config)
     async with anyio.create_task_group() as tg:
         tg.start_soon(server.serve)
