@@ -187,7 +187,13 @@ class StateStore(_Closable, ABC):
 
     @abstractmethod
     async def change(
-        self, job_id: str, event: Event, *, result: bytes | None = None, now: datetime | None = None
+        self,
+        job_id: str,
+        event: Event,
+        *,
+        result: bytes | None = None,
+        now: datetime | None = None,
+        by_runner: bool = False,
     ) -> tuple[Job, Job]:
         """Apply `event` atomically; return the record before and after.
 
@@ -195,8 +201,9 @@ class StateStore(_Closable, ABC):
         (carrying the current record) when the lifecycle refuses. `result` is
         stored with a `Succeed` event in the same atomic step. A change that
         changes nothing writes nothing (and answers the same record twice); every
-        write bumps `version` and publishes a `Change`. A terminal record (and its
-        result) expires `retention` after `finishedAt`.
+        write bumps `version` and publishes a `Change` (to the nodes `rules.must_tell`
+        names; `by_runner`: the node running the job ends its own attempt). A
+        terminal record (and its result) expires `retention` after `finishedAt`.
         """
 
     async def transition(

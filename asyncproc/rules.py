@@ -101,13 +101,15 @@ def retry_backoff(attempt: int, first: float, cap: float, jitter: float) -> floa
     return max(0.0, base * (1.0 + max(-0.25, min(0.25, jitter))))
 
 
-def must_tell(before: Job, after: Job) -> bool:
+def must_tell(before: Job, after: Job, by_runner: bool = False) -> bool:
     """Whether every node must hear of the change `before` -> `after`, watched or not: a
     stop request, or the job leaving `running` (finished, taken back), which the node
-    running it must act on. Other changes are told only to nodes that watch the job
-    (a long poll, an event stream): nobody else acts on them."""
-    return (
-        (after.stop_requested and not before.stop_requested)
-        or after.state.terminal
+    running it must act on, unless that node wrote it (`by_runner`: the end of its
+    own attempt). Other changes are told only to nodes that watch the job (a long
+    poll, an event stream): nobody else acts on them."""
+    if after.stop_requested and not before.stop_requested:
+        return True
+    return not by_runner and (
+        after.state.terminal
         or (before.state is JobState.RUNNING and after.state is not JobState.RUNNING)
     )

@@ -217,9 +217,12 @@ class JobService:
 
     # -- changes --------------------------------------------------------------
 
-    async def transition(self, job_id: str, event: Event, *, result: bytes | None = None) -> Job:
-        """Apply `event` through the store and run the after-change hooks."""
-        before, after = await self.store.change(job_id, event, result=result)
+    async def transition(
+        self, job_id: str, event: Event, *, result: bytes | None = None, by_runner: bool = False
+    ) -> Job:
+        """Apply `event` through the store and run the after-change hooks (`by_runner`:
+        the node running the job ends its own attempt, see `StateStore.change`)."""
+        before, after = await self.store.change(job_id, event, result=result, by_runner=by_runner)
         hooks = self.hooks
         if after is not before and hooks.after_change and hooks.watches(after):
             await hooks.emit_after_change(before, after)

@@ -618,7 +618,8 @@ class WorkerPool:
             event = Stopped(job.attempt)
         with anyio.CancelScope(shield=True):
             try:
-                await self.service.transition(job.id, event, result=result)
+                # Only the nodes watching it need to hear: no other node runs it.
+                await self.service.transition(job.id, event, result=result, by_runner=True)
             except (TransitionRefused, JobNotFound):
                 pass  # stopped, timed out or purged meanwhile: that outcome stands
 

@@ -189,7 +189,13 @@ class MemoryStateStore(StateStore):
         return self._live(job_id)
 
     async def change(
-        self, job_id: str, event: Event, *, result: bytes | None = None, now: datetime | None = None
+        self,
+        job_id: str,
+        event: Event,
+        *,
+        result: bytes | None = None,
+        now: datetime | None = None,
+        by_runner: bool = False,
     ) -> tuple[Job, Job]:
         """See `StateStore.change`."""
         now = now or utcnow()

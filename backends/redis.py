@@ -521,7 +521,13 @@ class RedisStateStore(StateStore):
         return found[0]
 
     async def change(
-        self, job_id: str, event: Event, *, result: bytes | None = None, now: datetime | None = None
+        self,
+        job_id: str,
+        event: Event,
+        *,
+        result: bytes | None = None,
+        now: datetime | None = None,
+        by_runner: bool = False,
     ) -> tuple[Job, Job]:
         """See `StateStore.change`."""
         now = now or utcnow()
@@ -552,7 +558,15 @@ class RedisStateStore(StateStore):
             if revived and isinstance(event, Revive) and event.rule is not Uniqueness.NONE:
                 new, claim = await self._revive_claim(new, event.rule, now)
             answer = await self._write(
-                new, token, written, event, result, revived=revived, claim=claim, before=job
+                new,
+                token,
+                written,
+                event,
+                result,
+                revived=revived,
+                claim=claim,
+                before=job,
+                by_runner=by_runner,
             )
             if answer[0] in (2, 3):
                 self._remember(new, written)
@@ -609,6 +623,7 @@ class RedisStateStore(StateStore):
         revived: bool = False,
         claim: tuple[str, str] | None = None,
         before: Job,
+        by_runner: bool = False,
     ) -> list[Any]:
         """Compare-and-set `new` over the record written with `expected` (`before`);
         `revived`: a terminal record becomes unfinished again (`Revive`)."""
@@ -620,7 +635,7 @@ class RedisStateStore(StateStore):
             token,
             encode_job(new),
             self._change(new),
-            self._channel if must_tell(before, new) else self._channel_if_watched,
+            self._channel if must_tell(before, new, by_runner) else self._channel_if_watched,
             "0" if data is None else "1",
             b"" if data is None else data,
             new.id,

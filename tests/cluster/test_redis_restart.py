@@ -312,12 +312,18 @@ class BlipStore(MemoryStateStore):
         self.blipped = False
 
     async def change(
-        self, job_id: str, event: Event, *, result: bytes | None = None, now: Any = None
+        self,
+        job_id: str,
+        event: Event,
+        *,
+        result: bytes | None = None,
+        now: Any = None,
+        by_runner: bool = False,
     ) -> tuple[Job, Job]:
         if isinstance(event, Report) and not self.blipped:
             self.blipped = True
             raise BackendUnavailable("redis", "Connection refused (restarting)")
-        return await super().change(job_id, event, result=result, now=now)
+        return await super().change(job_id, event, result=result, now=now, by_runner=by_runner)
 
 
 async def test_a_report_lost_to_an_outage_does_not_fail_the_job() -> None:

@@ -1002,6 +1002,23 @@ async def test_changes_are_told_to_watchers_and_when_every_node_must_hear(nodes:
     await nodes.store.transition(finishing.id, Start())
     done = await nodes.store.transition(finishing.id, Succeed())
     await wait_until(tick, lambda _: done.version in peer.versions(finishing.id))
+    # The end of an attempt written by the node running it (`by_runner`): only the
+    # nodes watching the job hear it; nobody else runs it.
+    unwatched, _ = await nodes.store.create(new_job())
+    await nodes.store.change(unwatched.id, Start())
+    _, unwatched_end = await nodes.store.change(unwatched.id, Succeed(), by_runner=True)
+    watched_end, _ = await nodes.store.create(new_job())
+    await nodes.store.change(watched_end.id, Start())
+    with nodes.peer.hub.listen(watched_end.id):
+        await nodes.peer.get(watched_end.id)
+        _, end = await nodes.store.change(watched_end.id, Succeed(), by_runner=True)
+        await wait_until(tick, lambda _: end.version in peer.versions(watched_end.id))
+    # Changes reach a node in the order written: once a later one told to every node
+    # arrived, the unwatched end would have too, had it been told.
+    marker, _ = await nodes.store.create(new_job())
+    stopped = await nodes.store.transition(marker.id, RequestStop())
+    await wait_until(tick, lambda _: stopped.version in peer.versions(marker.id))
+    assert (unwatched_end.version in peer.versions(unwatched.id)) is everything
 
 
 async def test_a_hint_saves_the_peer_its_read_and_a_stale_one_changes_nothing(
