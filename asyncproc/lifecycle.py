@@ -34,6 +34,7 @@ __all__ = [
     "allowed_from",
     "apply",
     "fenced_in",
+    "lease_after",
     "startable",
 ]
 
@@ -53,6 +54,8 @@ class Start(msgspec.Struct, frozen=True, tag=True):
     # refused (handing the worker its record, no extra read) until `permitted`.
     limited: frozenset[str] = frozenset()
     permitted: bool = False
+    # The lease the started job holds, taken in the same write (`lease_after`).
+    lease_until: datetime | None = None
 
 
 # `attempt` on the events a running attempt sends is its fencing token: given, the
@@ -183,6 +186,17 @@ def startable(job: Job, event: Start, now: datetime) -> bool:
 def allowed_from(event_type: type[Event]) -> frozenset[JobState]:
     """The states in which `event_type` is legal."""
     return frozenset(TRANSITIONS[event_type])
+
+
+def lease_after(before: Job, after: Job, event: Event) -> datetime | bool:
+    """What the write `before` -> `after` (by `event`) does to the job's lease, in the
+    same atomic step: a job leaving `running` holds none (False: drop it), a `Start`
+    with `lease_until` takes one (that moment); True: leave it as it is."""
+    if before.state is JobState.RUNNING:
+        return after.state is JobState.RUNNING
+    if after.state is JobState.RUNNING and isinstance(event, Start) and event.lease_until:
+        return event.lease_until
+    return True
 
 
 def apply(job: Job, event: Event, now: datetime) -> Job:

@@ -303,6 +303,13 @@ class WorkerPool:
         else:
             await delivery.ack()
 
+    def _leased(self, start: Start) -> Start:
+        """`start` taking the job's lease in the same write, from now (workers with
+        leases): the lease is held the moment the job is `running`."""
+        if not self.leases:
+            return start
+        return msgspec.structs.replace(start, lease_until=utcnow() + timedelta(seconds=self.lease))
+
     async def _start(self, delivery: Delivery) -> Job | None:
         """The job moved to running, or None when this delivery has nothing to run."""
         service = self.service
@@ -313,7 +320,7 @@ class WorkerPool:
         if delivery.hint:
             service.store.take_hint(delivery.job_id, delivery.hint)
         try:
-            started = await service.transition(delivery.job_id, start)
+            started = await service.transition(delivery.job_id, self._leased(start))
             return started if started.state is JobState.RUNNING else None
         except JobNotFound:
             # A message whose record expired or never was (or was lost with a Redis
@@ -338,7 +345,7 @@ class WorkerPool:
             return await self._start_after(job, start)
         if job.state is JobState.QUEUED:
             try:  # its time came, or its permit, between the refusal and now
-                started = await service.transition(job.id, start)
+                started = await service.transition(job.id, self._leased(start))
             except TransitionRefused:
                 return None
             return started if started.state is JobState.RUNNING else None
@@ -361,7 +368,7 @@ class WorkerPool:
         try:
             # It ran before, so the holder it replaced (if any) had ended.
             started = await service.transition(
-                job.id, msgspec.structs.replace(start, after_ended=True)
+                job.id, self._leased(msgspec.structs.replace(start, after_ended=True))
             )
         except TransitionRefused:
             return None
@@ -384,7 +391,7 @@ class WorkerPool:
                 return None  # stopped or timed out while it waited
         try:
             started = await self.service.transition(
-                job.id, msgspec.structs.replace(start, after_ended=True)
+                job.id, self._leased(msgspec.structs.replace(start, after_ended=True))
             )
         except (TransitionRefused, JobNotFound):
             return None
@@ -464,12 +471,9 @@ class WorkerPool:
             run.end("stop" if stopping else "gone", cancel=kind.is_async)
 
         store = service.store
-        leased = self.leases
         # What the around-attempt hooks see (none registered: no object, no layer).
         hooked = Attempt(job) if service.hooks.around_attempt else None
         try:
-            if leased:
-                await store.hold_lease([job.id], utcnow() + timedelta(seconds=self.lease))
             async with service.hooks.around(hooked) if hooked is not None else _NO_HOOKS:
                 with store.hub.on_stop(job.id, on_change):
                     event, value = await self._call(kind, ctx, content, run, remaining)
@@ -497,12 +501,9 @@ class WorkerPool:
             del self.running[job.id]
             if not self.running and self._idle is not None:
                 self._idle.set()
-            if leased:
-                with anyio.CancelScope(shield=True):
-                    try:
-                        await store.drop_lease(job.id)
-                    except BackendUnavailable:
-                        pass  # a stale lease is skipped by the sweep (it is not running)
+            # Its lease went with the write that took it out of `running` (whoever
+            # wrote it: `lifecycle.lease_after`); a job still marked running here (its
+            # end not stored in an outage) keeps it until it lapses and is swept.
 
     async def _call(
         self, kind: JobKind, ctx: JobContext, content: Any, run: _Run, remaining: float

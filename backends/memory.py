@@ -27,7 +27,7 @@ from asyncproc.interfaces import (
     Queue,
     StateStore,
 )
-from asyncproc.lifecycle import Event, Revive, Succeed, apply
+from asyncproc.lifecycle import Event, Revive, Succeed, apply, lease_after
 from asyncproc.limits import Limits, Permits
 from asyncproc.model import Job, JobState, OnConflict, Uniqueness, utcnow
 from asyncproc.rules import (
@@ -233,6 +233,11 @@ class MemoryStateStore(StateStore):
             self._count(new.kind, new.state, 1)
         if isinstance(event, Succeed) and result is not None:
             self._results[job_id] = result
+        lease = lease_after(job, new, event)
+        if lease is False:
+            self._leases.pop(job_id, None)
+        elif lease is not True:
+            self._leases[job_id] = lease
         if new.finished_at is not None:
             self._unfinished.pop(job_id, None)
             heapq.heappush(self._expiry, (new.expires_at, job_id))

@@ -43,7 +43,7 @@ from asyncproc.errors import (
     TransitionRefused,
 )
 from asyncproc.interfaces import Created, Doc, JobQuery, Page, StateStore, cursor_of
-from asyncproc.lifecycle import Event, Revive, Succeed, apply
+from asyncproc.lifecycle import Event, Revive, Succeed, apply, lease_after
 from asyncproc.limits import MIN_WAIT, RATE_SLACK, STALE, WAKE_EARLY, Limits
 from asyncproc.model import (
     TERMINAL_STATES,
@@ -668,6 +668,8 @@ class RedisStateStore(StateStore):
             if claim is not None and new.key is not None:
                 keys.append(self._hold_key(new.kind, new.key))
                 args += [claim[0], claim[1]]
+        lease = lease_after(before, new, event)
+        args.append("-" if lease is False else "" if lease is True else repr(lease.timestamp()))
         args += self._state_move(before, new)
         answer: list[Any] = await self._eval(self._transition, keys, args)
         return answer

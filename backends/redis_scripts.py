@@ -159,8 +159,10 @@ return {2}
 #       ms (an unfinished record's), deadline score, the exp member to remove
 #       for a revived keyed job also KEYS[4] = its hold, the hold value expected (""
 #       for none) and the new one;
-#       always last (read from the end): the record's state set before ("": its state
-#       does not change), the one after, and its score there (when it expires)
+#       always last (read from the end): what becomes of its lease (P lease; "": as
+#       it is, "-": dropped, else held until that score: `lifecycle.lease_after`),
+#       the record's state set before ("": its state does not change), the one
+#       after, and its score there (when it expires)
 # Answers {0} missing, {1, record, token} someone else wrote, {2} this very write was
 # already applied (a retried command), {3} written, {5} the hold changed (decide again).
 TRANSITION = (
@@ -215,7 +217,14 @@ if ARGV[n - 2] ~= '' then
   redis.call('ZREM', ARGV[n - 2], ARGV[8])
   redis.call('ZADD', ARGV[n - 1], ARGV[n], ARGV[8])
 end
-tell(ARGV[5], ARGV[4], string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[8] - 4), ARGV[8])
+local prefix = string.sub(KEYS[1], 1, #KEYS[1] - #ARGV[8] - 4)
+local lease = ARGV[n - 3]
+if lease == '-' then
+  redis.call('ZREM', prefix .. 'lease', ARGV[8])
+elseif lease ~= '' then
+  redis.call('ZADD', prefix .. 'lease', lease, ARGV[8])
+end
+tell(ARGV[5], ARGV[4], prefix, ARGV[8])
 return {3}
 """
 )

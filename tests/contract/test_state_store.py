@@ -1051,3 +1051,31 @@ async def test_a_hint_saves_the_peer_its_read_and_a_stale_one_changes_nothing(
     _, started = await nodes.peer.change(other.id, Start())
     assert started.state is JobState.RUNNING
     assert started.id == other.id
+
+
+async def test_a_start_takes_its_lease_and_leaving_running_drops_it(nodes: Nodes) -> None:
+    # The lease goes with the writes themselves (`lifecycle.lease_after`): held the
+    # moment the job is running, gone the moment it is not, whichever node writes.
+    store, peer = nodes.store, nodes.peer
+    until = utcnow() + timedelta(seconds=30)
+    done, _ = await store.create(new_job())
+    await store.change(done.id, Start(lease_until=until))
+    held = await peer.lease_of(done.id)
+    assert held is not None
+    assert abs((held - until).total_seconds()) < 0.001
+    await store.change(done.id, Report(percent=5))  # still running: still held
+    assert await peer.lease_of(done.id) == held
+    await peer.change(done.id, Succeed())
+    assert await store.lease_of(done.id) is None
+    assert done.id not in await store.lapsed(until + timedelta(seconds=1))
+
+    stopping, _ = await store.create(new_job())
+    await store.change(stopping.id, Start(lease_until=until))
+    await peer.change(stopping.id, RequestStop())  # asked, still running
+    assert await store.lease_of(stopping.id) == held
+    await store.change(stopping.id, Retry())  # given back: queued, no lease
+    assert await peer.lease_of(stopping.id) is None
+
+    plain, _ = await store.create(new_job())
+    await store.change(plain.id, Start())  # no lease asked: none taken
+    assert await peer.lease_of(plain.id) is None
