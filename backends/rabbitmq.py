@@ -18,12 +18,12 @@ and re-consume on the new connection.
 
 Settling a consumer's delivery (`amqp_acks`): `await delivery.ack()` returns once
 its ack frame was handed to the connection (not written, not confirmed: a lost ack
-means a redelivery), or once its channel is known to be gone. Acks of one event-loop
-turn on a channel share frames: one `basic.ack` with `multiple=True` covers those
-that form a contiguous run from the lowest tag still unsettled; the others go one
-by one in the same turn. Nothing waits past the ack's return, so a draining node
-closes its channel with no ack left behind. A requeue or reject is sent at once and
-is never covered by a multiple ack. A delivery of a channel that closed is never
+means a redelivery), or once its channel is known to be gone. The acks of one
+event-loop turn on a channel go out together right after it: one `basic.ack` with
+`multiple=True` covers those that form a contiguous run from the lowest tag still
+unsettled, the others go one by one. Nothing waits past the ack's return, so a
+draining node closes its channel with no ack left behind. A requeue or reject is
+sent at once and is never covered by a multiple ack. A delivery of a channel that closed is never
 settled on another one: its tag meant nothing there, and the broker has put the
 message back already.
 """
