@@ -16,6 +16,17 @@ confirmed it, and gives up with `BackendUnavailable` after `outage_timeout`
 consume: RabbitMQ's flow control blocks a publishing connection, and acks must
 not wait behind it. Each reconnects with backoff on its own; consumers re-declare
 and re-consume on the new connection.
+
+Settling a consumer's delivery (`amqp_acks`): `await delivery.ack()` returns once
+its ack frame was handed to the connection (not written, not confirmed: a lost ack
+means a redelivery), or once its channel is known to be gone. The acks of one
+event-loop turn on a channel go out together right after it: one `basic.ack` with
+`multiple=True` covers those that form a contiguous run from the lowest tag still
+unsettled, the others go one by one. Nothing waits past the ack's return, so a
+draining node closes its channel with no ack left behind. A requeue or reject is
+sent at once and is never covered by a multiple ack. A delivery of a channel that closed is never
+settled on another one: its tag meant nothing there, and the broker has put the
+message back already.
 """
 
 from __future__ import annotations
@@ -23,8 +34,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Self
 
 import anyio
@@ -37,6 +49,7 @@ from asyncproc.config import Settings
 from asyncproc.errors import BackendUnavailable
 from asyncproc.interfaces import Delivery, Queue
 
+from .amqp_acks import Settler
 from .amqp_delay import (
     BUCKETS_MS,
     REDECLARE_AFTER,
@@ -64,26 +77,33 @@ __all__ = ["CallbackPublisher", "RabbitMQQueue"]
 
 log = logging.getLogger("asyncproc.rabbitmq")
 
+ACK_DRAIN_TIMEOUT = 5.0  # seconds: what a closing consumer waits for its acks to go out
+
 
 class _RabbitDelivery(Delivery):
-    __slots__ = ("_consumer", "_settled", "_tag", "channel", "job_id", "redelivered", "routing")
+    __slots__ = ("_consumer", "_settled", "_settler", "_tag", "job_id", "redelivered", "routing")
 
     def __init__(
         self,
         consumer: _Consumer,
-        channel: AbstractChannel,
+        settler: Settler,
         tag: int,
         job_id: str,
         routing: str,
         redelivered: bool,
     ) -> None:
         self._consumer = consumer
+        self._settler = settler
         self._settled = False
         self._tag = tag
-        self.channel = channel
         self.job_id = job_id
         self.routing = routing
         self.redelivered = redelivered
+
+    @property
+    def gone(self) -> bool:
+        """True when its channel closed: the broker has put it back in the queue."""
+        return self._settler.closed
 
     def _settle(self) -> bool:
         """Mark settled; False when it already was or its channel is gone.
@@ -95,38 +115,28 @@ class _RabbitDelivery(Delivery):
             return False
         self._settled = True
         self._consumer.settled(self)
-        return not self.channel.is_closed
+        return not self._settler.closed
 
     async def ack(self) -> None:
-        """See `Delivery.ack`."""
+        """See `Delivery.ack`: coalesced with the acks of this loop turn (`amqp_acks`)."""
         if self._settle():
-            # wait=False: do not wait for the socket; a lost ack means a redelivery.
-            await _quietly(self.channel.basic_ack(self._tag, wait=False))
+            await self._settler.ack(self._tag)
 
     async def requeue(self) -> None:
         """See `Delivery.requeue`."""
         if self._settle():
-            await _quietly(self.channel.basic_nack(self._tag, requeue=True, wait=False))
+            await self._settler.nack(self._tag, requeue=True)
 
     async def give_back(self) -> None:
         """Return a delivery never handed out (not counted as unsettled) to the queue."""
-        if not self._settled and not self.channel.is_closed:
+        if not self._settled and not self._settler.closed:
             self._settled = True
-            await _quietly(self.channel.basic_nack(self._tag, requeue=True, wait=False))
+            await self._settler.nack(self._tag, requeue=True)
 
     async def reject(self) -> None:
         """See `Delivery.reject`: the queue dead-letters it to the `dead` exchange."""
         if self._settle():
-            await _quietly(self.channel.basic_reject(self._tag, requeue=False, wait=False))
-
-
-async def _quietly(settle: Awaitable[None]) -> None:
-    """Await a settle call; a channel that died meanwhile is not an error."""
-    try:
-        await settle
-    except FAILED as exc:
-        if aborted(exc):
-            raise
+            await self._settler.nack(self._tag, requeue=False)
 
 
 class _Consumer:
@@ -141,6 +151,7 @@ class _Consumer:
         self._buffer: asyncio.Queue[_RabbitDelivery] = asyncio.Queue()
         self._room = asyncio.Event()
         self._channel: AbstractChannel | None = None
+        self._settler: Settler | None = None
         self._task: asyncio.Task[None] | None = None
         self._tags: list[str] = []  # the consumers on the current channel
         self._taking = True
@@ -165,7 +176,7 @@ class _Consumer:
                 self._room.clear()
                 await self._room.wait()
             delivery = await self._buffer.get()
-            if delivery.channel.is_closed:
+            if delivery.gone:
                 continue  # back in the queue already: the broker sends it again
             self.unsettled.add(delivery)
             return delivery
@@ -187,12 +198,14 @@ class _Consumer:
         while not self._buffer.empty():
             await self._buffer.get_nowait().give_back()
 
-    async def _on_message(self, message: DeliveredMessage) -> None:
+    async def _on_message(self, settler: Settler, message: DeliveredMessage) -> None:
         deliver = message.delivery
         assert isinstance(deliver, spec.Basic.Deliver)
+        tag = deliver.delivery_tag or 0
+        # Before any await: aiormq starts the callbacks in delivery order.
+        settler.delivered(tag)
         if not self._taking:  # sent before the cancel reached the broker
-            tag = deliver.delivery_tag or 0
-            await _quietly(message.channel.basic_nack(tag, requeue=True, wait=False))
+            await settler.nack(tag, requeue=True)
             return
         try:
             job_id, hint = read_job_message(message.body)
@@ -200,13 +213,12 @@ class _Consumer:
             job_id, hint = "", b""
         if not 0 < len(job_id) <= 128 or not job_id.isprintable():
             # Not a job id: nothing to run and no job to fail; keep it for inspection.
-            tag = deliver.delivery_tag or 0
-            await _quietly(message.channel.basic_reject(tag, requeue=False, wait=False))
+            await settler.nack(tag, requeue=False)
             return
         delivery = _RabbitDelivery(
             self,
-            message.channel,
-            deliver.delivery_tag or 0,
+            settler,
+            tag,
             job_id,
             deliver.routing_key or "",
             bool(deliver.redelivered),
@@ -222,6 +234,8 @@ class _Consumer:
             try:
                 connection = await self.queue.consumer_link.get(None)
                 channel = self._channel = await open_channel(connection, confirms=False)
+                # Delivery tags are per channel: a new channel, new tags to settle.
+                settler = self._settler = Settler(channel)
                 gone: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
                 def broker_cancelled(_: object, gone: asyncio.Future[None] = gone) -> None:
@@ -239,7 +253,7 @@ class _Consumer:
                 self._tags = []
                 for routing in self.routings if self._taking else ():
                     ok = await channel.basic_consume(
-                        self.queue.queue_name(routing), self._on_message
+                        self.queue.queue_name(routing), partial(self._on_message, settler)
                     )
                     if ok.consumer_tag:
                         self._tags.append(ok.consumer_tag)
@@ -260,6 +274,7 @@ class _Consumer:
                 delay = backoff(delay)
             finally:
                 if channel is not None and not channel.is_closed and not cancelled_for_real():
+                    await self._drain_acks()
                     await close_channel(channel)
 
     async def aclose(self) -> None:
@@ -270,7 +285,17 @@ class _Consumer:
             await asyncio.wait([task])
         channel, self._channel = self._channel, None
         if channel is not None and not channel.is_closed:
+            await self._drain_acks()
             await close_channel(channel)
+
+    async def _drain_acks(self) -> None:
+        """Let the acks asked for on the channel go out before it closes (bounded:
+        a connection that stopped writing must not hold up the close)."""
+        settler = self._settler
+        if settler is not None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(ACK_DRAIN_TIMEOUT):
+                    await settler.drain()
 
 
 class RabbitMQQueue(Queue):
