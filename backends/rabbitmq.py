@@ -70,6 +70,7 @@ from .amqp_link import (
     open_channel,
 )
 from .amqp_message import job_message, read_job_message
+from .amqp_publish import Batcher
 from .amqp_take import Taker
 from .callbacks import CallbackPublisher
 
@@ -325,6 +326,7 @@ class RabbitMQQueue(Queue):
         self.consumer_link = Link(url, f"asyncproc {prefix} consume")
         self._generation = 0
         self._publishing: Channel | None = None
+        self._batch: Batcher | None = None
         self._admin: Channel | None = None
         self._declared: set[str] = set()
         # Delay queue name -> loop time of its last declare on this connection.
@@ -396,6 +398,13 @@ class RabbitMQQueue(Queue):
             name, durable=True, arguments={"x-dead-letter-exchange": self.dead_letter}
         )
         await channel.queue_bind(name, self.exchange, routing_key=routing)
+
+    def _batcher(self, channel: Channel) -> Batcher:
+        """The batcher of the publishing channel (a new one with each new channel)."""
+        batcher = self._batch
+        if batcher is None or batcher.channel is not channel:
+            batcher = self._batch = Batcher(channel)
+        return batcher
 
     async def _ensure_routing(self, routing: str, deadline: float) -> Channel:
         """The publishing channel, once `routing`'s queue is declared on this connection."""
@@ -505,14 +514,9 @@ class RabbitMQQueue(Queue):
                             wait=False,
                         )
                     else:
-                        await channel.basic_publish(
-                            body,
-                            exchange=self.exchange,
-                            routing_key=routing,
-                            properties=spec.Basic.Properties(delivery_mode=2),
-                            mandatory=True,  # an unroutable message comes back, not vanishes
-                            wait=False,  # the confirm is what we wait for
-                        )
+                        # Persistent and mandatory (an unroutable message comes back,
+                        # not vanishes); returns once confirmed (`amqp_publish`).
+                        await self._batcher(channel).publish(self.exchange, routing, body)
                 return
             except PublishError as exc:
                 # Its queue was deleted (or expired): declare it again.
