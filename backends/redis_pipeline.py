@@ -21,6 +21,10 @@ __all__ = ["UNAVAILABLE", "Arg", "Pipeliner"]
 Arg = bytes | str | int | float
 # Every way of not reaching Redis.
 UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+# Loop turns a batch waits for more commands before it is written (see `_flush`): in
+# the split cluster this took the api node from 8.4 to 14 commands per write and the
+# worker from 4.4 to 5.5.
+_GATHER_TURNS = 2
 
 _pack_command: Callable[[tuple[Arg, ...]], bytes] | None
 try:  # 2-3 times quicker than packing in Python: a third of a node's Redis client work
@@ -84,6 +88,11 @@ class Pipeliner:
 
     async def _flush(self) -> None:
         try:
+            # Let the callers of the next turns join the batch: deliveries and answers
+            # arrive spread over a few turns of the loop, and each write is a system
+            # call (on loopback, the receiver's side too). An idle loop turns at once.
+            for _ in range(_GATHER_TURNS):
+                await asyncio.sleep(0)
             while self._pending:
                 batch, self._pending = self._pending, []
                 await self._send([entry for entry in batch if not entry[1].done()])
