@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -58,7 +58,9 @@ class MemoryStateStore(StateStore):
         self._jobs: dict[str, Job] = {}
         self._index = JobIndex()
         # Finished job ids in the order they finished: what the cap drops first.
-        self._finished: dict[str, None] = {}
+        # An OrderedDict, not a dict: taking the oldest off a dict again and again
+        # walks past every slot emptied before it (`_cap` went quadratic).
+        self._finished: OrderedDict[str, None] = OrderedDict()
         self._results: dict[str, bytes] = {}
         self._unfinished: dict[str, datetime] = {}
         self._expiry: list[tuple[datetime, str]] = []
@@ -101,7 +103,8 @@ class MemoryStateStore(StateStore):
     def _cap(self) -> None:
         """Drop the oldest finished jobs past `max_finished`."""
         while len(self._finished) > self.max_finished:
-            self._drop(next(iter(self._finished)))
+            job_id, _ = self._finished.popitem(last=False)
+            self._drop(job_id)
 
     def _holder(self, kind: str, key: str) -> Job | None:
         """The job holding (kind, key), forgetting an entry that no longer holds."""
