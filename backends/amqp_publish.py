@@ -9,8 +9,9 @@ frame (the broker confirms publish n with delivery tag n, so the numbers must fo
 the order on the wire: the lock keeps aiormq's own publishes on the channel out of
 the way meanwhile). Their confirmations are registered with the channel as aiormq
 registers its own, so aiormq settles them: the broker's ack, a nack
-(`DeliveryError`), a mandatory message returned unroutable (`PublishError`), or the
-channel closing.
+(`DeliveryError`) or a mandatory message returned unroutable (`PublishError`); the
+channel closing fails those still open (one callback for all, where aiormq's own
+futures each carry several).
 
 Every message is persistent (delivery mode 2) and mandatory, with a message id
 unique on its channel (a returned message is matched to its publish by it).
@@ -22,12 +23,12 @@ import asyncio
 import itertools
 import os
 import struct
-from collections.abc import Callable
 from typing import Any
 
 import pamqp.frame
 from aiormq import Channel
 from aiormq.abc import ChannelFrame
+from aiormq.exceptions import ChannelInvalidStateError
 from pamqp import commands as spec
 
 __all__ = ["Batcher", "header_frame"]
@@ -67,6 +68,17 @@ class Batcher:
         self._ids = itertools.count()
         self._id_prefix = os.urandom(4).hex().encode() + b"."
         self._flushing: set[asyncio.Task[None]] = set()
+        self._closed: BaseException | None = None
+        channel.closing.add_done_callback(self._on_close)
+
+    def _on_close(self, closing: asyncio.Future[Any]) -> None:
+        """Fail the confirmations still open: the broker will confirm none of them."""
+        reason = None if closing.cancelled() else closing.exception()
+        self._closed = reason or ChannelInvalidStateError("the channel closed")
+        for confirmation in list(self.channel.confirmations.values()):
+            if isinstance(confirmation, asyncio.Future) and not confirmation.done():
+                confirmation.set_exception(self._closed)
+                confirmation.exception()  # seen: a publisher that gave up logs nothing
 
     async def publish(self, exchange: str, routing_key: str, body: bytes) -> Any:
         """Publish `body` (persistent, mandatory); return the broker's confirmation
@@ -112,8 +124,15 @@ class Batcher:
         called under the channel's lock. Not handed over (cancelled while the writer's
         queue was full), the numbers are taken back: the broker saw none of them."""
         channel = self.channel
+        if self._closed is not None:
+            raise self._closed
+        loop = asyncio.get_running_loop()
         first = channel.delivery_tag
         ids = channel.message_id_delivery_tag
+        if len(ids) > 2 * len(channel.confirmations) + 1024:
+            # Forget the ids of settled publishes, in bulk (aiormq forgets its own).
+            for stale in [i for i, tag in ids.items() if tag not in channel.confirmations]:
+                del ids[stale]
         number = channel.number
         max_size = channel.max_content_size
         parts: list[bytes] = []
@@ -123,10 +142,9 @@ class Batcher:
             message_id = self._id_prefix + str(next(self._ids)).encode()
             text_id = message_id.decode()
             tag = channel.delivery_tag = channel.delivery_tag + 1
-            confirmation = channel.create_future()
+            confirmation = loop.create_future()
             channel.confirmations[tag] = confirmation
             ids[text_id] = tag
-            confirmation.add_done_callback(self._forget(text_id, tag))
             registered.append((tag, text_id))
             parts += (method, header_frame(number, len(body), message_id))
             parts += _body_frames(number, body, max_size)
@@ -144,12 +162,3 @@ class Batcher:
                     del ids[text_id]
             raise
         return settle
-
-    def _forget(self, message_id: str, tag: int) -> Callable[[asyncio.Future[Any]], None]:
-        ids = self.channel.message_id_delivery_tag
-
-        def forget(_: asyncio.Future[Any]) -> None:
-            if ids.get(message_id) == tag:
-                del ids[message_id]
-
-        return forget

@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import aiormq
+import anyio
 import pamqp.frame
 import pytest
 from aiormq.abc import DeliveredMessage
@@ -42,8 +43,8 @@ async def channel(amqp_url: str, unique_prefix: str) -> AsyncIterator[aiormq.Cha
         await channel.queue_declare(unique_prefix, durable=True)
         try:
             yield channel
-        finally:
-            await channel.queue_delete(unique_prefix)
+        finally:  # on a channel of its own: a test may have had this one closed
+            await (await connection.channel()).queue_delete(unique_prefix)
 
 
 async def take_all(channel: aiormq.Channel, queue: str, count: int) -> list[DeliveredMessage]:
@@ -110,3 +111,21 @@ async def test_a_publisher_that_gives_up_before_the_write_leaves_the_numbering_i
     assert bodies[0] == b"kept"
     assert bodies[-5:] == [b"x%d" % n for n in range(5)]
     assert not (await channel.basic_get(unique_prefix, no_ack=True)).body
+
+
+async def test_publishes_the_broker_will_never_confirm_fail_when_the_channel_closes(
+    channel: aiormq.Channel, unique_prefix: str
+) -> None:
+    # The broker closes the channel on a publish to a missing exchange: that publish
+    # and every other still waiting fail at once, rather than wait out a deadline.
+    batcher = Batcher(channel)
+    with anyio.fail_after(10):
+        answers = await asyncio.gather(
+            batcher.publish(unique_prefix + "-no-such-exchange", "x", b"one"),
+            batcher.publish("", unique_prefix, b"two"),
+            return_exceptions=True,
+        )
+        assert isinstance(answers[0], Exception)
+        assert channel.is_closed
+        with pytest.raises(Exception):  # noqa: B017, PT011 - whatever aiormq raises
+            await batcher.publish("", unique_prefix, b"three")
