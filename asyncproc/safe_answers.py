@@ -14,6 +14,7 @@ is general: an answer of such a type that does not name its own
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import Any
 
@@ -65,6 +66,13 @@ def is_active_content(mime: str | None) -> bool:
     return base in _ACTIVE_TYPES or base.endswith(("+xml", "/xml"))
 
 
+@functools.lru_cache(maxsize=256)
+def _is_active(content_type: bytes) -> bool:
+    """`is_active_content` of a raw header value; an answer's type is nearly always one
+    of a few, so the answer is remembered."""
+    return is_active_content(content_type.decode("latin-1"))
+
+
 def attachment(filename: str) -> str:
     """A `Content-Disposition` value that downloads as `filename` (a plain ASCII name)."""
     return f'attachment; filename="{filename}"'
@@ -110,7 +118,7 @@ def safe_headers(raw: Any, cacheable: bool) -> list[tuple[bytes, bytes]]:
     if (
         content_type is not None
         and b"content-security-policy" not in has
-        and is_active_content(content_type.decode("latin-1"))
+        and _is_active(content_type)
     ):
         headers.append(_RESULT_CSP)
         if b"content-disposition" not in has:
