@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
 import sys
 import weakref
@@ -51,9 +52,30 @@ def extra_fields(record: logging.LogRecord) -> dict[str, Any]:
     }
 
 
+# The last second `_time` wrote, and its text up to the seconds.
+_second: tuple[int, str] = (0, "1970-01-01T00:00:00")
+
+
 def _time(record: logging.LogRecord) -> str:
-    moment = datetime.fromtimestamp(record.created, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    """`datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")` with a
+    `Z`, the date and time of day made once a second rather than once a line."""
+    global _second
+    fraction, whole = math.modf(record.created)
+    # Rounded to the microsecond half to even, as `datetime.fromtimestamp` does, and
+    # then cut to the millisecond, as `isoformat` does: the very same text.
+    micros = round(fraction * 1e6)
+    seconds = int(whole)
+    if micros >= 1_000_000:
+        micros -= 1_000_000
+        seconds += 1
+    elif micros < 0:
+        micros += 1_000_000
+        seconds -= 1
+    cached = _second
+    if cached[0] != seconds:
+        moment = datetime.fromtimestamp(seconds, UTC).replace(tzinfo=None)
+        cached = _second = (seconds, moment.isoformat(timespec="seconds"))
+    return f"{cached[1]}.{micros // 1000:03d}Z"
 
 
 class TextFormatter(logging.Formatter):

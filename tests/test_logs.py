@@ -7,10 +7,12 @@ import io
 import json
 import logging
 import os
+import random
 import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +21,7 @@ import httpx
 import pytest
 
 from asyncproc.config import load_settings
-from asyncproc.logs import configure_logging
+from asyncproc.logs import JsonFormatter, TextFormatter, configure_logging
 from tests.support import (
     ROOT,
     NodeProcess,
@@ -285,3 +287,19 @@ def test_lines_still_waiting_when_the_process_exits_come_out(how: str) -> None:
         assert "RuntimeError: the sky fell" in done.stderr
     else:
         assert done.returncode == 0, done.stderr
+
+
+def test_times_are_written_as_datetime_writes_them() -> None:
+    """The time of a line (made once a second, then its milliseconds) is exactly
+    `datetime`'s ISO text, rounding included."""
+    picked = random.Random(11)
+    times = [0.0, 1.0, 59.9995, 1764515267.0004999, 1764515267.9995, 1764515267.9999996]
+    times += [picked.uniform(0, 4e9) for _ in range(2000)]
+    # Neighbours in one second, as lines come, so the same second is reused.
+    times += [1764515267 + picked.random() for _ in range(2000)]
+    for created in times:
+        record = logging.makeLogRecord({"msg": "m", "created": created})
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        expected = expected.replace("+00:00", "Z")
+        assert TextFormatter().format(record).split(" ")[0] == expected, created
+        assert json.loads(JsonFormatter().format(record))["time"] == expected, created
