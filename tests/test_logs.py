@@ -83,6 +83,8 @@ async def test_start_line_finished_jobs_and_unhandled_tracebacks(
     assert 0 <= line.duration < 5
     assert line.levelno == logging.INFO
     assert ok["id"] in line.getMessage()
+    # A normal record for any handler: where it was made as well as its fields.
+    assert (line.funcName, Path(line.pathname).name) == ("log_finished", "job_log.py")
     failure = finished[bad["id"]]
     assert (failure.state, failure.errorId, failure.levelno) == (
         "failed",
