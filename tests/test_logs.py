@@ -7,15 +7,30 @@ import io
 import json
 import logging
 import os
+import random
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio.to_thread
 import httpx
 import pytest
 
 from asyncproc.config import load_settings
-from asyncproc.logs import configure_logging
-from tests.support import NodeProcess, api_client, demo_app, job_finished, post_json
+from asyncproc.logs import JsonFormatter, TextFormatter, configure_logging
+from tests.support import (
+    ROOT,
+    NodeProcess,
+    api_client,
+    demo_app,
+    job_finished,
+    post_json,
+    wait_until,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -68,6 +83,8 @@ async def test_start_line_finished_jobs_and_unhandled_tracebacks(
     assert 0 <= line.duration < 5
     assert line.levelno == logging.INFO
     assert ok["id"] in line.getMessage()
+    # A normal record for any handler: where it was made as well as its fields.
+    assert (line.funcName, Path(line.pathname).name) == ("log_finished", "job_log.py")
     failure = finished[bad["id"]]
     assert (failure.state, failure.errorId, failure.levelno) == (
         "failed",
@@ -148,3 +165,143 @@ async def test_debug_turns_the_access_log_on(tmp_path: Path) -> None:
     finally:
         node.stop()
     assert "GET /api/kinds" in node.log_path.read_text()
+
+
+class CountedWrites(io.StringIO):
+    """A stream that counts the calls to `write`."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+    def messages(self) -> list[str]:
+        return [line.split(": ", 1)[1] for line in self.getvalue().splitlines()]
+
+
+@pytest.fixture
+def text_stream() -> Iterator[CountedWrites]:
+    stream = CountedWrites()
+    handler = configure_logging(load_settings(environ={}, log_format="text"), stream)
+    try:
+        yield stream
+    finally:
+        logging.getLogger().removeHandler(handler)
+        logging.getLogger("asyncproc").setLevel(logging.NOTSET)
+
+
+async def test_lines_of_one_loop_turn_come_out_together_in_order_after_it(
+    text_stream: CountedWrites,
+) -> None:
+    log = logging.getLogger("asyncproc.test")
+    for n in range(5):
+        log.info("line %d", n)
+    assert text_stream.getvalue() == ""  # not before the turn ends
+
+    async def messages() -> list[str]:
+        return text_stream.messages()
+
+    lines = await wait_until(messages, lambda lines: len(lines) >= 5, timeout=5)
+    assert lines == [f"line {n}" for n in range(5)]
+    assert text_stream.writes == 1
+
+
+async def test_a_line_from_another_thread_comes_out_at_once_after_the_waiting_ones(
+    text_stream: CountedWrites,
+) -> None:
+    log = logging.getLogger("asyncproc.test")
+    log.info("from the loop")
+    assert text_stream.getvalue() == ""
+    # Joined without letting the loop turn: the thread's line cannot wait for it.
+    thread = threading.Thread(target=log.info, args=("from a thread",))
+    thread.start()
+    thread.join(5)
+    assert text_stream.messages() == ["from the loop", "from a thread"]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+# Python 3.12+ warns about forking with threads alive; the child only logs and ends.
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
+async def test_a_forked_child_leaves_the_waiting_lines_to_its_parent(tmp_path: Path) -> None:
+    path = tmp_path / "lines.log"
+    with path.open("w", buffering=1) as stream:
+        handler = configure_logging(load_settings(environ={}, log_format="text"), stream)
+        try:
+            log = logging.getLogger("asyncproc.test")
+            log.info("from the parent")
+            pid = os.fork()
+            if pid == 0:  # the child logs off the loop (none runs in it), and ends
+                try:
+                    log.info("from the child")
+                finally:
+                    os._exit(0)
+            await anyio.to_thread.run_sync(os.waitpid, pid, 0)
+
+            async def messages() -> list[str]:
+                return [line.split(": ", 1)[1] for line in path.read_text().splitlines()]
+
+            lines = await wait_until(messages, lambda lines: "from the parent" in lines, timeout=5)
+        finally:
+            logging.getLogger().removeHandler(handler)
+            logging.getLogger("asyncproc").setLevel(logging.NOTSET)
+    assert sorted(lines) == ["from the child", "from the parent"]
+
+
+EXITING = """
+import asyncio, logging, sys
+from asyncproc.config import load_settings
+from asyncproc.logs import configure_logging
+
+configure_logging(load_settings(environ={}, log_format="json"))
+log = logging.getLogger("asyncproc.test")
+loop = asyncio.new_event_loop()
+
+def last_turn():
+    for n in range(3):
+        log.info("line %d", n)
+    loop.stop()  # no turn after this one: the lines are still waiting
+
+loop.call_soon(last_turn)
+loop.run_forever()
+if sys.argv[1] == "crash":
+    raise RuntimeError("the sky fell")
+"""
+
+
+@pytest.mark.parametrize("how", ["exit", "crash"])
+def test_lines_still_waiting_when_the_process_exits_come_out(how: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ASYNCPROC_")}
+    done = subprocess.run(
+        [sys.executable, "-c", EXITING, how],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    lines = [json.loads(line) for line in done.stderr.splitlines() if line.startswith("{")]
+    assert [line["message"] for line in lines] == ["line 0", "line 1", "line 2"]
+    if how == "crash":
+        assert done.returncode == 1
+        assert "RuntimeError: the sky fell" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr
+
+
+def test_times_are_written_as_datetime_writes_them() -> None:
+    """The time of a line (made once a second, then its milliseconds) is exactly
+    `datetime`'s ISO text, rounding included."""
+    picked = random.Random(11)
+    times = [0.0, 1.0, 59.9995, 1764515267.0004999, 1764515267.9995, 1764515267.9999996]
+    times += [picked.uniform(0, 4e9) for _ in range(2000)]
+    # Neighbours in one second, as lines come, so the same second is reused.
+    times += [1764515267 + picked.random() for _ in range(2000)]
+    for created in times:
+        record = logging.makeLogRecord({"msg": "m", "created": created})
+        expected = datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds")
+        expected = expected.replace("+00:00", "Z")
+        assert TextFormatter().format(record).split(" ")[0] == expected, created
+        assert json.loads(JsonFormatter().format(record))["time"] == expected, created
