@@ -52,7 +52,7 @@ def _fail(batch: list[tuple[tuple[Arg, ...], asyncio.Future[Any]]], exc: BaseExc
 
 
 class Pipeliner:
-    """Sends the commands issued during one event-loop turn as one pipelined write.
+    """Sends the commands issued during a few event-loop turns as one pipelined write.
 
     redis-py's per-command path (pool checkout, retry wrapper, a timeout per reply)
     cost more CPU than Redis spends running our scripts; here a whole batch shares

@@ -42,3 +42,36 @@ def _encode(value: object) -> bytes:
 def test_hiredis_packs_when_installed() -> None:
     pytest.importorskip("hiredis")
     assert redis_pipeline._pack_command is not None
+
+
+@pytest.mark.redis
+@pytest.mark.anyio
+async def test_commands_of_neighbouring_loop_turns_leave_in_one_write(redis_url: str) -> None:
+    # Callers a turn or two apart share a write (`_GATHER_TURNS`); each gets its reply.
+    import asyncio
+
+    import redis.asyncio as aioredis
+
+    from asyncproc.backends.redis_pipeline import Pipeliner
+
+    client = aioredis.Redis.from_url(redis_url)
+    pipeliner = Pipeliner(client, timeout=5)
+    writes: list[int] = []
+    try:
+        connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        real = connection.send_packed_command
+
+        async def counting(command: object, check_health: bool = True) -> None:
+            writes.append(1)
+            await real(command, check_health=check_health)  # type: ignore[arg-type]
+
+        connection.send_packed_command = counting  # type: ignore[method-assign]
+        pipeliner._connection = connection
+        first = pipeliner.send("ECHO", "a")
+        await asyncio.sleep(0)  # the next turn of the loop
+        second = pipeliner.send("ECHO", "b")
+        assert [await first, await second] == [b"a", b"b"]
+        assert len(writes) == 1
+    finally:
+        await pipeliner.aclose()
+        await client.aclose()
