@@ -419,11 +419,13 @@ class JobService:
                 }
                 outcomes[index] = ItemOutcome("refused", error=error)
 
-        # Items with keys are all inserted at once, so that two of one key in a batch
+        # Items with ruled keys are all inserted at once, so that two of one key in a batch
         # meet (the second sees the first hold it). Others are shared by a few senders,
         # in order: their writes of one loop turn still go out together, and a task
         # per item cost more than the item's own work.
-        keyed = any(isinstance(r, EnqueueRequest) and r.key is not None for r in requests)
+        keyed = kind.uniqueness is not Uniqueness.NONE and any(
+            isinstance(r, EnqueueRequest) and r.key is not None for r in requests
+        )
         items = iter(enumerate(requests))
 
         async def send() -> None:

@@ -1,7 +1,8 @@
 """Batch ingest: `JobService.enqueue_many` of N-item batches, nobody consuming.
 
 Prints jobs/s accepted (stored and, with RabbitMQ, confirmed by the broker) and the
-time of one batch, p50 and p99. No worker runs, so this is the cost of getting
+time of one batch, p50 and p99, and the CPU per job of this process, redis-server and
+RabbitMQ (from /proc). No worker runs, so this is the cost of getting
 jobs in, the path of `POST /api/{kind}/enqueue-batch` minus HTTP.
 
     python bench/batch.py                                  # memory backends
@@ -29,7 +30,8 @@ from asyncproc.registry import Registry
 from asyncproc.server import open_queue, open_store
 from asyncproc.service import EnqueueRequest, JobService
 from bench import noop_plugin
-from bench.inprocess import clean
+from bench.inprocess import Backends, clean
+from bench.overhttp import _cpu_seconds, service_pids
 
 BATCH = Trigger(TriggerType.BATCH)
 
@@ -68,12 +70,15 @@ async def main(args: argparse.Namespace) -> None:
                 print(f"batch {len(times)}: {times[-1] * 1000:.1f} ms")
             assert all(item.outcome == "created" for item in outcomes), outcomes[:3]
 
+    processes = {"node": os.getpid(), **service_pids(Backends(args.state, args.queue))}
+    before = {name: _cpu_seconds(pid) for name, pid in processes.items()}
     try:
         began = time.perf_counter()
         async with anyio.create_task_group() as clients:
             for n in range(args.clients):
                 clients.start_soon(client, len(range(n, args.batches, args.clients)))
         elapsed = time.perf_counter() - began
+        spent = {name: _cpu_seconds(pid) - before[name] for name, pid in processes.items()}
     finally:
         await queue.aclose()
         await store.aclose()
@@ -84,7 +89,8 @@ async def main(args: argparse.Namespace) -> None:
     print(
         f"batch ingest {args.state}/{args.queue}: {jobs / elapsed:,.0f} jobs/s accepted "
         f"({args.batches} batches of {args.size}, {args.clients} at once); one batch p50 "
-        f"{statistics.median(times) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms"
+        f"{statistics.median(times) * 1000:.1f} ms, p99 {p99 * 1000:.1f} ms; cpu/job "
+        + ", ".join(f"{name} {cpu / jobs * 1e6:.0f} us" for name, cpu in spent.items())
     )
 
 
@@ -96,4 +102,11 @@ if __name__ == "__main__":
     parser.add_argument("--batches", type=int, default=20)
     parser.add_argument("--clients", type=int, default=1, help="senders of batches at once")
     parser.add_argument("--verbose", action="store_true", help="print each batch's time")
-    anyio.run(main, parser.parse_args())
+    parser.add_argument(
+        "--loop",
+        choices=["uvloop", "asyncio"],
+        default="uvloop",
+        help="event loop (an api node runs on uvloop when installed, as uvicorn picks it)",
+    )
+    args = parser.parse_args()
+    anyio.run(main, args, backend="asyncio", backend_options={"use_uvloop": args.loop == "uvloop"})
