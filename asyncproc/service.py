@@ -68,8 +68,9 @@ REPAIR_EVERY = timedelta(seconds=30)
 REPAIR_AFTER = timedelta(seconds=30)
 
 log = logging.getLogger("asyncproc")
-# Items of one batch being enqueued at once (`enqueue_many`).
-_BATCH_SENDERS = 64
+# Items of one batch being enqueued at once (`enqueue_many`): 16, 32 and 64 gave
+# 7,300-7,700, 9,000-9,600 and 6,600-7,000 jobs/s over HTTP (`bench/batch.py --http`).
+_BATCH_SENDERS = 32
 
 LOST_ERROR = ErrorInfo(error_id="lost", tech_msg="the worker running this job was lost")
 

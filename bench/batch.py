@@ -8,6 +8,11 @@ jobs in, the path of `POST /api/{kind}/enqueue-batch` minus HTTP.
     python bench/batch.py                                  # memory backends
     python bench/batch.py --state redis --queue rabbitmq   # the cluster backends
     python bench/batch.py --state redis --queue rabbitmq --size 100 --clients 8
+    python bench/batch.py --state redis --queue rabbitmq --size 100 --http  # an api node
+
+With `--http`, an `api` node (`python app.py`, no worker) takes the batches from wrk
+(`--clients` connections) on `POST /api/{kind}/enqueue-batch`, and the CPU per job of
+that node, redis-server and RabbitMQ is printed.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from asyncproc.server import open_queue, open_store
 from asyncproc.service import EnqueueRequest, JobService
 from bench import noop_plugin
 from bench.inprocess import Backends, clean
-from bench.overhttp import _cpu_seconds, service_pids
+from bench.overhttp import Load, _cpu_seconds, asyncproc_server, run_wrk, service_pids
 
 BATCH = Trigger(TriggerType.BATCH)
 
@@ -94,6 +99,26 @@ async def main(args: argparse.Namespace) -> None:
     )
 
 
+def over_http(args: argparse.Namespace) -> None:
+    """`--http`: wrk POSTs `args.batches` batches to an `api` node; jobs/s accepted."""
+    backends = Backends(args.state, args.queue, split=args.state != "memory")
+    items = ",".join(f'{{"content":{{}},"key":"k{i}"}}' for i in range(args.size))
+    body = f'{{"items":[{items}]}}'.encode()
+    path = f"/api/{noop_plugin.KIND}/enqueue-batch"
+    with asyncproc_server(backends, worker=False) as server:
+        processes = {"api": server.process.pid, **service_pids(backends)}
+        before = {name: _cpu_seconds(pid) for name, pid in processes.items()}
+        wrk = run_wrk(server.base_url + path, args.batches, Load(1, args.clients, 120), body)
+        spent = {name: _cpu_seconds(pid) - before[name] for name, pid in processes.items()}
+    jobs = wrk.requests * args.size
+    print(
+        f"batch ingest over HTTP {args.state}/{args.queue}: {jobs / wrk.seconds:,.0f} jobs/s "
+        f"accepted ({wrk.requests:,} batches of {args.size}, {args.clients} connections, "
+        f"non-2xx/errors {wrk.bad}); cpu/job "
+        + ", ".join(f"{name} {cpu / jobs * 1e6:.0f} us" for name, cpu in spent.items())
+    )
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--state", choices=["memory", "redis"], default="memory")
@@ -108,5 +133,11 @@ if __name__ == "__main__":
         default="uvloop",
         help="event loop (an api node runs on uvloop when installed, as uvicorn picks it)",
     )
+    parser.add_argument("--http", action="store_true", help="through an api node, by wrk")
     args = parser.parse_args()
-    anyio.run(main, args, backend="asyncio", backend_options={"use_uvloop": args.loop == "uvloop"})
+    if args.http:
+        over_http(args)
+    else:
+        anyio.run(
+            main, args, backend="asyncio", backend_options={"use_uvloop": args.loop == "uvloop"}
+        )

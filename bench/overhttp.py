@@ -122,8 +122,9 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def asyncproc_server(backends: Backends) -> Iterator[Server]:
-    """`python app.py` with the bench plugin, on a fresh port and key prefix."""
+def asyncproc_server(backends: Backends, *, worker: bool = True) -> Iterator[Server]:
+    """`python app.py` with the bench plugin, on a fresh port and key prefix (split: an
+    `api` node, and a `worker` node unless `worker=False`)."""
     port = _free_port()
     prefix = f"asyncproc-bench-{uuid.uuid4().hex[:10]}:"
     env = _env(
@@ -143,7 +144,7 @@ def asyncproc_server(backends: Backends) -> Iterator[Server]:
     server = Server([sys.executable, "app.py"], env, port)
     try:
         server.wait_ready()
-        if backends.split:
+        if backends.split and worker:
             worker_port = _free_port()
             worker_env = {**env, "ASYNCPROC_ROLE": "worker", "ASYNCPROC_PORT": str(worker_port)}
             workers.append(Server([sys.executable, "app.py"], worker_env, worker_port))
@@ -181,10 +182,11 @@ class WrkResult:
     cpu: float  # wrk's own CPU use, in cores
 
 
-def run_wrk(url: str, stop_after: int, load: Load) -> WrkResult:
-    """Drive `url` with wrk until `stop_after` answers (spread over its threads) or time out."""
+def run_wrk(url: str, stop_after: int, load: Load, body: bytes = BODY) -> WrkResult:
+    """Drive `url` with wrk, POSTing `body`, until `stop_after` answers (spread over its
+    threads) or time out."""
     per_thread = -(-stop_after // load.threads) if stop_after else 0
-    env = _env({"BENCH_STOP_AFTER": str(per_thread), "BENCH_BODY": BODY.decode()})
+    env = _env({"BENCH_STOP_AFTER": str(per_thread), "BENCH_BODY": body.decode()})
     command = [
         "wrk",
         f"-t{load.threads}",
