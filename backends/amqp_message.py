@@ -23,8 +23,8 @@ def job_message(job_id: str, hint: bytes = b"") -> bytes:
     return b"%s\n%s" % (job_id.encode(), hint)
 
 
-def read_job_message(body: bytes) -> tuple[str, bytes]:
-    """The job id and the hint of a message body; raises `UnicodeDecodeError` when
-    the id is not UTF-8."""
+def read_job_message(body: bytes, errors: str = "strict") -> tuple[str, bytes]:
+    """The job id and the hint of a message body; an id that is not UTF-8 raises
+    `UnicodeDecodeError` (`errors="replace"`: decoded with replacement characters)."""
     head, _, hint = body.partition(b"\n")
-    return head.decode(), hint
+    return head.decode(errors=errors), hint

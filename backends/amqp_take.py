@@ -20,6 +20,7 @@ from asyncproc.errors import BackendUnavailable
 from asyncproc.interfaces import Delivery
 
 from .amqp_link import FAILED, aborted, describe, open_channel
+from .amqp_message import read_job_message
 
 if TYPE_CHECKING:
     from .rabbitmq import RabbitMQQueue
@@ -125,12 +126,12 @@ class Taker:
                         got = message.delivery
                         if not isinstance(got, spec.Basic.GetOk):
                             break
-                        job_id, _, _ = message.body.partition(b"\n")  # `amqp_message`
+                        job_id, _ = read_job_message(message.body, errors="replace")
                         taken.append(
                             _GotDelivery(
                                 channel,
                                 got.delivery_tag or 0,
-                                job_id.decode(errors="replace"),
+                                job_id,
                                 routing,
                                 bool(got.redelivered),
                             )
